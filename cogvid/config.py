@@ -1,0 +1,223 @@
+"""Typed config schemas for every Hydra group, and `compose()` over the packaged `conf/` tree.
+
+Field names follow the SAT config names where SAT has one, so a reader of `configs/cogvideox_*.yaml` finds
+the same words here. A misspelt key or a value outside an enum fails at compose time, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from omegaconf import MISSING, DictConfig
+
+from cogvid.errors import CogvidError
+
+
+class Generation(str, Enum):
+    """Which SAT code generation a variant was released with (spec, 'most important structural fact')."""
+
+    v1_0 = "v1_0"  # 2B, 5B, 5B-I2V: Conv2d patch embed, RoPE tables as state-dict buffers
+    v1_5 = "v1_5"  # 1.5-5B, 1.5-5B-I2V: Linear 3-D patch embed, RoPE sliced in 3-D
+
+
+class PosEmbed(str, Enum):
+    sincos = "sincos"  # 3-D sin-cos table added to the input (2B)
+    rope = "rope"  # 3-D rotary embedding inside attention (5B and 1.5)
+
+
+class Dtype(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Solver(str, Enum):
+    dpmpp2m_sde = "dpmpp2m_sde"  # SAT VPSDEDPMPP2MSampler (the default)
+    dpmpp2m_ode = "dpmpp2m_ode"  # SAT VPODEDPMPP2MSampler
+    ddim = "ddim"  # SAT VideoDDIMSampler
+
+
+class Guider(str, Enum):
+    none = "none"  # one conditional pass, no guidance
+    constant = "constant"  # SAT VanillaCFG
+    dynamic = "dynamic"  # SAT DynamicCFG
+
+
+class DynamicSchedule(str, Enum):
+    faithful = "faithful"  # the original: k = num_steps - DDPM timestep (erratic scale, spec 3.8)
+    corrected = "corrected"  # k = step index: the scale ramps from 1 up to 1 + guidance_scale
+
+
+class Uncond(str, Enum):
+    zeros = "zeros"  # the original: an all-zero context
+    negative_prompt = "negative_prompt"  # T5 encoding of the negative prompt, as diffusers does
+
+
+class ZeroSnrRescale(str, Enum):
+    subset = "subset"  # SAT: rescale over the selected timesteps only
+    full = "full"  # diffusers: rescale the full 1000-step table, then select
+
+
+@dataclass
+class ModelConfig:
+    """One CogVideoX variant: the DiT, the diffusion schedule and the latent scale (spec section 1)."""
+
+    name: str = MISSING  # display name, e.g. cogvideox-2b
+    generation: Generation = MISSING
+    # --- DiT (SAT network_config.params)
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    num_attention_heads: int = MISSING
+    time_embed_dim: int = 512
+    ofs_embed_dim: int | None = None  # 1.5-I2V only
+    in_channels: int = 16  # 32 for I2V: noisy latent + image latent
+    out_channels: int = 16
+    patch_size: int = 2
+    patch_size_t: int = 1  # 2 for the 1.5 family
+    text_length: int = 226  # T5 tokens (224 for 1.5)
+    text_hidden_size: int = 4096  # T5-XXL width
+    num_frames: int = 49  # pixel frames the positional tables are sized for
+    time_compressed_rate: int = 4
+    latent_height: int = 60
+    latent_width: int = 90
+    pos_embed: PosEmbed = MISSING
+    learnable_pos_embed: bool = False  # 5B-I2V: learnable additive table over text + video
+    height_interpolation: float = 1.875  # sin-cos only
+    width_interpolation: float = 1.875
+    time_interpolation: float = 1.0
+    rope_theta: float = 10000.0
+    qk_ln: bool = True
+    elementwise_affine: bool = True
+    layernorm_epsilon: float = 1e-5  # block norms; qk and final norms use 1e-6 as SAT does
+    max_sequence_length: int = 64  # rows of SAT's unused transformer.position_embeddings (RoPE variants)
+    lora_rank: int = 0  # 0: no adapters. SAT LoraMixin r
+    lora_alpha: float = 1.0  # the LoRA branch is scaled by lora_alpha / lora_rank
+    checkpoint_activations: bool = False  # gradient checkpointing per block
+    # --- diffusion and latents
+    scale_factor: float = 0.7  # VAE latent scale
+    shift_scale: float = 1.0  # ZeroSNR-DDPM SNR shift
+    noised_image_input: bool = False  # I2V conditioning latent concatenated on channels
+    noised_image_dropout: float = 0.0
+    latent_input: bool = False  # training data are pre-encoded latents
+    uniform_sampling: bool = True  # stratified timesteps across ranks in training
+    group_num: int | None = None  # timestep groups for uniform_sampling; None: as SAT v1.0 derives it
+    dtype: Dtype = Dtype.bf16  # preferred dtype on an accelerator
+    # --- weights
+    ckpt: str | None = None  # SAT transformer folder (with `latest`) or a .pt file
+
+
+@dataclass
+class SamplerConfig:
+    """Solver, step count and guidance (SAT sampler_config + guider_config)."""
+
+    solver: Solver = Solver.dpmpp2m_sde
+    num_steps: int = 50  # sampler.num_steps=25
+    guidance_scale: float = 6.0  # sampler.guidance_scale=6
+    guider: Guider = Guider.dynamic
+    dynamic_schedule: DynamicSchedule = DynamicSchedule.faithful
+    dynamic_exp: float = 5.0
+    dynamic_num_steps: int = 50  # the guider's own step count (SAT guider_config.params.num_steps)
+    uncond: Uncond = Uncond.zeros
+    zero_snr_rescale: ZeroSnrRescale = ZeroSnrRescale.subset
+
+
+@dataclass
+class ModeConfig:
+    """What a run trains: `sft` (the DiT) or `lora` (only the adapters)."""
+
+    name: str = "sft"
+    trainable_prefixes: list[str] = field(default_factory=list)  # empty: all DiT parameters
+
+
+@dataclass
+class InferConfig:
+    """What to sample (grows with the sampling issue)."""
+
+    prompt: str | None = None
+    seed: int = 42
+    num_frames: int | None = None  # pixel frames; None: the variant's default
+    batch_size: int = 1
+    output_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """How to train (grows with the training issue)."""
+
+    strategy: str = "single"
+    seed: int = 1234
+
+
+@dataclass
+class SampleConfig:
+    model: ModelConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    mode: ModeConfig = MISSING
+    infer: InferConfig = MISSING
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    dtype: Dtype | None = None  # None: model.dtype on an accelerator, fp32 on the CPU
+
+
+@dataclass
+class TrainRunConfig:
+    model: ModelConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    mode: ModeConfig = MISSING
+    train: TrainConfig = MISSING
+    device: str = "auto"
+    dtype: Dtype | None = None
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore; primary configs list them first in their defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="sample_schema", node=SampleConfig)
+    cs.store(name="train_schema", node=TrainRunConfig)
+
+
+def conf_dir() -> Path:
+    """The packaged config tree: cogvid/conf in a wheel, ../conf in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "sample.yaml").is_file():
+            return candidate
+    raise CogvidError(f"cogvid's config tree is missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
+
+
+def compose(
+    overrides: list[str] | tuple[str, ...] = (),
+    config_name: str = "sample",
+    config_dirs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
+) -> DictConfig:
+    """Compose a config from the packaged tree plus extra config dirs, as the command line would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides) + extra)
+    except Exception as ex:  # Hydra and OmegaConf raise many types; all mean "this config is wrong"
+        raise CogvidError(describe_config_error(ex)) from ex
+
+
+def describe_config_error(ex: BaseException) -> str:
+    """One line out of Hydra's and OmegaConf's multi-line composition errors."""
+    parts = []
+    for err in (ex, ex.__cause__):
+        if err is None:
+            continue
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if line not in parts:
+            parts.append(line)
+    if len(parts) == 2 and parts[0].startswith("Error merging override"):
+        return f"{parts[1]} ({parts[0][len('Error merging ') :]})"
+    return ": ".join(parts)

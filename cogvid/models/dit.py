@@ -1,0 +1,314 @@
+"""The CogVideoX diffusion transformer (SAT `dit_video_concat.DiffusionTransformer`), both code generations.
+
+Module names follow SAT's state dict, so `state_dict()` gives the keys after `model.diffusion_model.`:
+`mixins.{pos_embed,patch_embed,adaln_layer,final_layer}.*`, `transformer.layers.{i}.*`,
+`transformer.final_layernorm.*`, `time_embed.*` and, for 1.5-I2V, `ofs_embed.*` (spec 2.1).
+Building blocks first, the model last; `DiffusionTransformer.forward` is written in the numbered steps of spec 2.2.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cogvid.config import Generation, PosEmbed
+from cogvid.models.lora import LoraLinear, linear_or_lora
+from cogvid.models.positions import RotaryPositionEmbedding, SinCosPositionEmbedding
+
+QK_NORM_EPS = 1e-6  # qk LayerNorm and the final layer's norm_final; block norms use model.layernorm_epsilon
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [cos(t f_k) ; sin(t f_k)], f_k = exp(-ln(max_period) k / (dim/2)), in float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (b, s, d) * (1 + scale) + shift, with shift and scale (b, d) broadcast over tokens."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class PatchEmbed(nn.Module):
+    """Video latents to tokens, and T5 states to the model width; the sequence is [text ; video].
+
+    v1.0: a Conv2d(k = s = p) per frame. 1.5: a Linear over (c, o, p, q) patches of p_t x p x p.
+    """
+
+    def __init__(self, generation: Generation, in_channels: int, dim: int, p: int, p_t: int, text_dim: int):
+        super().__init__()
+        self.generation, self.p, self.p_t = generation, p, p_t
+        if generation is Generation.v1_0:
+            self.proj = nn.Conv2d(in_channels, dim, kernel_size=p, stride=p)
+        else:
+            self.proj = nn.Linear(in_channels * p_t * p * p, dim)
+        self.text_proj = nn.Linear(text_dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # x: (b, t, c, h, w); context: (b, n_txt, text_dim) -> (b, n_txt + n_video, dim)
+        b = x.shape[0]
+        if self.generation is Generation.v1_0:
+            frames = self.proj(rearrange(x, "b t c h w -> (b t) c h w"))  # (b t) d h' w'
+            video = rearrange(frames, "(b t) d h w -> b (t h w) d", b=b)
+        else:
+            patches = rearrange(
+                x, "b (t o) c (h p) (w q) -> b (t h w) (c o p q)", o=self.p_t, p=self.p, q=self.p
+            )
+            video = self.proj(patches)
+        return torch.cat([self.text_proj(context), video], dim=1)
+
+
+class SelfAttention(nn.Module):
+    """Joint attention over [text ; video]: fused QKV, qk-LayerNorm, RoPE on video tokens, SDPA, dense."""
+
+    def __init__(self, dim: int, n_heads: int, lora_rank: int, lora_alpha: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.query_key_value = linear_or_lora(dim, 3 * dim, lora_rank, lora_alpha, partitions=3)
+        self.dense = linear_or_lora(dim, dim, lora_rank, lora_alpha, partitions=1)
+
+    def forward(self, x, q_norm, k_norm, n_txt: int, rope: tuple[torch.Tensor, torch.Tensor] | None):
+        q, k, v = (
+            rearrange(part, "b s (n d) -> b n s d", n=self.n_heads) for part in self.query_key_value(x).chunk(3, -1)
+        )
+        if q_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        if rope is not None:
+            cos, sin = rope
+            q = torch.cat([q[:, :, :n_txt], RotaryPositionEmbedding.rotate(q[:, :, n_txt:], cos, sin)], dim=2)
+            k = torch.cat([k[:, :, :n_txt], RotaryPositionEmbedding.rotate(k[:, :, n_txt:], cos, sin)], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.dense(rearrange(out, "b n s d -> b s (n d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(dim, 4 * dim)
+        self.dense_4h_to_h = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
+
+
+class TransformerLayer(nn.Module):
+    """One AdaLN block (SAT AdaLNMixin.layer_forward); its modulation and qk-norms live in `mixins.adaln_layer`."""
+
+    def __init__(self, dim: int, n_heads: int, eps: float, affine: bool, lora_rank: int, lora_alpha: float):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+        self.attention = SelfAttention(dim, n_heads, lora_rank, lora_alpha)
+        self.post_attention_layernorm = nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+        self.mlp = MLP(dim)
+
+    def forward(self, h, mod, q_norm, k_norm, n_txt: int, rope):
+        # mod: (b, 12 d) = video shift/scale/gate for attention and MLP, then the same six for text
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
+         t_shift_msa, t_scale_msa, t_gate_msa, t_shift_mlp, t_scale_mlp, t_gate_mlp) = mod.chunk(12, dim=1)
+        txt, vid = h[:, :n_txt], h[:, n_txt:]
+
+        a_vid = modulate(self.input_layernorm(vid), shift_msa, scale_msa)
+        a_txt = modulate(self.input_layernorm(txt), t_shift_msa, t_scale_msa)
+        att = self.attention(torch.cat([a_txt, a_vid], dim=1), q_norm, k_norm, n_txt, rope)
+        vid = vid + gate_msa.unsqueeze(1) * att[:, n_txt:]
+        txt = txt + t_gate_msa.unsqueeze(1) * att[:, :n_txt]
+
+        m_vid = modulate(self.post_attention_layernorm(vid), shift_mlp, scale_mlp)
+        m_txt = modulate(self.post_attention_layernorm(txt), t_shift_mlp, t_scale_mlp)
+        mlp = self.mlp(torch.cat([m_txt, m_vid], dim=1))
+        vid = vid + gate_mlp.unsqueeze(1) * mlp[:, n_txt:]
+        txt = txt + t_gate_mlp.unsqueeze(1) * mlp[:, :n_txt]
+        return torch.cat([txt, vid], dim=1)
+
+
+class Transformer(nn.Module):
+    """SAT BaseTransformer minus word embeddings: the blocks and the final LayerNorm over the whole sequence."""
+
+    def __init__(self, cfg, dim: int):
+        super().__init__()
+        if cfg.pos_embed is PosEmbed.rope:
+            # Present (and unused) in SAT's RoPE variants; kept so that their checkpoints load strictly.
+            self.position_embeddings = nn.Embedding(cfg.max_sequence_length, dim)
+            self.position_embeddings.weight.requires_grad_(False)
+        layer = partial(
+            TransformerLayer, dim, cfg.num_attention_heads, cfg.layernorm_epsilon, cfg.elementwise_affine,
+            cfg.lora_rank, cfg.lora_alpha,
+        )
+        self.layers = nn.ModuleList([layer() for _ in range(cfg.num_layers)])
+        self.final_layernorm = nn.LayerNorm(dim, eps=cfg.layernorm_epsilon, elementwise_affine=cfg.elementwise_affine)
+
+
+class AdaLNModulations(nn.Module):
+    """Per-layer SiLU -> Linear(E, 12 D) modulation and the per-head qk LayerNorms (SAT AdaLNMixin)."""
+
+    def __init__(self, cfg, dim: int, head_dim: int):
+        super().__init__()
+        self.adaLN_modulations = nn.ModuleList(
+            [nn.Sequential(nn.SiLU(), nn.Linear(cfg.time_embed_dim, 12 * dim)) for _ in range(cfg.num_layers)]
+        )
+        if cfg.qk_ln:
+            norm = partial(nn.LayerNorm, head_dim, eps=QK_NORM_EPS, elementwise_affine=cfg.elementwise_affine)
+            self.query_layernorm_list = nn.ModuleList([norm() for _ in range(cfg.num_layers)])
+            self.key_layernorm_list = nn.ModuleList([norm() for _ in range(cfg.num_layers)])
+        else:
+            self.query_layernorm_list = self.key_layernorm_list = None
+
+
+class FinalLayer(nn.Module):
+    """norm_final (eps 1e-6) modulated by (shift, scale) from the time embedding, then Linear to patch pixels."""
+
+    def __init__(self, cfg, dim: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, eps=QK_NORM_EPS, elementwise_affine=cfg.elementwise_affine)
+        self.linear = nn.Linear(dim, cfg.patch_size_t * cfg.patch_size**2 * cfg.out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.time_embed_dim, 2 * dim))
+
+    def forward(self, x, emb):
+        shift, scale = self.adaLN_modulation(emb).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiffusionTransformer(nn.Module):
+    """CogVideoX DiT. forward(x (b, t, c_in, h, w), timesteps (b,), context (b, n_txt, d_txt), ofs) -> (b, t, 16, h, w)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        dim, heads = cfg.hidden_size, cfg.num_attention_heads
+        if dim % heads:
+            raise ValueError(f"hidden_size {dim} is not a multiple of num_attention_heads {heads}")
+        self.cfg = cfg
+        self.dim, self.head_dim = dim, dim // heads
+        self.generation = Generation(cfg.generation)
+        self.p, self.p_t = cfg.patch_size, cfg.patch_size_t
+        if self.generation is Generation.v1_0 and self.p_t != 1:
+            raise ValueError("the v1.0 generation has no temporal patches (patch_size_t must be 1)")
+        self.out_channels = cfg.out_channels
+        self.checkpoint_activations = cfg.checkpoint_activations
+        # The grid the positional tables are built for: (latent frames, h / p, w / p).
+        grid = (
+            (cfg.num_frames - 1) // cfg.time_compressed_rate + 1,
+            cfg.latent_height // self.p,
+            cfg.latent_width // self.p,
+        )
+
+        self.mixins = nn.ModuleDict()
+        if PosEmbed(cfg.pos_embed) is PosEmbed.sincos:
+            interp = (cfg.time_interpolation, cfg.height_interpolation, cfg.width_interpolation)
+            self.mixins["pos_embed"] = SinCosPositionEmbedding(dim, cfg.text_length, grid, interp)
+        else:
+            self.mixins["pos_embed"] = RotaryPositionEmbedding(
+                dim, self.head_dim, cfg.text_length, grid, cfg.rope_theta,
+                tables_in_state_dict=self.generation is Generation.v1_0,
+                learnable_pos_embed=cfg.learnable_pos_embed,
+            )
+        self.mixins["patch_embed"] = PatchEmbed(
+            self.generation, cfg.in_channels, dim, self.p, self.p_t, cfg.text_hidden_size
+        )
+        self.mixins["adaln_layer"] = AdaLNModulations(cfg, dim, self.head_dim)
+        self.mixins["final_layer"] = FinalLayer(cfg, dim)
+        self.transformer = Transformer(cfg, dim)
+        self.time_embed = nn.Sequential(
+            nn.Linear(dim, cfg.time_embed_dim), nn.SiLU(), nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim)
+        )
+        if cfg.ofs_embed_dim:
+            self.ofs_embed = nn.Sequential(
+                nn.Linear(cfg.ofs_embed_dim, cfg.time_embed_dim), nn.SiLU(),
+                nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim),
+            )
+        else:
+            self.ofs_embed = None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Training-from-scratch init: zero adaLN linears, xavier patch proj and final linear (spec 2.3)."""
+        if next(self.parameters()).device.type == "meta":
+            return
+        adaln = self.mixins["adaln_layer"]
+        for seq in adaln.adaLN_modulations:
+            nn.init.zeros_(seq[1].weight)
+            nn.init.zeros_(seq[1].bias)
+        final = self.mixins["final_layer"]
+        nn.init.zeros_(final.adaLN_modulation[1].weight)
+        nn.init.zeros_(final.adaLN_modulation[1].bias)
+        nn.init.xavier_uniform_(final.linear.weight)
+        nn.init.zeros_(final.linear.bias)
+        proj = self.mixins["patch_embed"].proj
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        nn.init.zeros_(proj.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mixins["patch_embed"].text_proj.weight.dtype
+
+    def forward(self, x, timesteps, context, ofs=None):
+        b, t, _, h, w = x.shape
+        if t % self.p_t or h % self.p or w % self.p:
+            raise ValueError(f"latent (t, h, w) = {(t, h, w)} is not divisible by the patch ({self.p_t}, {self.p}, {self.p})")
+        dtype = self.dtype
+        x, context = x.to(dtype), context.to(dtype)
+        n_txt = context.shape[1]
+        grid = (t // self.p_t, h // self.p, w // self.p)
+
+        # 1. Time embedding (+ ofs for 1.5-I2V): sinusoid of width D, then MLP to E.   emb: (b, E)
+        emb = self.time_embed(timestep_embedding(timesteps, self.dim).to(dtype))
+        if self.ofs_embed is not None:
+            if ofs is None:
+                raise ValueError("this model (1.5-I2V) needs `ofs` (2.0 at sampling)")
+            ofs = torch.as_tensor(ofs, device=x.device).reshape(-1)
+            emb = emb + self.ofs_embed(timestep_embedding(ofs, self.cfg.ofs_embed_dim).to(dtype))
+
+        # 2. Patch embedding, [text ; video] tokens.                                   h: (b, n_txt + n_video, D)
+        hidden = self.mixins["patch_embed"](x, context)
+
+        # 3. Additive position embedding (2B sin-cos, 5B-I2V learnable), and RoPE tables for attention.
+        pos = self.mixins["pos_embed"]
+        additive = pos.additive(grid)
+        if additive is not None:
+            if additive.shape[1] != hidden.shape[1]:
+                raise ValueError(f"context has {n_txt} tokens; this model was built for {pos.text_length}")
+            hidden = hidden + additive.to(dtype)
+        rope = pos.cos_sin(grid, x.device) if isinstance(pos, RotaryPositionEmbedding) else None
+
+        # 4. L AdaLN blocks over the joint sequence.
+        adaln = self.mixins["adaln_layer"]
+        for i, layer in enumerate(self.transformer.layers):
+            mod = adaln.adaLN_modulations[i](emb)
+            q_norm = adaln.query_layernorm_list[i] if adaln.query_layernorm_list is not None else None
+            k_norm = adaln.key_layernorm_list[i] if adaln.key_layernorm_list is not None else None
+            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(layer, hidden, mod, q_norm, k_norm, n_txt, rope, use_reentrant=False)
+            else:
+                hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope)
+
+        # 5. Final LayerNorm over everything, then the final layer on video tokens.     (b, n_video, p_t p p c)
+        hidden = self.transformer.final_layernorm(hidden)
+        out = self.mixins["final_layer"](hidden[:, n_txt:], emb)
+
+        # 6. Unpatchify: token (t', h', w'), feature (c, o, p, q) -> frame t' p_t + o, row h' p + p, col w' p + q.
+        return rearrange(
+            out, "b (t h w) (c o p q) -> b (t o) c (h p) (w q)",
+            t=grid[0], h=grid[1], w=grid[2], o=self.p_t, p=self.p, q=self.p,
+        )
+
+    def lora_layers(self) -> list[LoraLinear]:
+        return [m for m in self.modules() if isinstance(m, LoraLinear)]
+
+    @torch.no_grad()
+    def merge_lora_(self) -> None:
+        """Replace every LoraLinear with a plain Linear holding W + B A alpha / r (SAT merge_lora)."""
+        for layer in self.transformer.layers:
+            att = layer.attention
+            for name in ("query_key_value", "dense"):
+                module = getattr(att, name)
+                if isinstance(module, LoraLinear):
+                    setattr(att, name, module.merged())
