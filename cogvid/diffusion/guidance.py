@@ -1,0 +1,46 @@
+"""Classifier-free guidance outside both model and solver (SAT VanillaCFG / DynamicCFG, spec 3.8)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from cogvid.config import DynamicSchedule, Guider
+
+
+def guidance_scale(cfg, step_index: int, timestep: int) -> float | None:
+    """The CFG scale at one step; None means no guidance (one conditional pass).
+
+    DynamicCFG: 1 + s (1 - cos(pi (k / N)^exp)) / 2. The original ('faithful') takes k = num_steps - timestep,
+    with the DDPM timestep where a step index was meant, and N the guider's own step count; 'corrected' takes
+    k = step index and N = num_steps, so the scale ramps from 1 up to 1 + s.
+    """
+    guider = Guider(cfg.guider)
+    if guider is Guider.none:
+        return None
+    if guider is Guider.constant:
+        return float(cfg.guidance_scale)
+    if DynamicSchedule(cfg.dynamic_schedule) is DynamicSchedule.faithful:
+        k, n = float(cfg.num_steps - timestep), cfg.dynamic_num_steps
+    else:
+        k, n = float(step_index), cfg.num_steps
+    return 1 + cfg.guidance_scale * (1 - math.cos(math.pi * (k / n) ** cfg.dynamic_exp)) / 2
+
+
+def guided(
+    denoise_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """x_u + scale (x_c - x_u) from one batched pass over [uncond ; cond] (uncond first, as SAT batches it).
+
+    denoise_batch(x, context) -> x0 for a batch; with scale None only the conditional pass runs.
+    """
+    if scale is None:
+        return denoise_batch(x, cond)
+    x_u, x_c = denoise_batch(torch.cat([x, x]), torch.cat([uncond, cond])).chunk(2)
+    return x_u + scale * (x_c - x_u)
