@@ -7,6 +7,7 @@ the same words here. A misspelt key or a value outside an enum fails at compose 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -48,7 +49,7 @@ class Guider(str, Enum):
 
 class DynamicSchedule(str, Enum):
     faithful = "faithful"  # the original: k = num_steps - DDPM timestep (erratic scale, spec 3.8)
-    corrected = "corrected"  # k = step index: the scale ramps from 1 up to 1 + guidance_scale
+    corrected = "corrected"  # k = step index + 1: the scale ramps from 1 up to 1 + guidance_scale
 
 
 class Uncond(str, Enum):
@@ -141,6 +142,7 @@ class InferConfig:
     num_frames: int | None = None  # pixel frames; None: the variant's default
     batch_size: int = 1
     output_dir: str | None = None
+    text_embeddings: str | None = None  # safetensors with cond_crossattn [, uncond_crossattn] (until T5 lands)
 
 
 @dataclass
@@ -210,14 +212,24 @@ def compose(
 
 
 def describe_config_error(ex: BaseException) -> str:
-    """One line out of Hydra's and OmegaConf's multi-line composition errors."""
-    parts = []
-    for err in (ex, ex.__cause__):
-        if err is None:
-            continue
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if line not in parts:
-            parts.append(line)
-    if len(parts) == 2 and parts[0].startswith("Error merging override"):
-        return f"{parts[1]} ({parts[0][len('Error merging ') :]})"
-    return ": ".join(parts)
+    """One line out of Hydra's and OmegaConf's multi-line, chained composition errors.
+
+    The most specific message is OmegaConf's (it names the key); Hydra's outer message says where.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain, seen = [], set()
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        chain.append(ex)
+        ex = ex.__cause__ or ex.__context__
+    lines = [(str(e).strip().splitlines() or [type(e).__name__])[0].strip() for e in chain]
+    detail = next((line for e, line in zip(chain, lines) if isinstance(e, OmegaConfBaseException)), lines[0])
+    where = lines[0]
+    if where == detail:
+        return detail
+    if match := re.match(r"(?:Error merging override|Could not override) '?([^']*)'?", where):
+        return f"{detail} (override {match.group(1)})"
+    if match := re.match(r"In '([^']*)'", where):
+        return f"{detail} (in config '{match.group(1)}')"
+    return f"{where}: {detail}"

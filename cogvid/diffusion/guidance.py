@@ -15,7 +15,7 @@ def guidance_scale(cfg, step_index: int, timestep: int) -> float | None:
 
     DynamicCFG: 1 + s (1 - cos(pi (k / N)^exp)) / 2. The original ('faithful') takes k = num_steps - timestep,
     with the DDPM timestep where a step index was meant, and N the guider's own step count; 'corrected' takes
-    k = step index and N = num_steps, so the scale ramps from 1 up to 1 + s.
+    k = step index + 1 and N = num_steps, so the scale ramps from about 1 at the first step to 1 + s at the last.
     """
     guider = Guider(cfg.guider)
     if guider is Guider.none:
@@ -25,7 +25,7 @@ def guidance_scale(cfg, step_index: int, timestep: int) -> float | None:
     if DynamicSchedule(cfg.dynamic_schedule) is DynamicSchedule.faithful:
         k, n = float(cfg.num_steps - timestep), cfg.dynamic_num_steps
     else:
-        k, n = float(step_index), cfg.num_steps
+        k, n = float(step_index + 1), cfg.num_steps
     return 1 + cfg.guidance_scale * (1 - math.cos(math.pi * (k / n) ** cfg.dynamic_exp)) / 2
 
 

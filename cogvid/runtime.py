@@ -1,0 +1,28 @@
+"""Where and in what precision a run computes."""
+
+from __future__ import annotations
+
+import torch
+
+from cogvid.config import Dtype
+from cogvid.errors import CogvidError
+
+TORCH_DTYPES = {Dtype.fp32: torch.float32, Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16}
+
+
+def resolve_device_dtype(cfg) -> tuple[torch.device, torch.dtype]:
+    """device=auto picks CUDA when present; dtype=null picks model.dtype on an accelerator and fp32 on the CPU."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as ex:
+        raise CogvidError(f"device={cfg.device} is not a device torch knows ({ex})") from ex
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CogvidError(f"device={cfg.device} but torch sees no CUDA device here; use device=cpu")
+    if cfg.dtype is not None:
+        dtype = TORCH_DTYPES[Dtype(cfg.dtype)]
+    else:
+        dtype = TORCH_DTYPES[Dtype(cfg.model.dtype)] if device.type != "cpu" else torch.float32
+    return device, dtype
