@@ -1,0 +1,373 @@
+"""SAT checkpoints: safe loading, strict backbone loading with SAT's LoRA routing, atomic saving; spec 7.7, 8.
+
+Layout, as SAT and DeepSpeed write it:
+
+    DIR/latest                              "1000" (an iteration > 0) or "release"
+    DIR/<iter>/mp_rank_00_model_states.pt   {"module": {"model.diffusion_model.<dit key>": tensor, ...}, ...}
+    DIR/model_config.json                   {"model_class": "Module", "model_parallel_size": 1}
+
+SAT itself unpickles with a plain `torch.load`, so a checkpoint can run code; here every file goes through
+`torch.load(weights_only=True)` with only numpy's array, scalar and dtype reconstructors allowed on top of
+torch's defaults, which is what a SAT training checkpoint's RNG states need.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import pickle
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cogvid.errors import CogvidError
+
+try:  # numpy >= 2 (numpy 1.x pickles name the same functions numpy.core.multiarray.*)
+    from numpy._core import multiarray as _np_multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _np_multiarray
+
+logger = logging.getLogger(__name__)
+
+DIT_PREFIX = "model.diffusion_model."
+MODEL_STATES = "mp_rank_00_model_states.pt"
+SAT_MODEL_CONFIG = {"model_class": "Module", "model_parallel_size": 1}
+_STATE_DICT_WRAPPERS = ("module", "model", "state_dict")
+_DIT_KEY_STARTS = ("transformer.layers.", "transformer.final_layernorm.", "mixins.", "time_embed.")
+_SHOW = 3  # keys listed per category in a load error
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _numpy_safe_globals() -> list[tuple[object, str]]:
+    """numpy's reconstructors for arrays, scalars and plain numeric dtypes, under numpy 1.x and 2.x names.
+
+    An `np.random.get_state()` tuple pickles as `_reconstruct(ndarray, ...)` + a `dtype('u4')` built then set
+    up by BUILD; the restricted unpickler only BUILDs instances whose type is allowed, so listing just the
+    numeric dtype classes keeps object and structured dtypes out.
+    """
+    allowed: list[tuple[object, str]] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed.append((_np_multiarray._reconstruct, f"{module}._reconstruct"))
+        allowed.append((_np_multiarray.scalar, f"{module}.scalar"))
+    numeric = (
+        np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+        np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128,
+    )
+    for scalar_type in numeric:
+        dtype_class = type(np.dtype(scalar_type))
+        allowed.append((dtype_class, f"numpy.dtypes.{dtype_class.__name__}"))
+    return allowed
+
+
+_NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
+
+
+def _first_line(text: str) -> str:
+    """The first non-empty line, cut at its first sentence end (torch appends paragraphs of advice)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return re.split(r"(?<=[a-z\d])\. ", lines[0])[0] if lines else ""
+
+
+def _describe_load_failure(path: Path, ex: BaseException) -> str:
+    """One line for a failed `torch.load`: refused code, a truncated/corrupt file, or not a torch file."""
+    text = str(ex)
+    if isinstance(ex, pickle.UnpicklingError):
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
+        if refused:
+            return (
+                f"refusing to load {path}: it would run code (GLOBAL {refused.group(1)}); a safe load allows "
+                "only tensors, Python containers and numpy arrays"
+            )
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = _first_line(reason.group(1)) if reason else _first_line(text)
+        refused_type = re.search(r"<class '([\w.]+)'>", detail)
+        if refused_type:
+            return (
+                f"refusing to load {path}: it holds a {refused_type.group(1)}, which a safe load does not "
+                "build (only tensors, Python containers and numeric numpy arrays)"
+            )
+        if "reduce" in detail:
+            return f"refusing to load {path}: it would run code ({detail})"
+        return f"{path} is not a torch checkpoint or is corrupt (unpickling failed: {detail})"
+    if isinstance(ex, PermissionError):
+        return f"cannot read {path}: permission denied"
+    cut_off = isinstance(ex, (EOFError, struct.error)) or re.search(r"central directory|truncated|EOF", text)
+    if cut_off or (isinstance(ex, OSError) and ex.errno == errno.EINVAL):  # EINVAL: miniz seeks past the end
+        detail = _first_line(text) or type(ex).__name__
+        return f"{path} is truncated or corrupt ({detail}); copy or save it again"
+    if isinstance(ex, RuntimeError) and ("PytorchStreamReader" in text or "inline_container" in text):
+        return f"{path} is not a torch checkpoint or is corrupt ({_first_line(text)})"
+    return f"{path} is not a readable torch checkpoint ({type(ex).__name__}: {_first_line(text)})"
+
+
+def safe_torch_load(path: str | os.PathLike) -> dict:
+    """`torch.load` on the CPU with `weights_only=True` (+ numpy RNG states), memory-mapped for zip files."""
+    path = Path(path)
+    if not path.exists():
+        raise CogvidError(f"checkpoint file {path} does not exist")
+    if not path.is_file():
+        raise CogvidError(f"{path} is not a file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise CogvidError(f"{path} is empty")
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if not is_zip and head[0] != 0x80:  # torch's legacy format opens with a protocol >= 2 pickle
+        hint = " (a safetensors file?)" if head[8:9] == b"{" else ""
+        raise CogvidError(f"{path} is not a torch checkpoint{hint}: it is neither a torch zip nor a pickle")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as ex:  # torch reports every kind of bad file with its own exception type
+        raise CogvidError(_describe_load_failure(path, ex)) from ex
+    if not isinstance(obj, dict):
+        raise CogvidError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def _listing(directory: Path, limit: int = 8) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    if not names:
+        return "an empty folder"
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def resolve_sat_checkpoint(path: str | os.PathLike) -> Path:
+    """The `.pt` file of a SAT checkpoint: `DIR/<DIR/latest>/mp_rank_00_model_states.pt`, or `path` itself."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CogvidError(f"checkpoint {path} does not exist")
+    expected = f"expected {path}/latest and {path}/<iter>/{MODEL_STATES}"
+    latest = path / "latest"
+    if not latest.is_file():
+        if (path / MODEL_STATES).is_file():  # pointed at the iteration folder itself
+            return path / MODEL_STATES
+        nested = [p.name for p in sorted(path.iterdir()) if (p / "latest").is_file()]
+        hint = f"; did you mean {path / nested[0]}?" if nested else ""
+        raise CogvidError(f"{path} is not a SAT checkpoint folder: {expected}, found {_listing(path)}{hint}")
+    tag = latest.read_text(errors="replace").strip()
+    if tag != "release":
+        if not re.fullmatch(r"\d+", tag) or int(tag) <= 0:
+            raise CogvidError(f"{latest} holds {tag!r}: expected an iteration number > 0 or 'release'")
+        tag = str(int(tag))
+    weights = path / tag / MODEL_STATES
+    if not weights.is_file():
+        found = _listing(path / tag) if (path / tag).is_dir() else _listing(path)
+        where = f"{path / tag}" if (path / tag).is_dir() else f"{path}"
+        raise CogvidError(
+            f"{latest} names iteration {tag} but {weights} does not exist ({where} has: {found})"
+        )
+    return weights
+
+
+def read_sat_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(DiT state dict without `model.diffusion_model.`, everything else) from a SAT checkpoint.
+
+    The second dict holds the other top-level entries (`iteration`, RNG states, DeepSpeed bookkeeping) and the
+    state-dict entries of other parts (`first_stage_model.*`, `conditioner.*`), each under its own key.
+    """
+    file = resolve_sat_checkpoint(path)
+    ckpt = safe_torch_load(file)
+    wrapper = next((k for k in _STATE_DICT_WRAPPERS if isinstance(ckpt.get(k), Mapping)), None)
+    if wrapper is not None:
+        full = dict(ckpt[wrapper])
+        aside = {k: v for k, v in ckpt.items() if k != wrapper}
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        full, aside = dict(ckpt), {}
+    else:
+        raise CogvidError(
+            f"{file} holds no state dict: expected a top-level 'module' (or 'model' / 'state_dict') entry, "
+            f"found {sorted(ckpt)[:8]}"
+        )
+    state: dict[str, torch.Tensor] = {}
+    if any(k.startswith(DIT_PREFIX) for k in full):
+        for k, v in full.items():
+            if k.startswith(DIT_PREFIX) and isinstance(v, torch.Tensor):
+                state[k[len(DIT_PREFIX) :]] = v
+            else:
+                aside[k] = v
+    elif any(k.startswith(_DIT_KEY_STARTS) for k in full):  # already stripped
+        for k, v in full.items():
+            if isinstance(v, torch.Tensor):
+                state[k] = v
+            else:
+                aside[k] = v
+    else:
+        raise CogvidError(
+            f"{file} holds no DiT weights: no key starts with {DIT_PREFIX!r} or looks like a DiT key "
+            f"(first keys: {', '.join(sorted(full)[:_SHOW])})"
+        )
+    return state, aside
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What `load_backbone_state` did; a failed load raises instead."""
+
+    loaded: int  # tensors copied into the model
+    routed_to_original: int  # plain `X.weight/bias` loaded into a LoRA layer's `X.original.weight/bias`
+    adapters_at_init: tuple[str, ...]  # LoRA matrices the checkpoint lacks, left at their init (B = 0)
+    checkpoint_dtypes: tuple[str, ...]  # dtypes found in the checkpoint, converted to the model's on copy
+    model_dtype: str
+
+    def __str__(self) -> str:
+        parts = [f"loaded {self.loaded} tensors ({'/'.join(self.checkpoint_dtypes)} -> {self.model_dtype})"]
+        if self.routed_to_original:
+            parts.append(f"{self.routed_to_original} plain weights routed into LoRA .original")
+        if self.adapters_at_init:
+            parts.append(f"{len(self.adapters_at_init)} LoRA adapter matrices left at init")
+        return "; ".join(parts)
+
+
+def _is_adapter(key: str) -> bool:
+    return ".matrix_A." in key or ".matrix_B." in key
+
+
+def _lora_rank(state: Mapping[str, torch.Tensor]) -> int | None:
+    a = next((v for k, v in state.items() if ".matrix_A." in k), None)
+    return None if a is None else int(a.shape[0])
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return shown + (", ..." if len(keys) > _SHOW else "")
+
+
+def load_backbone_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> LoadReport:
+    """Strict load of a (prefix-stripped) SAT DiT state dict into `model`, routing plain weights into LoRA.
+
+    As SAT's `LoraLinear._load_from_state_dict`: a plain checkpoint's `X.weight/bias` goes into a LoRA layer's
+    `X.original.weight/bias` and the adapters stay at init (reported). Any other missing, unexpected or
+    mis-shaped key fails the whole load with one message. `dtype`: cast the model first (SAT casts to
+    --bf16/--fp16 before loading); checkpoint tensors are converted to the model's dtype by the copy.
+    """
+    if dtype is not None:
+        model.to(dtype)
+    own = model.state_dict()
+    model_has_lora = any(_is_adapter(k) or ".original." in k for k in own)
+    ckpt_rank = _lora_rank(state)
+    name = getattr(getattr(model, "cfg", None), "name", None)
+    model_label = f"this model ({name})" if name else "this model"
+
+    if ckpt_rank is not None and not model_has_lora:
+        raise CogvidError(
+            f"the checkpoint has LoRA adapters (rank {ckpt_rank}) but {model_label} has none: "
+            f"use mode=lora model.lora_rank={ckpt_rank}"
+        )
+
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    routed = 0
+    for key, value in state.items():
+        if key in own:
+            mapped[key] = value
+            continue
+        stem, _, leaf = key.rpartition(".")
+        original = f"{stem}.original.{leaf}"
+        if stem and original in own and original not in state:
+            mapped[original] = value
+            routed += 1
+        else:
+            unexpected.append(key)
+    missing = [k for k in own if k not in mapped]
+    # A plain checkpoint into a LoRA model: the adapters it cannot have stay at their init, as in SAT.
+    at_init = [k for k in missing if _is_adapter(k)] if ckpt_rank is None and routed else []
+    missing = [k for k in missing if k not in at_init]
+    mis_shaped = [k for k, v in mapped.items() if tuple(v.shape) != tuple(own[k].shape)]
+
+    if missing or unexpected or mis_shaped:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing ({_some(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
+        if mis_shaped:
+            shapes = [f"{k} checkpoint {_shape(mapped[k])} vs model {_shape(own[k])}" for k in mis_shaped]
+            problems.append(f"{len(mis_shaped)} mis-shaped ({_some(shapes)})")
+        model_rank = getattr(getattr(model, "cfg", None), "lora_rank", None)
+        if ckpt_rank is not None and model_rank is not None and ckpt_rank != model_rank:
+            hint = f"the checkpoint's LoRA rank is {ckpt_rank}: use model.lora_rank={ckpt_rank}"
+        else:
+            hint = "a checkpoint of another variant or size? pick the matching model=..."
+        raise CogvidError(f"checkpoint does not fit {model_label}: {'; '.join(problems)} ({hint})")
+
+    result = model.load_state_dict(mapped, strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != set(at_init):  # pragma: no cover - checked above
+        raise CogvidError(f"load_state_dict disagreed with the key check: {result}")
+    if at_init:
+        logger.warning(
+            "plain checkpoint into a LoRA model: %d adapter matrices (matrix_A/matrix_B) left at init",
+            len(at_init),
+        )
+    model_dtype = next((v.dtype for v in own.values() if v.is_floating_point()), None)
+    return LoadReport(
+        loaded=len(mapped),
+        routed_to_original=routed,
+        adapters_at_init=tuple(at_init),
+        checkpoint_dtypes=tuple(sorted({str(v.dtype).removeprefix("torch.") for v in mapped.values()})),
+        model_dtype=str(model_dtype).removeprefix("torch."),
+    )
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """A detached CPU tensor that is contiguous and alone on its storage (so only its own bytes are saved)."""
+    t = t.detach().to("cpu")
+    if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _write_atomic(target: Path, write) -> None:
+    """Write through `write(file)` to a temp name beside `target`, fsync, then `os.replace` onto `target`."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_sat_checkpoint(
+    model: nn.Module, directory: str | os.PathLike, iteration: int, extra: dict | None = None
+) -> Path:
+    """Write `model` as SAT does: `DIR/<iteration>/mp_rank_00_model_states.pt`, then `DIR/latest`.
+
+    `latest` is replaced only after the weights (and `model_config.json`) are complete on disk, so an
+    interrupted save never becomes the checkpoint a later load picks. Returns the weights file.
+    """
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration <= 0:
+        raise ValueError(f"iteration must be an int > 0 (SAT's `latest` rule), got {iteration!r}")
+    extra = dict(extra or {})
+    if "module" in extra:
+        raise ValueError("extra must not hold 'module': that entry is the model's state dict")
+    directory = Path(directory)
+    weights = directory / str(iteration) / MODEL_STATES
+    weights.parent.mkdir(parents=True, exist_ok=True)
+
+    module = {DIT_PREFIX + k: _own_storage(v) for k, v in model.state_dict().items()}
+    _write_atomic(weights, lambda f: torch.save({"module": module, **extra}, f))
+    config = json.dumps(SAT_MODEL_CONFIG, indent=4).encode()
+    _write_atomic(directory / "model_config.json", lambda f: f.write(config))
+    _write_atomic(directory / "latest", lambda f: f.write(str(iteration).encode()))
+    logger.info("saved %d tensors to %s", len(module), weights)
+    return weights
