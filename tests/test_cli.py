@@ -1,0 +1,136 @@
+"""The command lines as a user runs them: bad input is one line on stderr, exit code 2, no traceback."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURE
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert fragment in errors[0], errors[0]
+
+
+def sample(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return run(
+        "cogvid-sample", "model=tiny", f"infer.text_embeddings={FIXTURE / 'sampler_50step.safetensors'}",
+        f"infer.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
+    )
+
+
+def test_sample_writes_latents_equal_to_the_original(tmp_path):
+    result = sample(tmp_path, f"model.ckpt={FIXTURE / 'dit_ckpt'}", "infer.seed=20240003")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out" / "latents" / "000_seed20240003.safetensors"
+    from safetensors.torch import load_file
+
+    diff = (load_file(out)["latents"] - load_file(FIXTURE / "sampler_50step.safetensors")["out_latent"]).abs().max()
+    assert diff <= 1e-4
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_misspelt_config_key(tmp_path):
+    assert_one_line_error(sample(tmp_path, "model.hiden_size=3"), "hiden_size")
+
+
+def test_unknown_config_option(tmp_path):
+    assert_one_line_error(sample(tmp_path, "sampler=euler"), "sampler/euler")
+
+
+def test_checkpoint_of_another_variant(tmp_path):
+    # a tiny 5B-style (RoPE) checkpoint given to the 2B-style model
+    from cogvid import compose
+    from cogvid.checkpoint import save_sat_checkpoint
+    from cogvid.models.dit import DiffusionTransformer
+
+    other = DiffusionTransformer(compose(["model=tiny", "model.pos_embed=rope", "model.hidden_size=128"]).model)
+    save_sat_checkpoint(other, tmp_path / "other", 1)
+    result = sample(tmp_path, f"model.ckpt={tmp_path / 'other'}")
+    assert_one_line_error(result, "mis-shaped")
+
+
+def test_truncated_checkpoint(tmp_path):
+    ckpt = tmp_path / "cut"
+    shutil.copytree(FIXTURE / "dit_ckpt", ckpt)
+    pt = ckpt / "1000" / "mp_rank_00_model_states.pt"
+    pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    assert_one_line_error(sample(tmp_path, f"model.ckpt={ckpt}"), "truncated")
+
+
+def test_folder_that_is_not_a_sat_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(sample(tmp_path, f"model.ckpt={tmp_path / 'empty'}"), "latest")
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/cogvid-pwned-marker")
+
+
+def test_pickle_that_would_run_code(tmp_path):
+    MARKER.unlink(missing_ok=True)
+    evil = tmp_path / "evil.pt"
+    torch.save({"module": RunsCode()}, evil)
+    assert_one_line_error(sample(tmp_path, f"model.ckpt={evil}"), "run code")
+    assert not MARKER.exists()
+
+
+def test_unknown_sat_target(tmp_path):
+    text = (FIXTURE / "tiny_2b.yaml").read_text().replace(
+        "sgm.modules.diffusionmodules.sampling.VPSDEDPMPP2MSampler", "sgm.modules.diffusionmodules.sampling.EulerEDMSampler"
+    )
+    (tmp_path / "odd.yaml").write_text(text)
+    result = run("cogvid-export", "sat-config", str(tmp_path / "odd.yaml"), "--name", "odd", "--out-dir", str(tmp_path))
+    assert_one_line_error(result, "EulerEDMSampler")
+    assert not (tmp_path / "model").exists()
+
+
+def test_help_is_helpful():
+    for prog in ("cogvid-sample", "cogvid-export", "cogvid-train"):
+        result = run(prog, "--help")
+        assert result.returncode == 0 and ("model=" in result.stdout or "sat-config" in result.stdout), prog
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the tracked tree")
+def test_a_wheel_ships_the_config_tree(tmp_path):
+    """A non-editable install finds conf/ (it ships inside the wheel as cogvid/conf)."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True, timeout=300,
+    )
+    wheel = next(tmp_path.glob("cogvid-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "cogvid/conf/sample.yaml" in names and "cogvid/conf/model/cogvideox1.5_5b_i2v.yaml" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import cogvid, cogvid.config as c; print(cogvid.__file__); print(c.conf_dir());"
+         "print(cogvid.compose(['model=5b']).model.hidden_size)"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    module_file, conf, hidden = probe.stdout.split()
+    assert module_file.startswith(str(target)) and conf.startswith(str(target)) and hidden == "3072"
