@@ -58,8 +58,21 @@ def _numpy_safe_globals() -> list[tuple[object, str]]:
         allowed.append((_np_multiarray._reconstruct, f"{module}._reconstruct"))
         allowed.append((_np_multiarray.scalar, f"{module}.scalar"))
     numeric = (
-        np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-        np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128,
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.longdouble,
+        np.complex64,
+        np.complex128,
     )
     for scalar_type in numeric:
         dtype_class = type(np.dtype(scalar_type))
@@ -165,9 +178,7 @@ def resolve_sat_checkpoint(path: str | os.PathLike) -> Path:
     if not weights.is_file():
         found = _listing(path / tag) if (path / tag).is_dir() else _listing(path)
         where = f"{path / tag}" if (path / tag).is_dir() else f"{path}"
-        raise CogvidError(
-            f"{latest} names iteration {tag} but {weights} does not exist ({where} has: {found})"
-        )
+        raise CogvidError(f"{latest} names iteration {tag} but {weights} does not exist ({where} has: {found})")
     return weights
 
 

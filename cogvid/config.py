@@ -224,7 +224,8 @@ def describe_config_error(ex: BaseException) -> str:
         chain.append(ex)
         ex = ex.__cause__ or ex.__context__
     lines = [(str(e).strip().splitlines() or [type(e).__name__])[0].strip() for e in chain]
-    detail = next((line for e, line in zip(chain, lines) if isinstance(e, OmegaConfBaseException)), lines[0])
+    omegaconf_lines = [line for e, line in zip(chain, lines, strict=True) if isinstance(e, OmegaConfBaseException)]
+    detail = omegaconf_lines[0] if omegaconf_lines else lines[0]
     where = lines[0]
     if where == detail:
         return detail

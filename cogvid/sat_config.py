@@ -106,9 +106,7 @@ def read_sat_yaml(path: str | os.PathLike) -> dict:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise CogvidError(f"SAT config {p} is not plain YAML: {problem}{where}") from None
     if not isinstance(doc, dict):
-        raise CogvidError(
-            f"SAT config {p} holds {type(doc).__name__}, not a mapping with a top-level 'model:' key"
-        )
+        raise CogvidError(f"SAT config {p} holds {type(doc).__name__}, not a mapping with a top-level 'model:' key")
     return doc
 
 
@@ -155,9 +153,7 @@ class _Node:
             raise CogvidError(f"{self.where(key)} must be at least {minimum}, got {v}")
         return v
 
-    def number(
-        self, key: str, default: Any = _REQUIRED, *, low: float | None = None, high: float | None = None
-    ):
+    def number(self, key: str, default: Any = _REQUIRED, *, low: float | None = None, high: float | None = None):
         v = self.value(key, default)
         if isinstance(v, str) and _FLOAT_TEXT.fullmatch(v.strip()):
             v = float(v)
@@ -195,9 +191,7 @@ class _Node:
         v = self.data[key]
         if not any(_same(v, a) for a in allowed):
             shown = " or ".join(_show(a) for a in allowed)
-            raise CogvidError(
-                f"{self.where(key)} = {_show(v)} is not supported: cogvid implements {shown} ({why})"
-            )
+            raise CogvidError(f"{self.where(key)} = {_show(v)} is not supported: cogvid implements {shown} ({why})")
 
     def ignored(self, *keys: str) -> None:
         """Accept keys whatever their value; each call site says why no value of them changes the result."""
@@ -256,9 +250,7 @@ def _read_network(model: _Node, out: dict) -> None:
     hidden = p.integer("hidden_size", minimum=1)
     heads = p.integer("num_attention_heads", minimum=1)
     if hidden % heads:
-        raise CogvidError(
-            f"{p.where('hidden_size')} = {hidden} is not divisible by num_attention_heads = {heads}"
-        )
+        raise CogvidError(f"{p.where('hidden_size')} = {hidden} is not divisible by num_attention_heads = {heads}")
     out["hidden_size"], out["num_attention_heads"] = hidden, heads
     out["num_layers"] = p.integer("num_layers", minimum=1)
     out["in_channels"] = p.integer("in_channels", minimum=1)
@@ -283,20 +275,15 @@ def _read_network(model: _Node, out: dict) -> None:
         out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_5, patch[1], patch[0]
     else:
         raise CogvidError(
-            f"{p.where('patch_size')} must be an integer (1.0 code) or [p_t, p, p] (1.5 code), "
-            f"got {_show(patch)}"
+            f"{p.where('patch_size')} must be an integer (1.0 code) or [p_t, p, p] (1.5 code), got {_show(patch)}"
         )
     for key in ("latent_height", "latent_width"):
         if out[key] % out["patch_size"]:
-            raise CogvidError(
-                f"{p.where(key)} = {out[key]} is not divisible by the patch size {out['patch_size']}"
-            )
+            raise CogvidError(f"{p.where(key)} = {out[key]} is not divisible by the patch size {out['patch_size']}")
 
     out["ofs_embed_dim"] = p.integer("ofs_embed_dim", None, minimum=1)
     if out["ofs_embed_dim"] is not None and out["generation"] is not Generation.v1_5:
-        raise CogvidError(
-            f"{p.where('ofs_embed_dim')} needs the 1.5 code generation (patch_size as [p_t, p, p])"
-        )
+        raise CogvidError(f"{p.where('ofs_embed_dim')} needs the 1.5 code generation (patch_size as [p_t, p, p])")
 
     p.harmless("num_classes", None, why="the DiT is not class-conditional")
     p.harmless("input_time", "adaln", why="the timestep enters through adaLN")
@@ -320,9 +307,7 @@ def _read_transformer_args(ta: _Node, out: dict) -> None:
     out["max_sequence_length"] = ta.integer(
         "max_sequence_length", _schema_default(ModelConfig, "max_sequence_length"), minimum=1
     )
-    out["layernorm_epsilon"] = ta.number(
-        "layernorm_epsilon", _schema_default(ModelConfig, "layernorm_epsilon")
-    )
+    out["layernorm_epsilon"] = ta.number("layernorm_epsilon", _schema_default(ModelConfig, "layernorm_epsilon"))
     ta.harmless("layernorm_order", "pre", why="the adaLN block is pre-norm")
     ta.harmless("model_parallel_size", 1, why="cogvid does not split layers across ranks")
     ta.harmless("is_decoder", False, why="the DiT has no cross-attention")
@@ -350,8 +335,7 @@ def _read_modules(modules: _Node, out: dict, head_dim: int) -> None:
         head = pe.integer("hidden_size_head", minimum=1)
         if head != head_dim:
             raise CogvidError(
-                f"{pe.where('hidden_size_head')} = {head} must equal hidden_size / num_attention_heads "
-                f"= {head_dim}"
+                f"{pe.where('hidden_size_head')} = {head} must equal hidden_size / num_attention_heads = {head_dim}"
             )
         out["rope_theta"] = pe.number("theta", 10000.0)
         out["learnable_pos_embed"] = pe.flag("learnable_pos_embed", False)
@@ -414,9 +398,7 @@ def _read_denoiser(model: _Node) -> tuple[str, float]:
         raise CogvidError(f"{p.where('num_idx')} = {num_idx}; cogvid's denoiser uses the 1000-step table")
     quantize = p.flag("quantize_c_noise", True)  # SAT's default is True
     if quantize:
-        raise CogvidError(
-            f"{p.where('quantize_c_noise')} must be False: with VideoScaling c_noise is the timestep"
-        )
+        raise CogvidError(f"{p.where('quantize_c_noise')} must be False: with VideoScaling c_noise is the timestep")
     p.harmless("do_append_zero", False, why="the denoiser table has no appended zero")
     p.harmless("flip", True, why="the table is indexed by timestep")
     _paramless(p, "weighting_config", ("EpsWeighting",))  # configured, but the loss never uses it (spec 3.2)
@@ -515,9 +497,7 @@ def _read_conditioner(model: _Node, text_length: int) -> dict:
 
     max_length = t5.integer("max_length", SAT_T5_MAX_LENGTH, minimum=1)
     if max_length != text_length:
-        raise CogvidError(
-            f"{t5.where('max_length')} = {max_length} must equal the DiT's text_length = {text_length}"
-        )
+        raise CogvidError(f"{t5.where('max_length')} = {max_length} must equal the DiT's text_length = {text_length}")
     model_dir = t5.text("model_dir", SAT_T5_MODEL_DIR)
     t5.harmless("freeze", True, why="T5 stays frozen")
     t5.ignored("device", "cache_dir")  # where it runs and where downloads go: no effect on the embedding
@@ -605,18 +585,14 @@ def _read_model_scalars(model: _Node, out: dict) -> None:
     # `mode=` chooses this at run time, so the two shipped forms are accepted and nothing else.
     shipped = (["conditioner", "first_stage_model"], ["all"])
     if prefixes is not None and not (
-        isinstance(prefixes, list)
-        and all(isinstance(x, str) for x in prefixes)
-        and sorted(prefixes) in shipped
+        isinstance(prefixes, list) and all(isinstance(x, str) for x in prefixes) and sorted(prefixes) in shipped
     ):
         raise CogvidError(
             f"{model.where('not_trainable_prefixes')} = {_show(prefixes)} is not supported: cogvid "
             "implements ['first_stage_model', 'conditioner'] (mode=sft) or ['all'] (mode=lora)"
         )
     wrapper = model.value("network_wrapper", None)
-    if wrapper is not None and (
-        not isinstance(wrapper, str) or wrapper.strip().rsplit(".", 1)[-1] != "OpenAIWrapper"
-    ):
+    if wrapper is not None and (not isinstance(wrapper, str) or wrapper.strip().rsplit(".", 1)[-1] != "OpenAIWrapper"):
         raise CogvidError(
             f"unsupported SAT network wrapper {_show(wrapper)} at {model.where('network_wrapper')} "
             "(cogvid knows OpenAIWrapper)"
@@ -668,9 +644,7 @@ def _read_args(top: _Node, out_channels: int) -> tuple[Dtype | None, list[str]]:
 def check_name(name: str) -> str:
     """A config name that is a safe file name and a plain Hydra override value."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise CogvidError(
-            f"--name {name!r} must be letters, digits, '_', '.' or '-' (starting with a letter or digit)"
-        )
+        raise CogvidError(f"--name {name!r} must be letters, digits, '_', '.' or '-' (starting with a letter or digit)")
     return name
 
 
@@ -740,9 +714,7 @@ def _in_schema_order(schema: type, values: dict) -> dict:
     names = [f.name for f in dataclasses.fields(schema)]
     missing, extra = set(names) - set(values), set(values) - set(names)
     if missing or extra:  # a schema field without a mapping here (or the reverse) is a bug in this module
-        raise RuntimeError(
-            f"sat_config maps {schema.__name__} incompletely: missing {missing}, extra {extra}"
-        )
+        raise RuntimeError(f"sat_config maps {schema.__name__} incompletely: missing {missing}, extra {extra}")
     return {n: values[n] for n in names}
 
 
@@ -828,9 +800,7 @@ def write_configs(imported: SatImport, out_dir: str | os.PathLike) -> tuple[Path
     for group in ("model", "sampler"):
         if (packaged / group / f"{name}.yaml").exists():
             # cogvid's own config would win the composition and hide the imported one.
-            raise CogvidError(
-                f"--name {name!r} is taken by cogvid's packaged {group}/{name}.yaml; choose another"
-            )
+            raise CogvidError(f"--name {name!r} is taken by cogvid's packaged {group}/{name}.yaml; choose another")
     _check_against_schemas(imported)
     out = Path(out_dir)
     paths = (out / "model" / f"{name}.yaml", out / "sampler" / f"{name}.yaml")

@@ -90,9 +90,7 @@ def test_plain_checkpoint_into_lora_model_keeps_adapters_at_init(caplog):
 
 
 def test_lora_checkpoint_into_plain_model_names_the_rank():
-    one_line_error(
-        load_backbone_state, build(), read_sat_state_dict(LORA_CKPT)[0], match="mode=lora model.lora_rank=4"
-    )
+    one_line_error(load_backbone_state, build(), read_sat_state_dict(LORA_CKPT)[0], match="mode=lora model.lora_rank=4")
 
 
 def test_lora_rank_mismatch_names_the_rank():

@@ -17,8 +17,9 @@ BIN = Path(sys.executable).parent
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -31,8 +32,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 
 def sample(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return run(
-        "cogvid-sample", "model=tiny", f"infer.text_embeddings={FIXTURE / 'sampler_50step.safetensors'}",
-        f"infer.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
+        "cogvid-sample",
+        "model=tiny",
+        f"infer.text_embeddings={FIXTURE / 'sampler_50step.safetensors'}",
+        f"infer.output_dir={tmp_path / 'out'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *overrides,
     )
 
 
@@ -97,8 +102,13 @@ def test_pickle_that_would_run_code(tmp_path):
 
 
 def test_unknown_sat_target(tmp_path):
-    text = (FIXTURE / "tiny_2b.yaml").read_text().replace(
-        "sgm.modules.diffusionmodules.sampling.VPSDEDPMPP2MSampler", "sgm.modules.diffusionmodules.sampling.EulerEDMSampler"
+    text = (
+        (FIXTURE / "tiny_2b.yaml")
+        .read_text()
+        .replace(
+            "sgm.modules.diffusionmodules.sampling.VPSDEDPMPP2MSampler",
+            "sgm.modules.diffusionmodules.sampling.EulerEDMSampler",
+        )
     )
     (tmp_path / "odd.yaml").write_text(text)
     result = run("cogvid-export", "sat-config", str(tmp_path / "odd.yaml"), "--name", "odd", "--out-dir", str(tmp_path))
@@ -117,19 +127,44 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
     """A non-editable install finds conf/ (it ships inside the wheel as cogvid/conf)."""
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(root)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     wheel = next(tmp_path.glob("cogvid-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "cogvid/conf/sample.yaml" in names and "cogvid/conf/model/cogvideox1.5_5b_i2v.yaml" in names
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     probe = subprocess.run(
-        [sys.executable, "-c", "import cogvid, cogvid.config as c; print(cogvid.__file__); print(c.conf_dir());"
-         "print(cogvid.compose(['model=5b']).model.hidden_size)"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import cogvid, cogvid.config as c; print(cogvid.__file__); print(c.conf_dir());"
+            "print(cogvid.compose(['model=5b']).model.hidden_size)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        timeout=120,
     )
     assert probe.returncode == 0, probe.stderr
     module_file, conf, hidden = probe.stdout.split()

@@ -70,7 +70,7 @@ def test_corrected_dynamic_cfg_ramps_from_one_to_one_plus_scale():
     cfg = sampler_cfg(dynamic_schedule="corrected", guidance_scale=6)
     scales = [guidance_scale(cfg, i, 0) for i in range(50)]
     assert scales[0] == pytest.approx(1.0, abs=1e-6)
-    assert all(b >= a for a, b in zip(scales, scales[1:]))
+    assert all(b >= a for a, b in zip(scales, scales[1:], strict=False))
     assert scales[-1] == pytest.approx(7.0)
 
 

@@ -52,9 +52,7 @@ def _tiny_doc() -> dict:
 
 
 def _run(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        EXPORT + [str(a) for a in args], capture_output=True, text=True, timeout=60, **kwargs
-    )
+    return subprocess.run(EXPORT + [str(a) for a in args], capture_output=True, text=True, timeout=60, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -96,9 +94,7 @@ def test_real_variants_import_as_packaged(tmp_path, sat_file, variant):
 
 def test_dtype_comes_from_option_then_args_then_bf16():
     assert import_sat_config(SAT_CONFIGS / "cogvideox_2b.yaml", "a").model["dtype"] is Dtype.fp16  # args.fp16
-    assert (
-        import_sat_config(SAT_CONFIGS / "cogvideox_2b.yaml", "a", dtype="fp32").model["dtype"] is Dtype.fp32
-    )
+    assert import_sat_config(SAT_CONFIGS / "cogvideox_2b.yaml", "a", dtype="fp32").model["dtype"] is Dtype.fp32
     assert import_sat_config(SAT_CONFIGS / "cogvideox_5b.yaml", "a").model["dtype"] is Dtype.bf16  # no args
     doc = _tiny_doc()
     doc["args"] = {"fp16": False}  # SAT without --fp16/--bf16 runs fp32
@@ -259,9 +255,7 @@ BAD_INPUTS = {
         "encoder_config.params.z_channels",
     ),
     "lora dropout": (
-        _set(
-            f"{NET}.modules.lora_config", {"target": "l.LoraMixin", "params": {"r": 4, "lora_dropout": 0.1}}
-        ),
+        _set(f"{NET}.modules.lora_config", {"target": "l.LoraMixin", "params": {"r": 4, "lora_dropout": 0.1}}),
         "lora_dropout",
     ),
 }
@@ -389,9 +383,7 @@ def test_targets_are_never_imported(tmp_path, trap, place, target, returncode):
     doc["model"][place]["target"] = target
     path = tmp_path / "trap.yaml"
     path.write_text(yaml.safe_dump(doc))
-    result = _run(
-        ["sat-config", path, "--name", "trap", "--out-dir", tmp_path / "conf"], env=env, cwd=mod_dir
-    )
+    result = _run(["sat-config", path, "--name", "trap", "--out-dir", tmp_path / "conf"], env=env, cwd=mod_dir)
     assert result.returncode == returncode, result.stderr
     assert "Traceback" not in result.stderr
     assert not marker.exists()

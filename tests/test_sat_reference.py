@@ -23,7 +23,8 @@ def sat_conf(tmp_path_factory):
 
 def engine_for(sat_conf, name: str, ckpt: str, *overrides: str):
     cfg = cogvid.compose(
-        [f"model={name}", f"sampler={name}", f"model.ckpt={FIXTURE / ckpt}", *overrides], config_dirs=[sat_conf]
+        [f"model={name}", f"sampler={name}", f"model.ckpt={FIXTURE / ckpt}", *overrides],
+        config_dirs=[sat_conf],
     )
     return cogvid.build_engine(cfg).eval()
 
@@ -55,9 +56,7 @@ def test_lora_forward(sat_conf):
 def test_five_step_sampler_with_the_recorded_noises(sat_conf):
     engine = engine_for(sat_conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
     ref = reference("sampler_5step")
-    assert torch.equal(
-        torch.tensor(engine.sampler.scales(), dtype=torch.float64), ref["cfg_scale_per_step"]
-    )
+    assert torch.equal(torch.tensor(engine.sampler.scales(), dtype=torch.float64), ref["cfg_scale_per_step"])
     recorded = iter([ref["step0.noise0"]] + [ref[f"step{i}.noise{j}"] for i in (1, 2, 3) for j in (0, 1)])
     seen = {}
     solver = engine.sampler.solver
@@ -86,7 +85,9 @@ def test_fifty_step_run_regenerated_from_the_seed(sat_conf):
     engine = engine_for(sat_conf, "tiny_sat", "dit_ckpt")
     ref = reference("sampler_50step")
     generator = torch.Generator().manual_seed(20240003)
-    out = engine.sample_latents(ref["cond_crossattn"], ref["uncond_crossattn"], shape=(3, 16, 6, 8), generator=generator)
+    out = engine.sample_latents(
+        ref["cond_crossattn"], ref["uncond_crossattn"], shape=(3, 16, 6, 8), generator=generator
+    )
     assert max_abs(out, ref["out_latent"]) <= 1e-4
     # the same seed again gives the same latents; another seed does not
     again = engine.sample_latents(

@@ -75,7 +75,9 @@ def save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def run_sample(cfg) -> list[Path]:
     """The testable core of cogvid-sample: returns the files written."""
     if not cfg.model.ckpt:
-        raise CogvidError("model.ckpt is not set: give the SAT transformer folder, e.g. model.ckpt=/weights/transformer")
+        raise CogvidError(
+            "model.ckpt is not set: give the SAT transformer folder, e.g. model.ckpt=/weights/transformer"
+        )
     if not cfg.infer.text_embeddings:
         raise CogvidError("infer.text_embeddings is not set (T5 text encoding arrives with the sampling issue)")
     device, dtype = resolve_device_dtype(cfg)
@@ -90,8 +92,14 @@ def run_sample(cfg) -> list[Path]:
         latents = engine.sample_latents(cond, uncond, shape=shape, generator=generator, progress=True)
         path = out_dir / f"{index:03d}_seed{cfg.infer.seed}.safetensors"
         save_atomic({"latents": latents.cpu()}, path)
-        log.info("wrote %s: latents %s, %s on %s, %d steps", path, tuple(latents.shape), dtype, device,
-                 cfg.sampler.num_steps)
+        log.info(
+            "wrote %s: latents %s, %s on %s, %d steps",
+            path,
+            tuple(latents.shape),
+            dtype,
+            device,
+            cfg.sampler.num_steps,
+        )
         written.append(path)
     return written
 

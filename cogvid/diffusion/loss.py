@@ -32,9 +32,7 @@ class DiscreteSampling:
         if uniform_sampling and world_size > 1:
             groups = group_num or auto_group_num(world_size)
             if world_size % groups or NUM_TIMESTEPS % groups:
-                raise CogvidError(
-                    f"model.group_num={groups} must divide both the world size {world_size} and 1000"
-                )
+                raise CogvidError(f"model.group_num={groups} must divide both the world size {world_size} and 1000")
             width, interval = world_size // groups, NUM_TIMESTEPS // groups
             group = rank // width
             self.low, self.high = group * interval, (group + 1) * interval
@@ -49,7 +47,11 @@ class VideoDiffusionLoss:
     """w (x0_hat - x0)^2 averaged per sample, w = 1 / (1 - a^2): exactly the MSE on the v target."""
 
     def __init__(self, denoiser: DiscreteDenoiser, sigma_sampler: DiscreteSampling, offset_noise_level: float = 0.0):
-        self.denoiser, self.sigma_sampler, self.offset_noise_level = denoiser, sigma_sampler, offset_noise_level
+        self.denoiser, self.sigma_sampler, self.offset_noise_level = (
+            denoiser,
+            sigma_sampler,
+            offset_noise_level,
+        )
 
     def __call__(
         self,

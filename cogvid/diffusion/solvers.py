@@ -63,7 +63,9 @@ def sample_dpmpp2m_sde(denoise: Denoise, x: torch.Tensor, alphas: torch.Tensor, 
     return _dpmpp2m(denoise, x, alphas, noise, steps)
 
 
-def sample_dpmpp2m_ode(denoise: Denoise, x: torch.Tensor, alphas: torch.Tensor, noise: Noise | None = None, steps=range):
+def sample_dpmpp2m_ode(
+    denoise: Denoise, x: torch.Tensor, alphas: torch.Tensor, noise: Noise | None = None, steps=range
+):
     """SAT VPODEDPMPP2MSampler: deterministic, no draws."""
     return _dpmpp2m(denoise, x, alphas, None, steps)
 

@@ -60,9 +60,7 @@ class PatchEmbed(nn.Module):
             frames = self.proj(rearrange(x, "b t c h w -> (b t) c h w"))  # (b t) d h' w'
             video = rearrange(frames, "(b t) d h w -> b (t h w) d", b=b)
         else:
-            patches = rearrange(
-                x, "b (t o) c (h p) (w q) -> b (t h w) (c o p q)", o=self.p_t, p=self.p, q=self.p
-            )
+            patches = rearrange(x, "b (t o) c (h p) (w q) -> b (t h w) (c o p q)", o=self.p_t, p=self.p, q=self.p)
             video = self.proj(patches)
         return torch.cat([self.text_proj(context), video], dim=1)
 
@@ -112,8 +110,20 @@ class TransformerLayer(nn.Module):
 
     def forward(self, h, mod, q_norm, k_norm, n_txt: int, rope):
         # mod: (b, 12 d) = video shift/scale/gate for attention and MLP, then the same six for text
-        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
-         t_shift_msa, t_scale_msa, t_gate_msa, t_shift_mlp, t_scale_mlp, t_gate_mlp) = mod.chunk(12, dim=1)
+        (
+            shift_msa,
+            scale_msa,
+            gate_msa,
+            shift_mlp,
+            scale_mlp,
+            gate_mlp,
+            t_shift_msa,
+            t_scale_msa,
+            t_gate_msa,
+            t_shift_mlp,
+            t_scale_mlp,
+            t_gate_mlp,
+        ) = mod.chunk(12, dim=1)
         txt, vid = h[:, :n_txt], h[:, n_txt:]
 
         a_vid = modulate(self.input_layernorm(vid), shift_msa, scale_msa)
@@ -140,8 +150,13 @@ class Transformer(nn.Module):
             self.position_embeddings = nn.Embedding(cfg.max_sequence_length, dim)
             self.position_embeddings.weight.requires_grad_(False)
         layer = partial(
-            TransformerLayer, dim, cfg.num_attention_heads, cfg.layernorm_epsilon, cfg.elementwise_affine,
-            cfg.lora_rank, cfg.lora_alpha,
+            TransformerLayer,
+            dim,
+            cfg.num_attention_heads,
+            cfg.layernorm_epsilon,
+            cfg.elementwise_affine,
+            cfg.lora_rank,
+            cfg.lora_alpha,
         )
         self.layers = nn.ModuleList([layer() for _ in range(cfg.num_layers)])
         self.final_layernorm = nn.LayerNorm(dim, eps=cfg.layernorm_epsilon, elementwise_affine=cfg.elementwise_affine)
@@ -178,7 +193,10 @@ class FinalLayer(nn.Module):
 
 
 class DiffusionTransformer(nn.Module):
-    """CogVideoX DiT. forward(x (b, t, c_in, h, w), timesteps (b,), context (b, n_txt, d_txt), ofs) -> (b, t, 16, h, w)."""
+    """CogVideoX DiT.
+
+    forward(x (b, t, c_in, h, w), timesteps (b,), context (b, n_txt, d_txt), ofs) -> (b, t, 16, h, w).
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -206,7 +224,11 @@ class DiffusionTransformer(nn.Module):
             self.mixins["pos_embed"] = SinCosPositionEmbedding(dim, cfg.text_length, grid, interp)
         else:
             self.mixins["pos_embed"] = RotaryPositionEmbedding(
-                dim, self.head_dim, cfg.text_length, grid, cfg.rope_theta,
+                dim,
+                self.head_dim,
+                cfg.text_length,
+                grid,
+                cfg.rope_theta,
                 tables_in_state_dict=self.generation is Generation.v1_0,
                 learnable_pos_embed=cfg.learnable_pos_embed,
             )
@@ -220,10 +242,10 @@ class DiffusionTransformer(nn.Module):
             nn.Linear(dim, cfg.time_embed_dim), nn.SiLU(), nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim)
         )
         if cfg.ofs_embed_dim:
-            self.ofs_embed = nn.Sequential(
-                nn.Linear(cfg.ofs_embed_dim, cfg.time_embed_dim), nn.SiLU(),
-                nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim),
-            )
+            if cfg.ofs_embed_dim != cfg.time_embed_dim:  # SAT adds the ofs MLP's output to the time embedding
+                raise ValueError(f"ofs_embed_dim {cfg.ofs_embed_dim} must equal time_embed_dim {cfg.time_embed_dim}")
+            d = cfg.ofs_embed_dim
+            self.ofs_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         else:
             self.ofs_embed = None
         self.init_weights()
@@ -253,7 +275,9 @@ class DiffusionTransformer(nn.Module):
     def forward(self, x, timesteps, context, ofs=None):
         b, t, _, h, w = x.shape
         if t % self.p_t or h % self.p or w % self.p:
-            raise ValueError(f"latent (t, h, w) = {(t, h, w)} is not divisible by the patch ({self.p_t}, {self.p}, {self.p})")
+            raise ValueError(
+                f"latent (t, h, w) = {(t, h, w)} is not divisible by the patch ({self.p_t}, {self.p}, {self.p})"
+            )
         dtype = self.dtype
         x, context = x.to(dtype), context.to(dtype)
         n_txt = context.shape[1]
@@ -296,8 +320,14 @@ class DiffusionTransformer(nn.Module):
 
         # 6. Unpatchify: token (t', h', w'), feature (c, o, p, q) -> frame t' p_t + o, row h' p + p, col w' p + q.
         return rearrange(
-            out, "b (t h w) (c o p q) -> b (t o) c (h p) (w q)",
-            t=grid[0], h=grid[1], w=grid[2], o=self.p_t, p=self.p, q=self.p,
+            out,
+            "b (t h w) (c o p q) -> b (t o) c (h p) (w q)",
+            t=grid[0],
+            h=grid[1],
+            w=grid[2],
+            o=self.p_t,
+            p=self.p,
+            q=self.p,
         )
 
     def lora_layers(self) -> list[LoraLinear]:

@@ -42,8 +42,10 @@ class LoraLinear(nn.Module):
     def merged(self) -> nn.Linear:
         """A plain Linear equal to this layer (up to rounding)."""
         linear = nn.Linear(
-            self.original.in_features, self.original.out_features,
-            device=self.original.weight.device, dtype=self.original.weight.dtype,
+            self.original.in_features,
+            self.original.out_features,
+            device=self.original.weight.device,
+            dtype=self.original.weight.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(self.merged_weight())
@@ -52,6 +54,8 @@ class LoraLinear(nn.Module):
 
 
 def linear_or_lora(in_features: int, out_features: int, rank: int, alpha: float, partitions: int) -> nn.Module:
-    return LoraLinear(in_features, out_features, rank, alpha, partitions) if rank > 0 else nn.Linear(
-        in_features, out_features
+    return (
+        LoraLinear(in_features, out_features, rank, alpha, partitions)
+        if rank > 0
+        else nn.Linear(in_features, out_features)
     )

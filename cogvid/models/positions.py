@@ -39,7 +39,8 @@ def sincos_3d(
     )  # (h*w, 3dim/4): the first half encodes the column
     temporal = sincos_1d(dim_temporal, np.arange(grid_t, dtype=np.float32) / t_interp)  # (t, dim/4)
     table = np.concatenate(
-        [np.repeat(temporal[:, None], grid_h * grid_w, axis=1), np.repeat(spatial[None], grid_t, axis=0)], axis=-1
+        [np.repeat(temporal[:, None], grid_h * grid_w, axis=1), np.repeat(spatial[None], grid_t, axis=0)],
+        axis=-1,
     )
     return table.reshape(grid_t, grid_h, grid_w, dim)
 
