@@ -63,6 +63,13 @@ class ZeroSnrRescale(str, Enum):
 
 
 @dataclass
+class TextEncoderConfig:
+    """T5 (SAT FrozenT5Embedder); its max_length is the model's text_length."""
+
+    path: str | None = None  # model.text_encoder.path=/weights/t5-v1_1-xxl (or a hub id: google/t5-v1_1-xxl)
+
+
+@dataclass
 class ModelConfig:
     """One CogVideoX variant: the DiT, the diffusion schedule and the latent scale (spec section 1)."""
 
@@ -108,6 +115,7 @@ class ModelConfig:
     dtype: Dtype = Dtype.bf16  # preferred dtype on an accelerator
     # --- weights
     ckpt: str | None = None  # SAT transformer folder (with `latest`) or a .pt file
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
 
 @dataclass

@@ -699,6 +699,8 @@ def convert_sat_config(
         out["dtype"] = args_dtype or _schema_default(ModelConfig, "dtype")
     out["checkpoint_activations"] = False  # a run choice, see _read_transformer_args
     out["ckpt"] = None  # weights come from model.ckpt=... at run time
+    # SAT's model_dir is a path relative to where SAT ran; the user points at T5 with model.text_encoder.path=...
+    out["text_encoder"] = {"path": None}
 
     return SatImport(
         model=_in_schema_order(ModelConfig, out),
@@ -744,6 +746,7 @@ def _one_line(text: str) -> str:
 _MODEL_COMMENTS = {
     "checkpoint_activations": "a run choice; SAT's transformer_args.checkpoint_activations is not imported",
     "ckpt": "model.ckpt=/path/to/<variant>-sat/transformer",
+    "text_encoder": "model.text_encoder.path=/path/to/t5-v1_1-xxl",
 }
 
 
