@@ -259,6 +259,25 @@ def _some(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > _SHOW else "")
 
 
+def describe_key_mismatch(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], allowed_missing=()
+) -> str | None:
+    """'N missing (...); N unexpected (...); N mis-shaped (...)' for a strict load, or None when the keys fit."""
+    missing = [k for k in own if k not in state and k not in allowed_missing]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [
+        f"{k} checkpoint {_shape(v)} vs model {_shape(own[k])}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    problems = [
+        f"{len(keys)} {what} ({_some(keys)})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+        if keys
+    ]
+    return "; ".join(problems) or None
+
+
 def load_backbone_state(
     model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
 ) -> LoadReport:
@@ -300,24 +319,15 @@ def load_backbone_state(
     missing = [k for k in own if k not in mapped]
     # A plain checkpoint into a LoRA model: the adapters it cannot have stay at their init, as in SAT.
     at_init = [k for k in missing if _is_adapter(k)] if ckpt_rank is None and routed else []
-    missing = [k for k in missing if k not in at_init]
-    mis_shaped = [k for k, v in mapped.items() if tuple(v.shape) != tuple(own[k].shape)]
 
-    if missing or unexpected or mis_shaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing ({_some(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
-        if mis_shaped:
-            shapes = [f"{k} checkpoint {_shape(mapped[k])} vs model {_shape(own[k])}" for k in mis_shaped]
-            problems.append(f"{len(mis_shaped)} mis-shaped ({_some(shapes)})")
+    problems = describe_key_mismatch(own, {**mapped, **{k: state[k] for k in unexpected}}, allowed_missing=at_init)
+    if problems:
         model_rank = getattr(getattr(model, "cfg", None), "lora_rank", None)
         if ckpt_rank is not None and model_rank is not None and ckpt_rank != model_rank:
             hint = f"the checkpoint's LoRA rank is {ckpt_rank}: use model.lora_rank={ckpt_rank}"
         else:
             hint = "a checkpoint of another variant or size? pick the matching model=..."
-        raise CogvidError(f"checkpoint does not fit {model_label}: {'; '.join(problems)} ({hint})")
+        raise CogvidError(f"checkpoint does not fit {model_label}: {problems} ({hint})")
 
     result = model.load_state_dict(mapped, strict=False)
     if result.unexpected_keys or set(result.missing_keys) != set(at_init):  # pragma: no cover - checked above
