@@ -577,8 +577,6 @@ def load_sat_vae(
         vae.to(dtype)
     problems = describe_key_mismatch(vae.state_dict(), state)
     if problems:
-        raise CogvidError(
-            f"{path} does not fit the VAE: {problems} (not a CogVideoX 3d-vae.pt, or another VAE size?)"
-        )
+        raise CogvidError(f"{path} does not fit the VAE: {problems} (not a CogVideoX 3d-vae.pt, or another VAE size?)")
     vae.load_state_dict(state, strict=True)
     return vae.eval()
