@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cogvid.atomic_write import write_atomic
 from cogvid.errors import CogvidError
 
 try:  # numpy >= 2 (numpy 1.x pickles name the same functions numpy.core.multiarray.*)
@@ -355,19 +356,6 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def _write_atomic(target: Path, write) -> None:
-    """Write through `write(file)` to a temp name beside `target`, fsync, then `os.replace` onto `target`."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_sat_checkpoint(
     model: nn.Module, directory: str | os.PathLike, iteration: int, extra: dict | None = None
 ) -> Path:
@@ -386,9 +374,9 @@ def save_sat_checkpoint(
     weights.parent.mkdir(parents=True, exist_ok=True)
 
     module = {DIT_PREFIX + k: _own_storage(v) for k, v in model.state_dict().items()}
-    _write_atomic(weights, lambda f: torch.save({"module": module, **extra}, f))
+    write_atomic(weights, lambda f: torch.save({"module": module, **extra}, f))
     config = json.dumps(SAT_MODEL_CONFIG, indent=4).encode()
-    _write_atomic(directory / "model_config.json", lambda f: f.write(config))
-    _write_atomic(directory / "latest", lambda f: f.write(str(iteration).encode()))
+    write_atomic(directory / "model_config.json", lambda f: f.write(config))
+    write_atomic(directory / "latest", lambda f: f.write(str(iteration).encode()))
     logger.info("saved %d tensors to %s", len(module), weights)
     return weights

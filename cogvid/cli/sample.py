@@ -8,14 +8,13 @@ and writes them as safetensors.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from cogvid.atomic_write import write_atomic
 from cogvid.cli.hydra_app import run_hydra_app
 from cogvid.engine import build_engine
 from cogvid.errors import CogvidError
@@ -59,19 +58,6 @@ def output_dir(cfg) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
 
 
-def save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to a temporary name beside `path`, then rename: an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_sample(cfg) -> list[Path]:
     """The testable core of cogvid-sample: returns the files written."""
     if not cfg.model.ckpt:
@@ -91,7 +77,8 @@ def run_sample(cfg) -> list[Path]:
     for index in range(cfg.infer.batch_size):
         latents = engine.sample_latents(cond, uncond, shape=shape, generator=generator, progress=True)
         path = out_dir / f"{index:03d}_seed{cfg.infer.seed}.safetensors"
-        save_atomic({"latents": latents.cpu()}, path)
+        tensors = {"latents": latents.cpu().contiguous()}
+        write_atomic(path, lambda f, t=tensors: f.write(save(t)))
         log.info(
             "wrote %s: latents %s, %s on %s, %d steps",
             path,

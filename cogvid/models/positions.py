@@ -141,12 +141,11 @@ class RotaryPositionEmbedding(nn.Module):
     def cos_sin(self, grid: tuple[int, int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(t*h*w, head_dim) cos and sin tables for a token grid, in float32."""
         t, h, w = grid
+        check_grid("rotary", grid, self.grid)
         if self.tables_in_state_dict:
-            check_grid("rotary", grid, self.grid)
             cos = self.freqs_cos.reshape(*self.grid, -1)[:t, :h, :w].reshape(t * h * w, -1)
             sin = self.freqs_sin.reshape(*self.grid, -1)[:t, :h, :w].reshape(t * h * w, -1)
             return cos, sin
-        check_grid("rotary", grid, self.grid)
         angles = rope_angles(self.head_dim, grid, self.theta, device=device).reshape(t * h * w, -1)
         return angles.cos(), angles.sin()
 
