@@ -70,6 +70,17 @@ class TextEncoderConfig:
 
 
 @dataclass
+class VaeConfig:
+    """The 3-D causal VAE's sizes (SAT first_stage_config encoder/decoder params; the same for every variant)."""
+
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+    num_res_blocks: int = 3
+    z_channels: int = 16
+    temporal_compress_times: int = 4
+
+
+@dataclass
 class ModelConfig:
     """One CogVideoX variant: the DiT, the diffusion schedule and the latent scale (spec section 1)."""
 
@@ -115,7 +126,9 @@ class ModelConfig:
     dtype: Dtype = Dtype.bf16  # preferred dtype on an accelerator
     # --- weights
     ckpt: str | None = None  # SAT transformer folder (with `latest`) or a .pt file
+    vae_ckpt: str | None = None  # SAT `vae/3d-vae.pt`
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
 
 
 @dataclass

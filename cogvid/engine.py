@@ -16,6 +16,8 @@ from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
 from cogvid.errors import CogvidError
 from cogvid.models.dit import DiffusionTransformer
+from cogvid.models.text_encoder import T5Conditioner
+from cogvid.models.vae import CausalVideoVAE, load_sat_vae
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,9 @@ class VideoSampler:
 
 
 class Engine(nn.Module):
-    """backbone (the DiT), denoiser (v-prediction over the ZeroSNR table), sampler (solver + guidance)."""
+    """backbone (the DiT), denoiser (v-prediction over the ZeroSNR table), sampler (solver + guidance);
+    `vae` and `text_encoder` stay None until `load_vae` / `load_text_encoder` (training from cached latents and
+    embeddings never needs them in memory)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -46,6 +50,8 @@ class Engine(nn.Module):
         self.backbone = DiffusionTransformer(cfg.model)
         self.denoiser = DiscreteDenoiser(cfg.model.shift_scale)
         self.sampler = VideoSampler(cfg.sampler, cfg.model.shift_scale)
+        self.vae: CausalVideoVAE | None = None
+        self.text_encoder: T5Conditioner | None = None
 
     # --- weights -------------------------------------------------------------------------------------------
     def load_sat_checkpoint(self, path: str | Path):
@@ -60,6 +66,31 @@ class Engine(nn.Module):
         from cogvid.checkpoint import save_sat_checkpoint
 
         return save_sat_checkpoint(self.backbone, path, iteration)
+
+    def load_vae(self, path: str | Path | None = None, dtype: torch.dtype | None = None) -> CausalVideoVAE:
+        """Build the VAE from `model.vae` and strictly load SAT's `3d-vae.pt` (default: `model.vae_ckpt`)."""
+        path = path or self.cfg.model.get("vae_ckpt")
+        if not path:
+            raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
+        vae = CausalVideoVAE.from_config(self.cfg.model.vae)
+        self.vae = load_sat_vae(path, vae, dtype=dtype).requires_grad_(False)
+        return self.vae
+
+    def load_text_encoder(
+        self, path: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> T5Conditioner:
+        """Load T5 (a SAT `t5-v1_1-xxl` folder, a diffusers pipeline folder or a hub id; default
+        `model.text_encoder.path`) with the model's text_length as max_length."""
+        path = path or self.cfg.model.text_encoder.get("path")
+        if not path:
+            raise CogvidError(
+                "model.text_encoder.path is not set: give the T5 folder, "
+                "e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
+            )
+        self.text_encoder = T5Conditioner.from_pretrained(
+            str(path), max_length=self.cfg.model.text_length, dtype=dtype, device=device
+        )
+        return self.text_encoder
 
     # --- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -76,7 +76,7 @@ class SatImport:
 
     model: dict[str, Any]  # every ModelConfig field, in schema order
     sampler: dict[str, Any]  # every SamplerConfig field, in schema order
-    # Validated and kept, but not written yet: no config group holds them (a later issue adds one).
+    # Validated; what cogvid uses of them is in `model` (text_length, vae sizes), the rest is kept for reference.
     text_encoder: dict[str, Any]  # FrozenT5Embedder settings
     first_stage: dict[str, Any]  # VAE settings
     source: str = "<memory>"
@@ -566,6 +566,9 @@ def _read_first_stage(model: _Node, model_out: dict) -> dict:
     reg.finish()
     encoder = _read_vae_half(p, "encoder_config", "ContextParallelEncoder3D", model_out)
     decoder = _read_vae_half(p, "decoder_config", "ContextParallelDecoder3D", model_out)
+    differ = [k for k in encoder if encoder[k] != decoder[k]]
+    if differ:
+        raise CogvidError(f"{p.where('encoder_config')} and decoder_config differ in {', '.join(differ)}")
     p.finish()
     return {"ckpt_path": ckpt_path, "encoder": encoder, "decoder": decoder}
 
@@ -701,6 +704,9 @@ def convert_sat_config(
     out["ckpt"] = None  # weights come from model.ckpt=... at run time
     # SAT's model_dir is a path relative to where SAT ran; the user points at T5 with model.text_encoder.path=...
     out["text_encoder"] = {"path": None}
+    out["vae_ckpt"] = None  # SAT's ckpt_path is relative to where SAT ran; model.vae_ckpt=... at run time
+    out["vae"] = {k: first_stage["encoder"][k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels")}
+    out["vae"]["temporal_compress_times"] = out["time_compressed_rate"]
 
     return SatImport(
         model=_in_schema_order(ModelConfig, out),
@@ -747,6 +753,7 @@ _MODEL_COMMENTS = {
     "checkpoint_activations": "a run choice; SAT's transformer_args.checkpoint_activations is not imported",
     "ckpt": "model.ckpt=/path/to/<variant>-sat/transformer",
     "text_encoder": "model.text_encoder.path=/path/to/t5-v1_1-xxl",
+    "vae_ckpt": "model.vae_ckpt=/path/to/<variant>-sat/vae/3d-vae.pt",
 }
 
 

@@ -1,0 +1,1 @@
+"""Weights interop between SAT and Diffusers layouts."""

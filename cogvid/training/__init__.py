@@ -1,0 +1,1 @@
+"""Fine-tuning: Lightning module, data, checkpoints."""
