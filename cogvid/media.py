@@ -1,0 +1,95 @@
+"""Pixels in and out: video tensors to uint8 frames, H.264 MP4 files (written atomically), still images.
+
+Video tensors are `(c, f, h, w)` in [-1, 1] (one clip in VAE layout); frames are numpy `(f, h, w, 3)` uint8.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cogvid.errors import CogvidError
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(3, f, h, w) in [-1, 1] -> (f, h, w, 3) uint8: clamped, scaled to [0, 255] and rounded.
+
+    SAT truncates (`(255 x).astype(uint8)`), which darkens every pixel by half a level on average; this rounds.
+    """
+    if video.dim() != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected a video (3, f, h, w), got {tuple(video.shape)}")
+    x = ((video.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+    return torch.round(x * 255.0).to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
+    """Write (f, h, w, 3) uint8 frames as H.264 / yuv420p MP4 at `fps`; the file appears only when complete.
+
+    Sizes must be even (yuv420p); cogvid's sizes are multiples of 16, so no frame is resized.
+    """
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (f, h, w, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"H.264 yuv420p needs even sizes, got {frames.shape[1]}x{frames.shape[2]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        writer = imageio.get_writer(
+            tmp,
+            format="FFMPEG",
+            mode="I",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=1,
+            # Reproducible bytes: one encoder thread, and no encoder/muxer version string or creation time.
+            output_params=["-threads", "1", "-bitexact", "-map_metadata", "-1"],
+            ffmpeg_log_level="error",
+        )
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_mp4(path: str | os.PathLike) -> np.ndarray:
+    """All frames of a video file as (f, h, w, 3) uint8."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+        try:
+            return np.stack([np.asarray(frame) for frame in reader])
+        finally:
+            reader.close()
+    except (OSError, RuntimeError, ValueError) as ex:
+        raise CogvidError(f"cannot read video {path}: {' '.join(str(ex).split())[:200]}") from ex
+
+
+def read_image(path: str | os.PathLike):
+    """An RGB PIL image, or one clear line saying why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CogvidError(f"no image file at {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as ex:
+        raise CogvidError(f"{path} is not a readable image ({' '.join(str(ex).split())[:160]})") from ex
