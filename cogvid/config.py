@@ -115,6 +115,10 @@ class ModelConfig:
     lora_rank: int = 0  # 0: no adapters. SAT LoraMixin r
     lora_alpha: float = 1.0  # the LoRA branch is scaled by lora_alpha / lora_rank
     checkpoint_activations: bool = False  # gradient checkpointing per block
+    # --- sampling defaults (what SAT's sample_video.py uses for this code generation)
+    default_height: int = 480  # pixels; v1.0 hard-codes 480x720, 1.5 defaults to 768x1360
+    default_width: int = 720
+    default_fps: int = 8  # 16 for 1.5
     # --- diffusion and latents
     scale_factor: float = 0.7  # VAE latent scale
     shift_scale: float = 1.0  # ZeroSNR-DDPM SNR shift
@@ -154,16 +158,35 @@ class ModeConfig:
     trainable_prefixes: list[str] = field(default_factory=list)  # empty: all DiT parameters
 
 
+class ImageLatentScaling(str, Enum):
+    """How the I2V conditioning latent is scaled (spec 6.3, pitfall 6)."""
+
+    auto = "auto"  # as the original per generation: scaled for v1.0, unscaled for 1.5
+    scaled = "scaled"  # scale_factor * VAE latent (v1.0 sampling and all SAT training)
+    unscaled = "unscaled"  # the raw VAE latent (HEAD 1.5 sampling)
+
+
 @dataclass
 class InferConfig:
-    """What to sample (grows with the sampling issue)."""
+    """What to sample and where to write it."""
 
     prompt: str | None = None
-    seed: int = 42
-    num_frames: int | None = None  # pixel frames; None: the variant's default
-    batch_size: int = 1
-    output_dir: str | None = None
-    text_embeddings: str | None = None  # safetensors with cond_crossattn [, uncond_crossattn] (until T5 lands)
+    prompts_file: str | None = None  # one prompt per line; I2V lines `prompt@@image_path` (SAT's txt input)
+    interactive: bool = False  # read prompts from standard input until EOF
+    negative_prompt: str = ""  # used with sampler.uncond=negative_prompt
+    image: str | None = None  # I2V conditioning image for every prompt without its own `@@image`
+    num_frames: int | None = None  # pixel frames, 8k+1 (null: the model's num_frames)
+    height: int | None = None  # pixels, a multiple of 16 (null: the variant's default; 1.5-I2V: from the image)
+    width: int | None = None
+    fps: int | None = None  # null: the variant's default (8; 16 for 1.5)
+    seed: int = 42  # video i of a run uses seed + i
+    num_videos_per_prompt: int = 1
+    output_dir: str | None = None  # null: the Hydra run dir
+    save_latents: bool = False  # also write the unscaled latents as safetensors beside each video
+    image_latent_scaling: ImageLatentScaling = ImageLatentScaling.auto
+    image_posterior_sample: bool = True  # encode the I2V image as a posterior sample (SAT) or its mean
+    head_frame_quirk: bool = False  # 1.5: decode every latent to 4 frames as SAT HEAD does (84 frames for 81)
+    vae_tile: list[int] | None = None  # [h, w] in latents: decode in overlapping spatial tiles to save memory
 
 
 @dataclass
@@ -182,6 +205,7 @@ class SampleConfig:
     infer: InferConfig = MISSING
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     dtype: Dtype | None = None  # None: model.dtype on an accelerator, fp32 on the CPU
+    vae_dtype: Dtype | None = None  # None: the same as dtype (SAT runs the VAE in the model dtype)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import cogvid
 from cogvid.diffusion.schedules import sampling_schedule, training_table
+from cogvid.models.vae import CausalVideoVAE, load_sat_vae
 from cogvid.sat_config import export_sat_config
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sat_tiny_2b"
@@ -86,6 +87,26 @@ def main() -> None:
             "1e-4",
         )
     )
+
+    with torch.no_grad():
+        ref = load_file(FIXTURE / "vae_io.safetensors")
+        vae = load_sat_vae(FIXTURE / "vae" / "3d-vae.pt", CausalVideoVAE(32, (1, 1, 1, 1), 1, 16))
+        vae_rows = [
+            ("VAE encode `enc_moments` (mean and logvar)", vae.encode_moments(ref["video"]), ref["enc_moments"]),
+            ("VAE encode of one frame `image_enc_moments`", vae.encode_moments(ref["image"]), ref["image_enc_moments"]),
+            (
+                "VAE posterior sample `enc_sample` (recorded noise)",
+                vae.encode(ref["video"], noise=ref["enc_sample_noise"]),
+                ref["enc_sample"],
+            ),
+            ("VAE decode `dec_of_mean`", vae.decode(ref["enc_moments"][:, :16]), ref["dec_of_mean"]),
+            (
+                "VAE chunked decode `chunk_decoded` (cache carried, as SAT v1.0)",
+                vae.decode_chunked(ref["chunk_latent_unscaled"], "v1_0"),
+                ref["chunk_decoded"],
+            ),
+        ]
+        rows += [(name, (got - want).abs().max().item(), "1e-5") for name, got, want in vae_rows]
 
     print("| check | max abs error | required |\n|---|---|---|")
     for name, err, tol in rows:

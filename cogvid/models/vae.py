@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from tqdm.auto import tqdm
 
 from cogvid.checkpoint import describe_key_mismatch, safe_torch_load
 from cogvid.config import Generation
@@ -472,6 +473,7 @@ class CausalVideoVAE(nn.Module):
         drop_first_latent: bool | None = None,
         tile: tuple[int, int] | None = None,
         tile_overlap: tuple[int, int] | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Unscaled latents (b, z, T, h, w) -> video, decoded chunk by chunk as SAT's sampling does (spec 6.4).
 
@@ -483,6 +485,7 @@ class CausalVideoVAE(nn.Module):
         `tile` (latent h, w; off by default, which is SAT): decode overlapping spatial tiles one after another to save
         memory and blend them linearly over `tile_overlap` latents (default a sixth of the tile). Not SAT-exact:
         GroupNorm statistics become per tile.
+        `progress`: a progress bar over the decoder calls.
         """
         generation = Generation(generation)
         if drop_first_latent is None:
@@ -491,17 +494,28 @@ class CausalVideoVAE(nn.Module):
             latents = latents[:, :, 1:]
         chunks = decode_chunks(generation, latents.shape[2], head_frame_quirk)
         if tile is None:
-            return self._decode_in_chunks(latents, chunks)
+            bar = tqdm(total=len(chunks), desc="decoding", unit="chunk", leave=False, disable=not progress)
+            with bar:
+                return self._decode_in_chunks(latents, chunks, bar)
         overlap = tile_overlap if tile_overlap is not None else (tile[0] // 6, tile[1] // 6)
-        return decode_tiled(latents, lambda z: self._decode_in_chunks(z, chunks), tile, overlap, self.spatial_compress)
+        n_tiles = len(_tile_starts(latents.shape[-2], tile[0], overlap[0])) * len(
+            _tile_starts(latents.shape[-1], tile[1], overlap[1])
+        )
+        bar = tqdm(total=n_tiles * len(chunks), desc="decoding", unit="chunk", leave=False, disable=not progress)
+        with bar:
+            return decode_tiled(
+                latents, lambda z: self._decode_in_chunks(z, chunks, bar), tile, overlap, self.spatial_compress
+            )
 
-    def _decode_in_chunks(self, latents: torch.Tensor, chunks: list[tuple[int, int, FirstFrame]]) -> torch.Tensor:
+    def _decode_in_chunks(self, latents: torch.Tensor, chunks: list[tuple[int, int, FirstFrame]], bar=None):
         self.decoder.clear_cache()
         videos = []
         try:
             for i, (start, end, rule) in enumerate(chunks):
                 last = i == len(chunks) - 1
                 videos.append(self.decoder(latents[:, :, start:end].contiguous(), clear_cache=last, first_frame=rule))
+                if bar is not None:
+                    bar.update()
         finally:
             self.decoder.clear_cache()  # also after an error, so no later call reads a stale carry
         return torch.cat(videos, dim=2)

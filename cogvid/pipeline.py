@@ -1,0 +1,226 @@
+"""Prompt (and image) to video with the engine's parts in SAT's order (spec 6.3): T5, the I2V image latent,
+sampling, then the chunked VAE decode.
+
+`VideoPipeline.from_config(cfg)` loads the DiT (`model.ckpt`), the VAE (`model.vae_ckpt`) and T5
+(`model.text_encoder.path`); `generate(...)` returns one video in [-1, 1] with its unscaled latents and timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cogvid.config import Generation, ImageLatentScaling, Uncond
+from cogvid.engine import Engine, build_engine
+from cogvid.errors import CogvidError
+from cogvid.models.text_encoder import RELEASE_LAYOUT
+from cogvid.runtime import TORCH_DTYPES, resolve_device_dtype
+from cogvid.video_shape import VideoShape, size_from_image_aspect, video_shape
+
+log = logging.getLogger(__name__)
+
+I2V_OFS = 2.0  # SAT HEAD passes ofs = 2.0 to the 1.5-I2V model at sampling
+SAT_LAYOUT = "<variant>-sat/transformer/{latest, 1000/mp_rank_00_model_states.pt}, <variant>-sat/vae/3d-vae.pt"
+
+
+def is_image_to_video(model) -> bool:
+    return bool(model.noised_image_input)
+
+
+def check_weight_paths(cfg) -> None:
+    """One line per missing weight, naming what SAT's release layout puts where; nothing is loaded here."""
+    m = cfg.model
+    if not m.ckpt:
+        raise CogvidError(
+            f"model.ckpt is not set: give the SAT transformer folder, e.g. model.ckpt=/weights/{m.name}-sat/transformer"
+            f" (release layout: {SAT_LAYOUT})"
+        )
+    if not Path(m.ckpt).expanduser().exists():
+        raise CogvidError(f"model.ckpt={m.ckpt}: no such folder; expected the SAT transformer folder ({SAT_LAYOUT})")
+    if not m.vae_ckpt:
+        raise CogvidError(
+            f"model.vae_ckpt is not set: give SAT's VAE file, e.g. model.vae_ckpt=/weights/{m.name}-sat/vae/3d-vae.pt"
+        )
+    if not Path(m.vae_ckpt).expanduser().is_file():
+        raise CogvidError(f"model.vae_ckpt={m.vae_ckpt}: no such file; expected SAT's vae/3d-vae.pt ({SAT_LAYOUT})")
+    if not m.text_encoder.path:
+        raise CogvidError(
+            "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
+            f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
+        )
+
+
+@dataclass
+class GeneratedVideo:
+    video: torch.Tensor  # (3, F, H, W) float32 in [-1, 1] on the CPU
+    latents: torch.Tensor  # unscaled (1, c, t, h, w), as SAT's --only-save-latents writes them
+    shape: VideoShape
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: text, sampling, decoding; peak_memory_gb
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak CUDA memory allocated since the last reset on a GPU; the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class VideoPipeline:
+    """The engine with its T5 and VAE loaded, on one device, ready to turn prompts into videos."""
+
+    def __init__(self, engine: Engine, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
+        if engine.vae is None or engine.text_encoder is None:
+            raise ValueError("the engine needs its VAE and text encoder loaded (engine.load_vae / load_text_encoder)")
+        self.engine, self.device, self.dtype, self.vae_dtype = engine, device, dtype, vae_dtype
+        self.model_cfg, self.infer_cfg = engine.cfg.model, engine.cfg.infer
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device | None = None) -> VideoPipeline:
+        check_weight_paths(cfg)
+        resolved_device, dtype = resolve_device_dtype(cfg)
+        device = device or resolved_device
+        vae_dtype = TORCH_DTYPES[cfg.vae_dtype] if cfg.get("vae_dtype") else dtype
+        engine = build_engine(cfg)
+        engine.backbone.to(device=device, dtype=dtype)
+        engine.load_vae(dtype=vae_dtype).to(device)
+        engine.load_text_encoder(dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
+        log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", cfg.model.name, device, dtype, vae_dtype)
+        return cls(engine, device, dtype, vae_dtype)
+
+    # --- the parts --------------------------------------------------------------------------------------------
+    def shape_for(self, image_size: tuple[int, int] | None = None) -> VideoShape:
+        """The checked shape from infer.num_frames/height/width; 1.5-I2V sizes itself from the image's aspect."""
+        infer, m = self.infer_cfg, self.model_cfg
+        height, width = infer.height, infer.width
+        derive = Generation(m.generation) is Generation.v1_5 and is_image_to_video(m)
+        if derive and image_size is not None and height is None and width is None:
+            height, width = size_from_image_aspect(m, *image_size)
+        return video_shape(m, infer.num_frames, height, width)
+
+    def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) contexts (1, text_length, d): uncond is zeros unless sampler.uncond=negative_prompt."""
+        t5 = self.engine.text_encoder
+        cond = t5.encode([prompt])
+        if Uncond(self.engine.cfg.sampler.uncond) is Uncond.negative_prompt:
+            return cond, t5.encode([negative_prompt or ""])
+        return cond, torch.zeros_like(cond)
+
+    def image_latents(self, image, shape: VideoShape, generator: torch.Generator) -> torch.Tensor:
+        """The I2V conditioning latent (1, t, c, h, w): the image's latent in frame 0, zeros after (spec 6.3)."""
+        m = self.model_cfg
+        v1_5 = Generation(m.generation) is Generation.v1_5
+        pixels = _fit_image(image, shape.height, shape.width, crop=not v1_5)  # (1, 3, 1, H, W) in [-1, 1]
+        sample = bool(self.infer_cfg.image_posterior_sample)
+        z = self.engine.vae.encode(pixels.to(self.device, self.vae_dtype), sample=sample, generator=generator).float()
+        scaling = ImageLatentScaling(self.infer_cfg.image_latent_scaling)
+        if scaling is ImageLatentScaling.auto:
+            scaling = ImageLatentScaling.unscaled if v1_5 else ImageLatentScaling.scaled
+        if scaling is ImageLatentScaling.scaled:
+            z = z * m.scale_factor
+        z = z.permute(0, 2, 1, 3, 4)  # (1, 1, c, h, w)
+        padding = torch.zeros((1, shape.latent_frames - 1, *z.shape[2:]), dtype=z.dtype, device=z.device)
+        return torch.cat([z, padding], dim=1)
+
+    def decode(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes."""
+        m, infer = self.model_cfg, self.infer_cfg
+        z = (latents.permute(0, 2, 1, 3, 4) / m.scale_factor).to(self.device, self.vae_dtype)
+        tile = tuple(infer.vae_tile) if infer.vae_tile else None
+        if tile is not None and len(tile) != 2:
+            raise CogvidError(f"infer.vae_tile={list(tile)} must be [h, w] in latents")
+        video = self.engine.vae.decode_chunked(
+            z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
+        )
+        return video[0].float().cpu()
+
+    # --- one video --------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str,
+        seed: int,
+        negative_prompt: str | None = None,
+        image=None,
+        shape: VideoShape | None = None,
+        progress: bool = False,
+    ) -> GeneratedVideo:
+        """One video: all randomness comes from CPU generators seeded with `seed` (the image posterior from its own,
+        so the sampling noise is SAT's for that seed)."""
+        m = self.model_cfg
+        if is_image_to_video(m) and image is None:
+            raise CogvidError(f"{m.name} is image-to-video: give infer.image=PATH or prompt@@image lines")
+        shape = shape or self.shape_for(None if image is None else (image.height, image.width))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        timings = {}
+
+        start = time.perf_counter()
+        cond, uncond = self.encode_text(prompt, negative_prompt)
+        concat = None
+        if image is not None:
+            concat = self.image_latents(image, shape, torch.Generator().manual_seed(seed))
+        _sync(self.device)
+        timings["text_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        ofs = I2V_OFS if m.ofs_embed_dim else None
+        latents = self.engine.sample_latents(
+            cond,
+            uncond,
+            shape=shape.latent,
+            generator=torch.Generator().manual_seed(seed),
+            concat=concat,
+            ofs=ofs,
+            progress=progress,
+        )
+        _sync(self.device)
+        timings["sampling_s"] = time.perf_counter() - start
+        if not torch.isfinite(latents).all():
+            raise CogvidError(
+                f"the sampled latents hold NaN or inf (an overflow in {str(self.dtype).removeprefix('torch.')}?): "
+                "sample with dtype=bf16"
+            )
+
+        start = time.perf_counter()
+        video = self.decode(latents, progress=progress)
+        timings["decoding_s"] = time.perf_counter() - start
+        if not torch.isfinite(video).all():
+            raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")
+        timings["peak_memory_gb"] = peak_memory_gb(self.device)
+        unscaled = (latents.permute(0, 2, 1, 3, 4) / m.scale_factor).float().cpu()
+        return GeneratedVideo(video, unscaled, shape, seed, timings)
+
+
+def _fit_image(image, height: int, width: int, crop: bool) -> torch.Tensor:
+    """PIL image -> (1, 3, 1, H, W) in [-1, 1].
+
+    crop (v1.0): resize to cover H x W keeping the aspect (bicubic), then crop the centre (SAT
+    resize_for_rectangle_crop). Otherwise (1.5): resize to exactly H x W (Lanczos), as SAT HEAD does.
+    """
+    from PIL import Image
+
+    if crop:
+        if image.width / image.height > width / height:
+            size = (int(image.width * height / image.height), height)
+        else:
+            size = (width, int(image.height * width / image.width))
+        resized = image.resize(size, Image.BICUBIC)
+        left, top = (size[0] - width) // 2, (size[1] - height) // 2
+        resized = resized.crop((left, top, left + width, top + height))
+    else:
+        resized = image.resize((width, height), Image.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)  # (H, W, 3) in [0, 1]
+    return (pixels.permute(2, 0, 1)[None, :, None] * 2.0 - 1.0).contiguous()

@@ -1,0 +1,73 @@
+"""What `cogvid-sample` writes: `<out>/samples/<index>_<slug>.mp4` with a `.json` sidecar (and latents on request).
+
+The slug is made from the prompt with only `[a-z0-9_]`, so no prompt can name a path outside the output dir; the
+run-wide index in front keeps two videos of one prompt, or two prompts with the same slug, apart. Every file is
+written under a temporary name and renamed, so an interrupted run leaves no half video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save
+
+from cogvid.atomic_write import write_atomic
+from cogvid.errors import CogvidError
+from cogvid.media import write_mp4
+
+SLUG_LENGTH = 60
+SAMPLES_DIR = "samples"
+
+
+def slug(prompt: str, max_length: int = SLUG_LENGTH) -> str:
+    """A file-name-safe short form of a prompt: ASCII letters and digits joined by '_', at most max_length."""
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii").lower()
+    words = re.sub(r"[^a-z0-9]+", "_", ascii_text).strip("_")
+    return words[:max_length].rstrip("_") or "video"
+
+
+def video_stem(index: int, prompt: str) -> str:
+    return f"{index:04d}_{slug(prompt)}"
+
+
+def config_hash(resolved: dict) -> str:
+    """A short hash of everything that shapes the output (the resolved config, as canonical JSON)."""
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_writable(out_dir: Path) -> Path:
+    """Create `out_dir/samples` and prove a file can be written there, before any model is loaded."""
+    samples = out_dir / SAMPLES_DIR
+    try:
+        samples.mkdir(parents=True, exist_ok=True)
+        probe = samples / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as ex:
+        raise CogvidError(f"infer.output_dir: cannot write to {samples} ({ex.strerror or ex})") from None
+    return samples
+
+
+def write_sample(
+    samples_dir: Path, stem: str, frames: np.ndarray, fps: int, sidecar: dict, latents: torch.Tensor | None = None
+) -> list[Path]:
+    """Write `<stem>.mp4`, optional `<stem>.latents.safetensors`, then `<stem>.json` (last: it marks completion)."""
+    written = [write_mp4(samples_dir / f"{stem}.mp4", frames, fps)]
+    if latents is not None:
+        path = samples_dir / f"{stem}.latents.safetensors"
+        tensors = {"latents": latents.detach().float().cpu().contiguous()}
+        write_atomic(path, lambda f: f.write(save(tensors, metadata={"layout": "b c t h w", "scaled": "false"})))
+        written.append(path)
+    path = samples_dir / f"{stem}.json"
+    text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    written.append(path)
+    return written
