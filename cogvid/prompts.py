@@ -70,7 +70,10 @@ def read_interactive(stream: TextIO) -> Iterator[PromptJob]:
     """Prompts typed on standard input, one per line, until EOF; each is yielded as soon as it is read."""
     index = 0
     number = 0
+    typing = hasattr(stream, "isatty") and stream.isatty()
     while True:
+        if typing:
+            print("prompt (Ctrl-D to finish)> ", end="", file=sys.stderr, flush=True)
         try:
             line = stream.readline()
         except UnicodeDecodeError as ex:
