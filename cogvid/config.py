@@ -218,6 +218,47 @@ class TrainRunConfig:
     dtype: Dtype | None = None
 
 
+class ExportTask(str, Enum):
+    """What `cogvid-export` converts (conf/export.yaml)."""
+
+    to_diffusers = "to_diffusers"  # SAT transformer + 3d-vae.pt + T5 -> a diffusers pipeline folder (or parts)
+    lora_to_diffusers = "lora_to_diffusers"  # SAT LoRA checkpoint -> pytorch_lora_weights.safetensors
+    to_sat = "to_sat"  # diffusers pipeline / transformer / VAE folder -> SAT transformer/, vae/3d-vae.pt
+    lora_to_sat = "lora_to_sat"  # diffusers LoRA -> SAT LoRA checkpoint (adapters, with model.ckpt: + base)
+    merge_lora = "merge_lora"  # SAT base + SAT LoRA -> one plain SAT checkpoint (W + B A alpha / r)
+    sat_config = "sat_config"  # SAT model YAML -> cogvid model/ and sampler/ configs
+
+
+class ExportPart(str, Enum):
+    transformer = "transformer"
+    vae = "vae"
+    scheduler = "scheduler"
+    text_encoder = "text_encoder"
+    tokenizer = "tokenizer"
+
+
+class LoraScale(str, Enum):
+    metadata = "metadata"  # B as trained; alpha and r in the file's adapter metadata (diffusers reads it)
+    fold = "fold"  # B multiplied by alpha / r, metadata alpha = r: right in loaders that ignore metadata too
+
+
+@dataclass
+class ExportConfig:
+    """cogvid-export: weights between SAT and diffusers; every variant value comes from `model`."""
+
+    model: ModelConfig = MISSING
+    task: ExportTask = MISSING
+    out: str | None = None  # out=./CogVideoX-5b-diffusers (refused if it exists, unless overwrite=true)
+    source: str | None = None  # to_sat / lora_to_sat: the diffusers folder or file; sat_config: the SAT YAML
+    lora: str | None = None  # lora_to_diffusers / merge_lora: the SAT LoRA checkpoint (folder or .pt)
+    parts: list[ExportPart] = field(default_factory=lambda: list(ExportPart))
+    dtype: Dtype | None = None  # transformer dtype written; null: model.dtype (to_diffusers), as stored (others)
+    max_shard_size: str = "5GB"
+    lora_scale: LoraScale = LoraScale.metadata
+    overwrite: bool = False
+    name: str | None = None  # sat_config: the config name
+
+
 def register_schemas() -> None:
     """Put the schemas in Hydra's ConfigStore; primary configs list them first in their defaults."""
     from hydra.core.config_store import ConfigStore
@@ -225,6 +266,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(name="train_schema", node=TrainRunConfig)
+    cs.store(name="export_schema", node=ExportConfig)
 
 
 def conf_dir() -> Path:

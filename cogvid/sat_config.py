@@ -704,8 +704,13 @@ def convert_sat_config(
     out["ckpt"] = None  # weights come from model.ckpt=... at run time
     # SAT's model_dir is a path relative to where SAT ran; the user points at T5 with model.text_encoder.path=...
     out["text_encoder"] = {"path": None}
+    # Sampling defaults: v1.0's sample_video.py samples its configured latent grid (60 x 90 -> 480 x 720, which it
+    # hard-codes); HEAD's --sampling-image-size defaults to 768 x 1360 and its configs to 16 fps.
     v1_5 = out["generation"] is Generation.v1_5
-    out["default_height"], out["default_width"] = (768, 1360) if v1_5 else (480, 720)
+    if v1_5:
+        out["default_height"], out["default_width"] = 768, 1360
+    else:
+        out["default_height"], out["default_width"] = 8 * out["latent_height"], 8 * out["latent_width"]
     out["default_fps"] = 16 if v1_5 else 8
     out["vae_ckpt"] = None  # SAT's ckpt_path is relative to where SAT ran; model.vae_ckpt=... at run time
     out["vae"] = {k: first_stage["encoder"][k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels")}
