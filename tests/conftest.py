@@ -24,8 +24,9 @@ def reference(name: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
-    torch.set_num_threads(2)
+def _deterministic_threads(request):
+    """2 intra-op threads, or the module's TORCH_THREADS (1 where tensors are so tiny that threads only spin)."""
+    torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 2))
 
 
 @pytest.fixture(scope="session")

@@ -56,13 +56,7 @@ TINY_BY_VARIANT = {
 # Building tiny models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: extra intra-op threads only spin (3-6x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # tiny tensors: extra intra-op threads only spin (3-6x slower on a busy 2-core machine)
 
 
 @functools.cache

@@ -45,12 +45,7 @@ EXTRA = {"1.5_5b_i2v": ["ofs_embed_dim=32"]}
 NORM_OUT_EPS_SAT = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # tiny tensors: extra intra-op threads only spin (3-6x slower on a busy 2-core machine)
 
 
 def tiny_model_cfg(variant: str, *extra: str):
