@@ -189,12 +189,91 @@ class InferConfig:
     vae_tile: list[int] | None = None  # [h, w] in latents: decode in overlapping spatial tiles to save memory
 
 
+class Strategy(str, Enum):
+    single = "single"  # one process
+    ddp = "ddp"  # data parallel, one process per GPU
+    deepspeed = "deepspeed"  # DeepSpeed ZeRO (train.deepspeed.stage 2 or 3)
+
+
+class TrainTask(str, Enum):
+    fit = "fit"  # train
+    precompute = "precompute"  # encode data.root / data.manifest to latents + T5 embeddings in data.cache
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO settings; the defaults are SAT's `configs/sft.yaml` (deepspeed.zero_optimization and fp16 blocks)."""
+
+    stage: int = 2  # ZeRO stage: 2 (optimizer states + gradients partitioned) or 3 (+ parameters)
+    offload_optimizer: bool = False  # optimizer states and step on the CPU (SAT cpu_offload)
+    offload_parameters: bool = False  # stage 3 only: parameters on the CPU
+    contiguous_gradients: bool = False
+    overlap_comm: bool = True
+    reduce_scatter: bool = True
+    reduce_bucket_size: int = 1_000_000_000
+    allgather_bucket_size: int = 1_000_000_000
+    load_from_fp32_weights: bool = False
+    loss_scale_window: int = 400  # fp16 (16-mixed) dynamic loss scaling
+    hysteresis: int = 2
+    min_loss_scale: int = 1
+
+
+@dataclass
+class ValidationConfig:
+    """Videos sampled every `every` steps from fixed prompts and seeds (TensorBoard + MP4 files), with `sampler.*`
+    and the video shape of `infer.*` (num_frames, height, width, fps)."""
+
+    every: int = 0  # steps between validation videos; 0: off (SAT eval_interval 100)
+    prompts: list[str] = field(default_factory=list)  # train.validation.prompts='[a red fox in snow]'
+    seeds: list[int] = field(default_factory=lambda: [42])  # one video per prompt and seed
+    images: list[str] = field(default_factory=list)  # I2V: one first-frame image per prompt
+
+
+@dataclass
+class DataConfig:
+    """Training clips: SAT's folder layout or a manifest, or latents precomputed from either (spec 7.1)."""
+
+    root: str | None = None  # SAT layout: root/videos/**.mp4 + root/labels/**.txt (first line = caption)
+    manifest: str | None = None  # CSV (header path,caption) or JSONL ({"path": ..., "caption": ...})
+    cache: str | None = None  # precomputed latents + T5 embeddings (task=precompute writes, training reads)
+    video_size: list[int] | None = None  # [height, width] (null: the model's latent size x 8; SAT [480, 720])
+    fps: int = 8  # clips are resampled to this rate
+    max_num_frames: int | None = None  # frames per clip, 4k+1 (null: model.num_frames)
+    skip_frms_num: int = 3  # frames dropped at the start (and end) of every video
+    min_num_frames: int = 5  # shorter videos (after skipping) are skipped and counted
+    num_workers: int = 8  # DataLoader workers per process
+    cache_dtype: Dtype = Dtype.fp32  # tensors written by task=precompute
+
+
 @dataclass
 class TrainConfig:
-    """How to train (grows with the training issue)."""
+    """How to train: strategy, optimizer, schedule, checkpoints (SAT sft.yaml defaults); conf/train/<strategy>.yaml."""
 
-    strategy: str = "single"
-    seed: int = 1234
+    strategy: Strategy = Strategy.single  # train=single | ddp | deepspeed_zero2 | deepspeed_zero3 | ...
+    devices: int = 1  # processes (GPUs) per node; train.devices=8
+    num_nodes: int = 1  # train.num_nodes=2 (launched by torchrun or SLURM, one process per GPU)
+    seed: int = 1234  # SAT's seed; every rank draws from (seed, rank, batch position)
+    precision: str | None = None  # bf16-mixed | 16-mixed | 32 (null: from model.dtype on a GPU, 32 on the CPU)
+    max_steps: int = 1000  # optimizer steps (SAT train_iters)
+    batch_size: int = 2  # clips per process and micro-batch (SAT train_micro_batch_size_per_gpu)
+    accumulate_grad_batches: int = 1  # SAT gradient_accumulation_steps
+    lr: float | None = None  # null: 1e-5 for mode=sft, 1e-3 for mode=lora
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 1e-4  # not applied to norms and biases
+    warmup_steps: int | None = None  # linear warm-up, then linear decay to 0 (null: 1% of max_steps, as SAT)
+    gradient_clip: float = 0.1  # max global grad norm
+    ucg_rate: float = 0.1  # caption dropout: a dropped sample gets an all-zero text context (SAT ucg_rate)
+    output_dir: str | None = None  # checkpoints, TensorBoard, videos (null: the Hydra run dir); fix it to resume
+    checkpoint_every: int = 500  # steps between resumable checkpoints (SAT save_interval)
+    keep_last: int = 3  # resumable checkpoints kept (older ones are deleted)
+    resume: str | None = None  # auto (latest complete checkpoint in output_dir, if any) | a checkpoint path
+    log_every: int = 20  # steps between TensorBoard scalars (SAT log_interval)
+    progress_bar: bool = True
+    process_group_backend: str | None = None  # null: nccl on GPUs, gloo on the CPU
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    callbacks: list = field(default_factory=list)  # extra Lightning callbacks as Hydra nodes with _target_
 
 
 @dataclass
@@ -214,7 +293,10 @@ class TrainRunConfig:
     sampler: SamplerConfig = MISSING
     mode: ModeConfig = MISSING
     train: TrainConfig = MISSING
-    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    infer: InferConfig = MISSING  # the shape of validation videos
+    task: TrainTask = TrainTask.fit  # task=precompute writes data.cache
+    device: str = "auto"  # auto | cpu | cuda
     dtype: Dtype | None = None
 
 

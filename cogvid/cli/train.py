@@ -1,11 +1,19 @@
-"""cogvid-train (the training issue builds it; until then it says so)."""
+"""cogvid-train: fine-tune CogVideoX (LoRA or full) with Lightning, or precompute its training latents."""
 
-import sys
+from __future__ import annotations
+
+from cogvid.cli.hydra_app import run_hydra_app
+
+
+def _task(cfg):
+    from cogvid.training.run import run_train
+
+    run_train(cfg)
 
 
 def main() -> None:
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print("usage: cogvid-train model=5b mode=lora data.root=/data/disney\n\nTraining is not built yet.")
-        return
-    print("cogvid-train: not yet — training lands with the training issue.", file=sys.stderr)
-    sys.exit(1)
+    run_hydra_app("cogvid-train", "train", _task)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,1 @@
-"""Fine-tuning: Lightning module, data, checkpoints."""
+"""cogvid-train: Lightning training of the CogVideoX DiT (SAT's training step, data, strategies, checkpoints)."""

@@ -1,0 +1,253 @@
+"""Resumable checkpoints (atomic, last K kept, `train.resume=auto`) and SAT-layout weights of every checkpoint.
+
+Layout under the run's output dir:
+
+    checkpoints/step-00000500/state.ckpt      Lightning checkpoint: weights, optimizer, LR schedule, step, loops
+                                               (a folder of shards under DeepSpeed)
+    checkpoints/step-00000500/meta.json       written last: model, mode, strategy, world size, step
+    checkpoints/latest                        "step-00000500"
+    sat/500/mp_rank_00_model_states.pt        SAT layout (`cogvid-sample model.ckpt=<out>/sat`); LoRA runs hold the
+    sat/latest, sat/model_config.json         LoRA-structured dict (`.original.` + matrix_A/matrix_B)
+
+A checkpoint is written into `checkpoints/.step-00000500.tmp/` and renamed into place only when every rank has
+finished writing it; `meta.json` inside marks it complete. Resuming considers complete folders only, so a checkpoint
+cut off while being written is never picked.
+
+The data position and every random draw of a step are functions of the step (see `cogvid.training.data`), so the
+step restored from `state.ckpt` is all a run needs to continue exactly; RNG states are saved too (Lightning) for
+anything else that draws.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from cogvid.atomic_write import write_atomic
+from cogvid.checkpoint import save_sat_checkpoint
+from cogvid.errors import CogvidError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+SAT_DIR = "sat"
+STATE = "state.ckpt"
+META = "meta.json"
+_STEP_DIR = re.compile(r"step-(\d{8})")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def run_signature(cfg, world_size: int) -> dict:
+    """What a resumed run must share with the one that wrote the checkpoint."""
+    m, t = cfg.model, cfg.train
+    return {
+        "model": m.name,
+        "hidden_size": m.hidden_size,
+        "num_layers": m.num_layers,
+        "in_channels": m.in_channels,
+        "mode": cfg.mode.name,
+        "lora_rank": m.lora_rank if cfg.mode.name == "lora" else 0,
+        "strategy": str(getattr(t.strategy, "value", t.strategy)),
+        "zero_stage": t.deepspeed.stage if str(getattr(t.strategy, "value", t.strategy)) == "deepspeed" else None,
+        "world_size": world_size,
+    }
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint under `root/checkpoints`, oldest first."""
+    folder = root / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for d in folder.iterdir():
+        match = _STEP_DIR.fullmatch(d.name)
+        if match and d.is_dir() and (d / META).is_file() and (d / STATE).exists():
+            found.append((int(match.group(1)), d))
+    return sorted(found)
+
+
+def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
+    """The checkpoint folder to continue: None, `auto` (the latest complete one in out_dir, or None), or a path to a
+    step folder, a `checkpoints/` folder or a run's output dir."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(out_dir)
+        if not found:
+            log.info("train.resume=auto: no complete checkpoint in %s; starting from step 0", out_dir / CHECKPOINTS)
+            return None
+        return found[-1][1]
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise CogvidError(f"train.resume={resume}: no such checkpoint")
+    if (path / META).is_file() and (path / STATE).exists():
+        return path
+    if _STEP_DIR.fullmatch(path.name) and path.is_dir():
+        raise CogvidError(f"train.resume={resume} is an incomplete checkpoint (no {META}): it was cut off while saving")
+    for root in (path, path.parent):
+        found = complete_checkpoints(root)
+        if found:
+            return found[-1][1]
+    raise CogvidError(f"train.resume={resume} holds no complete checkpoint (expected {CHECKPOINTS}/step-*/{META})")
+
+
+def check_resumable(step_dir: Path, signature: dict) -> int:
+    """The checkpoint's step, after checking it was written by a run like this one (one line if not)."""
+    try:
+        meta = json.loads((step_dir / META).read_text())
+    except (OSError, json.JSONDecodeError) as ex:
+        raise CogvidError(f"train.resume: {step_dir / META} is unreadable ({ex})") from ex
+    theirs = meta.get("signature", {})
+    keys = ("model", "hidden_size", "num_layers", "in_channels", "mode", "lora_rank")
+    differ = [f"{k} {theirs.get(k)!r} (this run: {signature[k]!r})" for k in keys if theirs.get(k) != signature[k]]
+    if differ:
+        raise CogvidError(f"train.resume: {step_dir} is a checkpoint of another model or mode: {'; '.join(differ)}")
+    if theirs.get("strategy") == "deepspeed" or signature["strategy"] == "deepspeed":
+        sharded = ("strategy", "zero_stage", "world_size")
+        differ = [
+            f"{k} {theirs.get(k)!r} (this run: {signature[k]!r})" for k in sharded if theirs.get(k) != signature[k]
+        ]
+        if differ:
+            raise CogvidError(
+                f"train.resume: {step_dir} holds DeepSpeed shards of another layout: {'; '.join(differ)}; resume with "
+                "the same strategy and process count"
+            )
+    elif theirs.get("world_size") != signature["world_size"]:
+        log.warning(
+            "resuming a %s-process checkpoint with %s processes: the data order differs from the original run",
+            theirs.get("world_size"),
+            signature["world_size"],
+        )
+    return int(meta["step"])
+
+
+# --- SAT-layout weights ---------------------------------------------------------------------------------------------
+
+
+class _Weights:
+    """A state dict standing in for a module (save_sat_checkpoint only calls `state_dict()`)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self._state = state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+def full_state_dict(backbone: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The backbone's full weights on the CPU; ZeRO-3 partitions are gathered one parameter at a time (every rank must
+    call this; all get the result)."""
+    state = {}
+    params = dict(backbone.named_parameters())
+    for name, value in backbone.state_dict().items():
+        p = params.get(name)
+        if p is not None and hasattr(p, "ds_id"):  # a ZeRO-3 partitioned parameter
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                value = p.data.detach().to("cpu", copy=True)
+        else:
+            value = value.detach().to("cpu", copy=True)
+        state[name] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+    return state
+
+
+def save_sat_weights(state: dict[str, torch.Tensor], sat_dir: Path, step: int, meta: dict) -> Path:
+    """`sat_dir/<step>/mp_rank_00_model_states.pt` + `sat_dir/latest`, as `cogvid-sample model.ckpt=` reads it."""
+    extra = {"iteration": step, "cogvid": json.dumps(meta)}
+    return save_sat_checkpoint(_Weights(state), sat_dir, step, extra=extra)
+
+
+def consolidate_zero_checkpoint(state_path: Path) -> dict[str, torch.Tensor]:
+    """The DiT's full fp32 weights (backbone keys) from a DeepSpeed checkpoint folder (`.../state.ckpt`)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(state_path), tag="checkpoint")
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("_forward_module.")
+        if key.startswith("backbone."):
+            out[key.removeprefix("backbone.")] = value
+    return out
+
+
+# --- the callback ---------------------------------------------------------------------------------------------------
+
+
+class ResumableCheckpoints(Callback):
+    """Every `every` optimizer steps and at the end: a resumable checkpoint + SAT weights, atomically; keeps `keep`."""
+
+    def __init__(self, out_dir: Path, every: int, keep: int, signature: dict, sat_dtype: torch.dtype | None = None):
+        self.out_dir, self.every, self.keep = Path(out_dir), every, keep
+        self.signature, self.sat_dtype = signature, sat_dtype
+        self._last = -1
+        self.saved: list[int] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last = trainer.global_step  # a resumed run does not save its starting step again
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step != self._last and self.every > 0 and step % self.every == 0:
+            self.save(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last:
+            self.save(trainer, pl_module, trainer.global_step)
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        self._last = step
+        root = self.out_dir / CHECKPOINTS
+        final = root / step_dir_name(step)
+        tmp = root / f".{step_dir_name(step)}.tmp"
+        if trainer.is_global_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        trainer.strategy.barrier("cogvid-checkpoint-begin")
+        trainer.save_checkpoint(tmp / STATE, weights_only=False)  # the full training state
+        state = full_state_dict(pl_module.backbone, self.sat_dtype)
+        meta = {"step": step, "signature": self.signature}
+        if trainer.is_global_zero:
+            save_sat_weights(state, self.out_dir / SAT_DIR, step, meta)
+        del state
+        trainer.strategy.barrier("cogvid-checkpoint-written")
+        if trainer.is_global_zero:
+            write_atomic(tmp / META, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            write_atomic(root / "latest", lambda f: f.write(final.name.encode()))
+            self.prune()
+            log.info("step %d: checkpoint %s, SAT weights %s", step, final, self.out_dir / SAT_DIR / str(step))
+        trainer.strategy.barrier("cogvid-checkpoint-done")
+        self.saved.append(step)
+
+    def prune(self) -> None:
+        """Keep the newest `keep` complete checkpoints (and their SAT weights); drop stale temp folders."""
+        found = complete_checkpoints(self.out_dir)
+        for step, folder in found[: max(0, len(found) - self.keep)]:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(self.out_dir / SAT_DIR / str(step), ignore_errors=True)
+        for stale in (self.out_dir / CHECKPOINTS).glob(".step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

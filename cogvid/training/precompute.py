@@ -1,0 +1,208 @@
+"""Encode a dataset once: VAE posterior moments and T5 embeddings on disk, so training loads neither model.
+
+On-disk layout (`data.cache`), version 1 — written here, read by `CachedLatents`:
+
+    meta.json                       what was encoded: model, VAE scale, sizes, text length, layout
+    samples/<index:08d>.safetensors one clip each (index = position in the sorted clip list):
+        mean, logvar    (16, T, h, w)  the VAE posterior of the clip, VAE layout (c t h w), UNSCALED;
+                                       training draws z = scale_factor * (mean + exp(logvar / 2) * n) every step
+        crossattn       (L, D)         T5 last_hidden_state of the caption (L = model.text_length)
+        image_mean, image_logvar (16, 1, h, w)   I2V only: the noise-augmented first frame's posterior (one draw of
+                                       SAT's augmentation per clip, fixed at precompute time)
+      metadata: caption, source path
+    skipped-rank<r>.txt             videos rank r could not use, one `path<TAB>reason` per line
+
+SAT's own pre-encoded 1.5 latents (pitfall 8) are one fixed posterior sample, stored unscaled as (c, t, h, w); a
+file with a `latent` tensor instead of mean/logvar is read as such a sample.
+
+Ranks split the clips round-robin (clip i goes to rank i mod world); a sample file is written atomically and an
+existing one is kept, so an interrupted precompute continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from cogvid.atomic_write import write_atomic
+from cogvid.errors import CogvidError
+from cogvid.runtime import TORCH_DTYPES
+from cogvid.training.data import BadVideo, clip_spec, find_clips, latent_frames, load_clip
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "cogvid-latents"
+CACHE_VERSION = 1
+
+
+def cache_meta(cfg) -> dict:
+    spec = clip_spec(cfg)
+    m = cfg.model
+    return {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "model": m.name,
+        "latent_layout": "c t h w",
+        "scaled": False,
+        "scale_factor": m.scale_factor,
+        "z_channels": m.vae.z_channels,
+        "video_size": [spec.height, spec.width],
+        "num_frames": spec.num_frames,
+        "latent_frames": latent_frames(spec.num_frames, m.time_compressed_rate),
+        "fps": spec.fps,
+        "skip_frms_num": spec.skip_frms_num,
+        "text_length": m.text_length,
+        "text_hidden_size": m.text_hidden_size,
+        "image_latents": bool(m.noised_image_input),
+        "source": cfg.data.root or cfg.data.manifest,
+    }
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the launcher's environment (1 process when none is set)."""
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def augment_first_frame(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SAT's I2V noise augmentation of the first frames (b, 3, 1, H, W): + sigma N(0, I), log sigma ~ N(-3, 0.5^2)."""
+    b = video.shape[0]
+    sigma = torch.exp(torch.randn(b, generator=generator) * 0.5 - 3.0).to(video.device, video.dtype)
+    noise = torch.randn(video.shape, generator=generator).to(video.device, video.dtype)
+    return video + sigma.reshape(b, 1, 1, 1, 1) * noise
+
+
+@dataclass
+class PrecomputeReport:
+    written: int
+    kept: int  # already on disk
+    skipped: int
+
+
+def run_precompute(cfg) -> PrecomputeReport:
+    """Encode this rank's share of `data.root` / `data.manifest` into `data.cache`."""
+    from cogvid.models.text_encoder import T5Conditioner
+    from cogvid.models.vae import CausalVideoVAE, load_sat_vae
+
+    if not cfg.data.cache:
+        raise CogvidError("task=precompute needs data.cache=<folder> to write the latents into")
+    if not cfg.model.vae_ckpt:
+        raise CogvidError("task=precompute needs model.vae_ckpt (SAT's vae/3d-vae.pt)")
+    if not cfg.model.text_encoder.path:
+        raise CogvidError("task=precompute needs model.text_encoder.path (the T5 folder)")
+    rank, world, local_rank = dist_env()
+    clips, spec = find_clips(cfg), clip_spec(cfg)
+    root = Path(cfg.data.cache).expanduser()
+    meta = cache_meta(cfg)
+    existing = root / "meta.json"
+    if existing.is_file():
+        old = json.loads(existing.read_text())
+        differ = [k for k in meta if k != "source" and old.get(k) != meta[k]]
+        if differ:
+            raise CogvidError(
+                f"data.cache={root} holds latents made with other settings ({', '.join(differ)}); use a new folder"
+            )
+    elif rank == 0:
+        write_atomic(existing, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else torch.float32
+    vae = load_sat_vae(cfg.model.vae_ckpt, CausalVideoVAE.from_config(cfg.model.vae)).to(device, dtype)
+    t5 = T5Conditioner.from_pretrained(cfg.model.text_encoder.path, cfg.model.text_length, dtype=dtype, device=device)
+    dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
+
+    mine = range(rank, len(clips), world)
+    written = kept = 0
+    skipped: list[str] = []
+    for i in tqdm(mine, desc=f"precompute (rank {rank}/{world})", disable=rank != 0):
+        clip = clips[i]
+        target = root / "samples" / f"{i:08d}.safetensors"
+        if target.is_file():
+            kept += 1
+            continue
+        try:
+            video, _ = load_clip(clip.path, spec)
+        except BadVideo as ex:
+            log.warning("skipping %s: %s", clip.path, ex)
+            skipped.append(f"{clip.path}\t{ex}")
+            continue
+        with torch.no_grad():
+            x = video.permute(1, 0, 2, 3).unsqueeze(0).to(device, dtype)  # (1, 3, F, H, W)
+            mean, logvar = vae.encode_moments(x).float().chunk(2, dim=1)
+            tensors = {"mean": mean[0], "logvar": logvar[0], "crossattn": t5.encode([clip.caption])[0].float()}
+            if cfg.model.noised_image_input:
+                g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, i]).generate_state(1)[0]))
+                image = augment_first_frame(x[:, :, :1], g)
+                image_mean, image_logvar = vae.encode_moments(image).float().chunk(2, dim=1)
+                tensors |= {"image_mean": image_mean[0], "image_logvar": image_logvar[0]}
+        tensors = {k: v.to(dtype_out).cpu().contiguous() for k, v in tensors.items()}
+        blob = save(tensors, metadata={"caption": clip.caption, "source": str(clip.path)})
+        write_atomic(target, lambda f, b=blob: f.write(b))
+        written += 1
+    report = root / f"skipped-rank{rank}.txt"
+    write_atomic(report, lambda f: f.write("".join(s + "\n" for s in skipped).encode()))
+    log.info(
+        "precompute rank %d/%d: wrote %d, kept %d already there, skipped %d unusable videos -> %s",
+        rank,
+        world,
+        written,
+        kept,
+        len(skipped),
+        root,
+    )
+    return PrecomputeReport(written, kept, len(skipped))
+
+
+class CachedLatents(Dataset):
+    """Samples of a `data.cache` folder: item {"mean", "logvar" | "latent", "crossattn", ["image_mean", ...],
+    "batch_pos", "skipped"}."""
+
+    def __init__(self, cfg):
+        root = Path(cfg.data.cache).expanduser()
+        meta_file = root / "meta.json"
+        if not meta_file.is_file():
+            raise CogvidError(f"data.cache={root} is not a latent cache (no meta.json); write one with task=precompute")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+            raise CogvidError(f"data.cache={root}: meta.json is not a {CACHE_FORMAT} v{CACHE_VERSION} file")
+        m = cfg.model
+        expect = {"text_length": m.text_length, "text_hidden_size": m.text_hidden_size, "z_channels": m.vae.z_channels}
+        differ = [f"{k} {meta.get(k)} (model: {v})" for k, v in expect.items() if meta.get(k) != v]
+        if differ:
+            raise CogvidError(
+                f"data.cache={root} was made for model {meta.get('model')}, not {m.name}: {', '.join(differ)}"
+            )
+        if m.noised_image_input and not meta.get("image_latents"):
+            raise CogvidError(f"data.cache={root} has no I2V image latents; precompute again with model={m.name}")
+        self.meta = meta
+        self.files = sorted((root / "samples").glob("*.safetensors"))
+        if not self.files:
+            raise CogvidError(f"data.cache={root} holds no samples (samples/*.safetensors); run task=precompute first")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key):
+        index, batch_pos = key
+        skipped = []
+        for k in range(len(self.files)):
+            path = self.files[(index + k) % len(self.files)]
+            try:
+                tensors = load_file(path)
+            except (SafetensorError, OSError) as ex:
+                skipped.append((str(path), " ".join(str(ex).split())[:160]))
+                continue
+            item = {k: v.float() for k, v in tensors.items()}
+            return item | {"batch_pos": batch_pos, "skipped": skipped}
+        raise CogvidError(f"no readable sample in the latent cache (first: {skipped[0][0]}: {skipped[0][1]})")

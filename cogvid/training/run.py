@@ -1,0 +1,185 @@
+"""`run_train(cfg)`: the testable core of cogvid-train (fit, or precompute the latent cache)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+
+from cogvid.config import TrainTask
+from cogvid.errors import CogvidError
+from cogvid.training.checkpoints import (
+    SAT_DIR,
+    STATE,
+    ResumableCheckpoints,
+    check_resumable,
+    resolve_resume,
+    run_signature,
+)
+from cogvid.training.data import TrainData, VideoClips, clip_spec, find_clips
+from cogvid.training.metrics import TrainMetrics
+from cogvid.training.module import PRECISION_DTYPES, VideoDiffusionModule
+from cogvid.training.precompute import CachedLatents, run_precompute
+from cogvid.training.strategies import (
+    accelerator,
+    build_strategy,
+    end_process_group,
+    externally_launched,
+    resolve_precision,
+    start_local_workers,
+    strategy_name,
+)
+from cogvid.training.validation import ValidationVideos
+
+log = logging.getLogger("cogvid.train")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    sat_dir: Path  # SAT-layout weights: `cogvid-sample model.ckpt=<sat_dir>`
+    start_step: int
+    final_step: int
+    checkpoints: list[int] = field(default_factory=list)  # steps saved by this run
+    module: VideoDiffusionModule | None = None
+    trainer: L.Trainer | None = None
+
+
+def output_dir(cfg) -> Path:
+    """train.output_dir, else the Hydra run dir (shared by every rank of one job), else ./outputs/cogvid-train."""
+    if cfg.train.output_dir:
+        return Path(cfg.train.output_dir).expanduser()
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / "cogvid-train"
+
+
+def check_train_config(cfg) -> None:
+    t = cfg.train
+    for name in ("max_steps", "batch_size", "accumulate_grad_batches", "devices", "num_nodes"):
+        if getattr(t, name) < 1:
+            raise CogvidError(f"train.{name}={getattr(t, name)} must be >= 1")
+    if not 0.0 <= t.ucg_rate <= 1.0:
+        raise CogvidError(f"train.ucg_rate={t.ucg_rate} must lie in [0, 1]")
+    if t.keep_last < 1:
+        raise CogvidError(f"train.keep_last={t.keep_last} must be >= 1 (the latest checkpoint is always kept)")
+    if cfg.mode.name == "lora" and cfg.model.lora_rank <= 0:
+        raise CogvidError("mode=lora needs model.lora_rank > 0")
+    if not cfg.data.cache:
+        missing = [k for k in ("vae_ckpt",) if not cfg.model.get(k)]
+        if missing or not cfg.model.text_encoder.path:
+            raise CogvidError(
+                "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
+                "or data.cache=<latents from task=precompute>"
+            )
+
+
+def run_train(cfg, deepspeed_strategy_class=None) -> TrainResult | None:
+    """Fit (task=fit) or fill the latent cache (task=precompute); with train.devices > 1 and no launcher around,
+    this process starts the node's other ranks and is rank 0."""
+    task = TrainTask(cfg.task)
+    processes = cfg.train.devices if (task is TrainTask.precompute or strategy_name(cfg) != "single") else 1
+    if task is TrainTask.fit and externally_launched() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if not cfg.train.output_dir:
+            raise CogvidError(
+                "under torchrun or SLURM every rank makes its own Hydra run dir: give them one with "
+                "train.output_dir=/shared/path"
+            )
+    workers = start_local_workers(cfg, processes, output_dir(cfg) if task is TrainTask.fit else None)
+    ok = False
+    try:
+        if task is TrainTask.precompute:
+            run_precompute(cfg)
+            result = None
+        else:
+            result = _fit(cfg, deepspeed_strategy_class)
+        ok = True
+        return result
+    finally:
+        if workers is not None:
+            workers.finish(ok)
+        end_process_group()
+
+
+def _fit(cfg, deepspeed_strategy_class=None) -> TrainResult:
+    check_train_config(cfg)
+    t = cfg.train
+    out_dir = output_dir(cfg)
+    precision = resolve_precision(cfg)
+    world_size = t.devices * t.num_nodes if strategy_name(cfg) != "single" else 1
+    signature = run_signature(cfg, world_size)
+    resume_dir = resolve_resume(t.resume, out_dir)
+    start_step = check_resumable(resume_dir, signature) if resume_dir is not None else 0
+
+    dataset = CachedLatents(cfg) if cfg.data.cache else VideoClips(find_clips(cfg), clip_spec(cfg))
+    L.seed_everything(t.seed, workers=False, verbose=False)  # the same LoRA init on every rank and every run
+    module = VideoDiffusionModule(cfg, precision=precision)
+    data = TrainData(dataset, t.batch_size, t.seed, cfg.data.num_workers, t.accumulate_grad_batches)
+
+    sat_dtype = None if precision == "32" else PRECISION_DTYPES[precision]  # SAT stores the training dtype
+    checkpoints = ResumableCheckpoints(out_dir, t.checkpoint_every, t.keep_last, signature, sat_dtype)
+    callbacks = [  # in this order: a step is logged, then checkpointed, then validated
+        TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches * world_size),
+        checkpoints,
+        ValidationVideos(cfg, out_dir),
+        *_user_callbacks(cfg),
+    ]
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    trainer = L.Trainer(
+        accelerator=accelerator(cfg),
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(cfg, deepspeed_strategy_class),
+        precision=precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip or None,
+        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version=""),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, t.log_every),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out_dir),
+    )
+    if trainer.is_global_zero:
+        log.info(
+            "training %s (mode=%s, %s, precision %s) on %d process(es) from step %d to %d; output %s",
+            cfg.model.name,
+            cfg.mode.name,
+            strategy_name(cfg),
+            precision,
+            trainer.world_size,
+            start_step,
+            t.max_steps,
+            out_dir,
+        )
+    ckpt_path = str(resume_dir / STATE) if resume_dir is not None else None
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    return TrainResult(
+        output_dir=out_dir,
+        sat_dir=out_dir / SAT_DIR,
+        start_step=start_step,
+        final_step=trainer.global_step,
+        checkpoints=list(checkpoints.saved),
+        module=module,
+        trainer=trainer,
+    )
+
+
+def _user_callbacks(cfg) -> list:
+    if not cfg.train.callbacks:
+        return []
+    from hydra.utils import instantiate
+
+    return [instantiate(node) for node in cfg.train.callbacks]

@@ -1,0 +1,115 @@
+"""Validation videos every `train.validation.every` steps: fixed prompts and seeds, sampled with `sampler.*` through
+`cogvid.pipeline.VideoPipeline`, written as MP4 files and as TensorBoard videos (animated GIF image summaries).
+
+Every rank samples every video in lockstep (a ZeRO-3 model gathers its parameters collectively); rank 0 writes.
+When training from cached latents the VAE and T5 are loaded for the validation only and dropped after it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from cogvid.errors import CogvidError
+from cogvid.media import read_image, to_uint8_frames, write_mp4
+
+log = logging.getLogger(__name__)
+
+VALIDATION_DIR = "validation"
+
+
+def slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit] or "prompt"
+
+
+def add_tensorboard_video(writer, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+    """(f, h, w, 3) uint8 as an animated GIF image summary (what SummaryWriter.add_video writes, without moviepy)."""
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray(f) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / max(fps, 1)), loop=0
+    )
+    f, h, w, c = frames.shape
+    image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=buffer.getvalue())
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), global_step=step)
+
+
+class ValidationVideos(Callback):
+    def __init__(self, cfg, out_dir: Path):
+        v = cfg.train.validation
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.every, self.prompts, self.seeds = int(v.every), list(v.prompts), [int(s) for s in v.seeds]
+        self.images = list(v.images)
+        if self.every > 0 and not self.prompts:
+            raise CogvidError("train.validation.every > 0 needs train.validation.prompts='[a prompt, ...]'")
+        if cfg.model.noised_image_input and self.every > 0 and len(self.images) != len(self.prompts):
+            raise CogvidError(
+                f"{cfg.model.name} is image-to-video: give one train.validation.images entry per prompt "
+                f"({len(self.prompts)} prompts, {len(self.images)} images)"
+            )
+        if self.every > 0 and not (cfg.model.vae_ckpt and cfg.model.text_encoder.path):
+            raise CogvidError(
+                "validation videos need model.vae_ckpt and model.text_encoder.path (also with data.cache)"
+            )
+        self._last = -1
+        self.written: list[Path] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every > 0 and step != self._last and step % self.every == 0:
+            self._last = step
+            self.run(trainer, pl_module, step)
+
+    @torch.no_grad()
+    def run(self, trainer: L.Trainer, pl_module, step: int) -> list[Path]:
+        from cogvid.pipeline import VideoPipeline
+
+        engine = pl_module.engine
+        loaded_here = engine.vae is None
+        if loaded_here:
+            engine.load_vae(dtype=pl_module.frozen_dtype).to(pl_module.device)
+            engine.load_text_encoder(dtype=pl_module.frozen_dtype, device=pl_module.device)
+        autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(pl_module.precision_name)
+        pipeline = VideoPipeline(engine, pl_module.device, autocast_dtype or torch.float32, pl_module.frozen_dtype)
+        fps = int(self.cfg.infer.fps or self.cfg.data.fps)
+        folder = self.out_dir / VALIDATION_DIR / f"step-{step:08d}"
+        was_training = engine.backbone.training
+        engine.backbone.eval()
+        written = []
+        try:
+            for i, prompt in enumerate(self.prompts):
+                image = read_image(self.images[i]) if self.cfg.model.noised_image_input else None
+                for seed in self.seeds:
+                    with torch.autocast(
+                        pl_module.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+                    ):
+                        result = pipeline.generate(prompt, seed, image=image)
+                    if trainer.is_global_zero:
+                        frames = to_uint8_frames(result.video)
+                        path = write_mp4(folder / f"{i:02d}_{slug(prompt)}_seed{seed}.mp4", frames, fps)
+                        written.append(path)
+                        writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+                        if writer is not None:
+                            add_tensorboard_video(writer, f"validation/{i:02d}_seed{seed}", frames, step, fps)
+            if trainer.is_global_zero:
+                (folder / "prompts.txt").write_text("".join(p + "\n" for p in self.prompts))
+                log.info("step %d: %d validation videos in %s", step, len(written), folder)
+        finally:
+            engine.backbone.train(was_training)
+            if loaded_here:
+                engine.vae, engine.text_encoder = None, None
+        self.written.extend(written)
+        return written

@@ -1,0 +1,105 @@
+"""Exact resume: a cogvid-train run SIGKILLed while writing a checkpoint, resumed with train.resume=auto, gives the
+per-step losses and final weights of an uninterrupted run, bit for bit (CPU, model=tiny)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import make_sat_dataset, tiny_overrides
+
+from cogvid.checkpoint import read_sat_state_dict
+from cogvid.config import compose
+from cogvid.errors import CogvidError
+from cogvid.training.checkpoints import complete_checkpoints, resolve_resume
+from cogvid.training.metrics import read_train_log
+from cogvid.training.run import run_train
+
+TESTS = Path(__file__).resolve().parent
+STEPS, EVERY = 7, 3
+KILL = "train.callbacks=[{_target_: train_helpers.callbacks.KillAtStep, step: 6, mid_save: true}]"
+
+
+def cogvid_train(*overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    return subprocess.run(
+        [sys.executable, "-m", "cogvid.cli.train", *overrides], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_t5_dir):
+    """(uninterrupted output dir, killed-then-resumed output dir, what the killed run left behind)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    data = make_sat_dataset(tmp / "data", n=2)
+
+    def overrides(out: Path, *extra: str) -> list[str]:
+        common = (
+            f"data.root={data}",
+            f"train.max_steps={STEPS}",
+            f"train.checkpoint_every={EVERY}",
+            "train.keep_last=2",
+        )
+        return [*tiny_overrides(tiny_t5_dir, out, *common, mode="sft"), f"hydra.run.dir={out}/hydra", *extra]
+
+    whole = cogvid_train(*overrides(tmp / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = cogvid_train(*overrides(tmp / "killed", KILL))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    left = {
+        "complete": [step for step, _ in complete_checkpoints(tmp / "killed")],
+        "temp": sorted(p.name for p in (tmp / "killed" / "checkpoints").glob(".step-*")),
+        "logged": sorted(read_train_log(tmp / "killed")),
+    }
+    # Make it harder: a step folder without meta.json and a `latest` naming it must not be picked either.
+    fake = tmp / "killed" / "checkpoints" / "step-00000009"
+    fake.mkdir()
+    shutil.copy(tmp / "killed" / "checkpoints" / "step-00000003" / "state.ckpt", fake / "state.ckpt")
+    (tmp / "killed" / "checkpoints" / "latest").write_text("step-00000009")
+    assert resolve_resume("auto", tmp / "killed").name == "step-00000003"
+    resumed = cogvid_train(*overrides(tmp / "killed", "train.resume=auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    shutil.rmtree(fake)
+    return tmp / "whole", tmp / "killed", left
+
+
+def test_a_checkpoint_cut_off_while_written_is_never_resumed(runs):
+    _, _, left = runs
+    assert left["complete"] == [3]  # step 6 was being written when the process died
+    assert left["temp"] == [".step-00000006.tmp"]
+    assert left["logged"] == list(range(1, 7))
+
+
+def test_killed_and_resumed_equals_uninterrupted_bitwise(runs):
+    whole, resumed, _ = runs
+    a, b = read_train_log(whole), read_train_log(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    assert [a[s]["loss"] for s in a] == [b[s]["loss"] for s in a]
+    assert [a[s]["lr"] for s in a] == [b[s]["lr"] for s in a]
+    wa, _ = read_sat_state_dict(whole / "sat")
+    wb, _ = read_sat_state_dict(resumed / "sat")
+    assert (whole / "sat" / "latest").read_text() == (resumed / "sat" / "latest").read_text() == str(STEPS)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the last K=2 complete checkpoints are kept, temp folders are gone
+    assert [s for s, _ in complete_checkpoints(resumed)] == [6, 7]
+    assert not list((resumed / "checkpoints").glob(".step-*"))
+
+
+def test_resuming_another_model_or_mode_is_one_line(runs, tiny_t5_dir, tmp_path):
+    _, resumed, _ = runs
+    step = resumed / "checkpoints" / "step-00000007"
+    for extra, mode, match in (
+        (("model.hidden_size=128",), "sft", "hidden_size 64 \\(this run: 128\\)"),
+        ((), "lora", "mode 'sft' \\(this run: 'lora'\\)"),
+    ):
+        cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, f"train.resume={step}", *extra, mode=mode), "train")
+        with pytest.raises(CogvidError, match=match):
+            run_train(cfg)
+    cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, f"train.resume={tmp_path / 'nothing'}"), "train")
+    with pytest.raises(CogvidError, match="no such checkpoint"):
+        run_train(cfg)
