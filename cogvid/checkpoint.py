@@ -357,9 +357,13 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
 
 
 def save_sat_checkpoint(
-    model: nn.Module, directory: str | os.PathLike, iteration: int, extra: dict | None = None
+    model: nn.Module | Mapping[str, torch.Tensor],
+    directory: str | os.PathLike,
+    iteration: int,
+    extra: dict | None = None,
 ) -> Path:
-    """Write `model` as SAT does: `DIR/<iteration>/mp_rank_00_model_states.pt`, then `DIR/latest`.
+    """Write `model` (a module, or a state dict such as ZeRO-3's gathered weights) as SAT does:
+    `DIR/<iteration>/mp_rank_00_model_states.pt`, then `DIR/latest`.
 
     `latest` is replaced only after the weights (and `model_config.json`) are complete on disk, so an
     interrupted save never becomes the checkpoint a later load picks. Returns the weights file.
@@ -373,7 +377,8 @@ def save_sat_checkpoint(
     weights = directory / str(iteration) / MODEL_STATES
     weights.parent.mkdir(parents=True, exist_ok=True)
 
-    module = {DIT_PREFIX + k: _own_storage(v) for k, v in model.state_dict().items()}
+    state = model if isinstance(model, Mapping) else model.state_dict()
+    module = {DIT_PREFIX + k: _own_storage(v) for k, v in state.items()}
     write_atomic(weights, lambda f: torch.save({"module": module, **extra}, f))
     config = json.dumps(SAT_MODEL_CONFIG, indent=4).encode()
     write_atomic(directory / "model_config.json", lambda f: f.write(config))

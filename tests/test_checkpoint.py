@@ -146,6 +146,9 @@ def test_save_lora_model_matches_lora_fixture_keys(tmp_path):
     saved = safe_torch_load(save_sat_checkpoint(model, tmp_path, 7))["module"]
     reference = safe_torch_load(resolve_sat_checkpoint(LORA_CKPT))["module"]
     assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in reference.items()}
+    # a state dict (what ZeRO-3 training gathers) is written exactly as its module
+    from_dict = safe_torch_load(save_sat_checkpoint(model.state_dict(), tmp_path / "dict", 7))["module"]
+    assert from_dict.keys() == saved.keys() and all(torch.equal(from_dict[k], saved[k]) for k in saved)
 
 
 def test_save_writes_views_as_their_own_tensors(tmp_path):

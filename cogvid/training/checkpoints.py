@@ -135,16 +135,6 @@ def check_resumable(step_dir: Path, signature: dict) -> int:
 # --- SAT-layout weights ---------------------------------------------------------------------------------------------
 
 
-class _Weights:
-    """A state dict standing in for a module (save_sat_checkpoint only calls `state_dict()`)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]):
-        self._state = state
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
-
-
 def full_state_dict(backbone: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The backbone's full weights on the CPU; ZeRO-3 partitions are gathered one parameter at a time (every rank must
     call this; all get the result)."""
@@ -166,7 +156,7 @@ def full_state_dict(backbone: torch.nn.Module, dtype: torch.dtype | None = None)
 def save_sat_weights(state: dict[str, torch.Tensor], sat_dir: Path, step: int, meta: dict) -> Path:
     """`sat_dir/<step>/mp_rank_00_model_states.pt` + `sat_dir/latest`, as `cogvid-sample model.ckpt=` reads it."""
     extra = {"iteration": step, "cogvid": json.dumps(meta)}
-    return save_sat_checkpoint(_Weights(state), sat_dir, step, extra=extra)
+    return save_sat_checkpoint(state, sat_dir, step, extra=extra)
 
 
 def consolidate_zero_checkpoint(state_path: Path) -> dict[str, torch.Tensor]:
