@@ -8,8 +8,6 @@ sampling, then the chunked VAE decode.
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from cogvid.config import Generation, ImageLatentScaling, Uncond
 from cogvid.engine import Engine, build_engine
 from cogvid.errors import CogvidError
 from cogvid.models.text_encoder import RELEASE_LAYOUT
-from cogvid.runtime import TORCH_DTYPES, resolve_device_dtype
+from cogvid.runtime import TORCH_DTYPES, peak_memory_gb, resolve_device_dtype
 from cogvid.video_shape import VideoShape, size_from_image_aspect, video_shape
 
 log = logging.getLogger(__name__)
@@ -64,14 +62,6 @@ class GeneratedVideo:
     shape: VideoShape
     seed: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds: text, sampling, decoding; peak_memory_gb
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak CUDA memory allocated since the last reset on a GPU; the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1024**3
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
 def _sync(device: torch.device) -> None:

@@ -21,15 +21,11 @@ from cogvid.errors import CogvidError
 from cogvid.media import read_image, to_uint8_frames
 from cogvid.pipeline import VideoPipeline, check_weight_paths, is_image_to_video
 from cogvid.prompts import PromptJob, prompt_jobs, shard
+from cogvid.runtime import dist_env
 from cogvid.sample_outputs import check_writable, config_hash, video_stem, write_sample
 from cogvid.video_shape import video_shape
 
 log = logging.getLogger("cogvid.sample")
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def _hydra_config():

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -17,17 +15,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cogvid.runtime import peak_memory_gb
+
 log = logging.getLogger(__name__)
 
 TRAIN_LOG = "train_log.jsonl"
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on a GPU; the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1024**3
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
 def read_train_log(out_dir: str | Path) -> dict[int, dict]:

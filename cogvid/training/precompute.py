@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from cogvid.atomic_write import write_atomic
 from cogvid.errors import CogvidError
-from cogvid.runtime import TORCH_DTYPES
+from cogvid.runtime import TORCH_DTYPES, dist_env
 from cogvid.training.data import BadVideo, clip_spec, find_clips, latent_frames, load_clip
 
 log = logging.getLogger(__name__)
@@ -66,13 +65,6 @@ def cache_meta(cfg) -> dict:
         "image_latents": bool(m.noised_image_input),
         "source": cfg.data.root or cfg.data.manifest,
     }
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment (1 process when none is set)."""
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
 
 
 def augment_first_frame(video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

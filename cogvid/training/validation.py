@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from pathlib import Path
 
 import lightning as L
@@ -19,14 +18,11 @@ from lightning.pytorch.callbacks import Callback
 
 from cogvid.errors import CogvidError
 from cogvid.media import read_image, to_uint8_frames, write_mp4
+from cogvid.sample_outputs import slug
 
 log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
-
-
-def slug(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit] or "prompt"
 
 
 def add_tensorboard_video(writer, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
