@@ -20,11 +20,16 @@ from pathlib import Path
 
 import torch
 
-from cogvid.checkpoint import DIT_PREFIX, MODEL_STATES, SAT_MODEL_CONFIG
 from cogvid.config import ExportPart
 from cogvid.errors import CogvidError
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
-from cogvid.interop.tensor_io import TensorSource, find_weight_files, read_safetensors, write_sat_model_states
+from cogvid.interop.tensor_io import (
+    TensorSource,
+    find_weight_files,
+    read_safetensors,
+    write_sat_checkpoint_folder,
+    write_sat_model_states,
+)
 from cogvid.interop.transformer_map import (
     WEIGHTS_STEM,
     check_transformer_config,
@@ -36,7 +41,6 @@ from cogvid.interop.vae_map import check_vae_config, sat_vae_shapes, vae_key_map
 
 log = logging.getLogger(__name__)
 
-SAT_ITERATION = 1
 T5_FOLDER = "t5-v1_1-xxl"
 
 
@@ -111,10 +115,7 @@ def import_transformer(cfg, folder: Path, out: Path, dtype: torch.dtype | None) 
     config, source = read_diffusers_component(folder)
     check_transformer_config(config, cfg, str(folder / "config.json"))
     targets, report = plan_sat_transformer(cfg, source, dtype)
-    (out / str(SAT_ITERATION)).mkdir(parents=True)
-    write_sat_model_states(out / str(SAT_ITERATION) / MODEL_STATES, targets, DIT_PREFIX, desc="transformer")
-    (out / "model_config.json").write_text(json.dumps(SAT_MODEL_CONFIG, indent=4))
-    (out / "latest").write_text(str(SAT_ITERATION))
+    write_sat_checkpoint_folder(out, targets, desc="transformer")
     log.info("transformer: %s", report.summary())
     return report
 

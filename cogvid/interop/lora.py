@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cogvid.checkpoint import DIT_PREFIX, MODEL_STATES, SAT_MODEL_CONFIG, read_sat_state_dict
+from cogvid.checkpoint import read_sat_state_dict
 from cogvid.config import LoraScale
 from cogvid.errors import CogvidError
 from cogvid.interop.keymap import KeyMap, MappingReport, Rename, SatOnly, Side, check_against
@@ -29,7 +29,7 @@ from cogvid.interop.tensor_io import (
     mapped_source,
     read_safetensors,
     write_safetensors_shards,
-    write_sat_model_states,
+    write_sat_checkpoint_folder,
 )
 from cogvid.interop.transformer_map import rebuild_sat_tensor, sat_transformer_shapes, transformer_key_map
 
@@ -39,7 +39,6 @@ LORA_WEIGHTS = "pytorch_lora_weights"  # diffusers' LORA_WEIGHT_NAME_SAFE, witho
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 COMPONENT = "transformer"  # the pipeline component the adapters belong to (the key prefix)
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
-SAT_ITERATION = 1
 
 _QKV = "transformer.layers.{i}.attention.query_key_value"
 _DENSE = "transformer.layers.{i}.attention.dense"
@@ -203,16 +202,6 @@ def import_lora(cfg, source: str | Path, out: Path, base_ckpt: str | None) -> Ma
     write_sat_checkpoint_folder(out, targets)
     log.info("lora -> SAT (rank %d, scale %g -> alpha/r %g): %s", rank, diffusers_scale, sat_scale, report.summary())
     return report
-
-
-def write_sat_checkpoint_folder(out: Path, targets: list[TensorTarget]) -> Path:
-    """SAT's checkpoint layout: `out/1/mp_rank_00_model_states.pt`, `out/model_config.json`, `out/latest`."""
-    weights = out / str(SAT_ITERATION) / MODEL_STATES
-    weights.parent.mkdir(parents=True)
-    write_sat_model_states(weights, targets, DIT_PREFIX, desc="sat")
-    (out / "model_config.json").write_text(json.dumps(SAT_MODEL_CONFIG, indent=4))
-    (out / "latest").write_text(str(SAT_ITERATION))
-    return weights
 
 
 def merge_lora(cfg, lora_path: str | Path, base_ckpt: str | None, out: Path, dtype) -> MappingReport:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cogvid.checkpoint import DIT_PREFIX, MODEL_STATES, SAT_MODEL_CONFIG
 from cogvid.errors import CogvidError
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ class TensorTarget:
         return t.to(self.dtype).contiguous()
 
 
+SAT_ITERATION = 1  # the iteration folder of checkpoints cogvid-export writes
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _SIZE_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
@@ -403,3 +405,13 @@ def write_sat_model_states(
                 progress.update(1)
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def write_sat_checkpoint_folder(out: Path, targets: list[TensorTarget], desc: str = "sat") -> Path:
+    """SAT's checkpoint layout: `out/1/mp_rank_00_model_states.pt`, `out/model_config.json`, `out/latest`."""
+    weights = out / str(SAT_ITERATION) / MODEL_STATES
+    weights.parent.mkdir(parents=True)
+    write_sat_model_states(weights, targets, DIT_PREFIX, desc=desc)
+    (out / "model_config.json").write_text(json.dumps(SAT_MODEL_CONFIG, indent=4))
+    (out / "latest").write_text(str(SAT_ITERATION))
+    return weights
