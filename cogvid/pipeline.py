@@ -18,6 +18,7 @@ import torch
 from cogvid.config import Generation, ImageLatentScaling, Uncond
 from cogvid.engine import Engine, build_engine
 from cogvid.errors import CogvidError
+from cogvid.media import resize_cover_center_crop
 from cogvid.models.text_encoder import RELEASE_LAYOUT
 from cogvid.runtime import TORCH_DTYPES, peak_memory_gb, resolve_device_dtype
 from cogvid.video_shape import VideoShape, size_from_image_aspect, video_shape
@@ -197,20 +198,15 @@ class VideoPipeline:
 def _fit_image(image, height: int, width: int, crop: bool) -> torch.Tensor:
     """PIL image -> (1, 3, 1, H, W) in [-1, 1].
 
-    crop (v1.0): resize to cover H x W keeping the aspect (bicubic), then crop the centre (SAT
-    resize_for_rectangle_crop). Otherwise (1.5): resize to exactly H x W (Lanczos), as SAT HEAD does.
+    crop (v1.0): SAT's resize_for_rectangle_crop: a bicubic resize that covers H x W keeping the aspect, then the
+    centre. Otherwise (1.5): a resize to exactly H x W (Lanczos), as SAT HEAD does.
     """
     from PIL import Image
 
     if crop:
-        if image.width / image.height > width / height:
-            size = (int(image.width * height / image.height), height)
-        else:
-            size = (width, int(image.height * width / image.width))
-        resized = image.resize(size, Image.BICUBIC)
-        left, top = (size[0] - width) // 2, (size[1] - height) // 2
-        resized = resized.crop((left, top, left + width, top + height))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)[None]  # (1, 3, h, w)
+        pixels = resize_cover_center_crop(pixels, height, width)[0] / 255.0
     else:
         resized = image.resize((width, height), Image.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)  # (H, W, 3) in [0, 1]
-    return (pixels.permute(2, 0, 1)[None, :, None] * 2.0 - 1.0).contiguous()
+        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+    return (pixels[None, :, None] * 2.0 - 1.0).contiguous()
