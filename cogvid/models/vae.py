@@ -353,6 +353,25 @@ def _time_levels(temporal_compress_times: int) -> int:
     return levels
 
 
+def sample_posterior(
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SAT DiagonalGaussianDistribution.sample: mean + exp(0.5 clamp(logvar, -30, 20)) * noise.
+
+    The noise is `noise` if given, else drawn in float32 on the CPU from `generator` and then moved, so a seed
+    reproduces on any device.
+    """
+    std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32, device="cpu")
+    elif noise.shape != mean.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, the posterior {tuple(mean.shape)}")
+    return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
+
+
 class CausalVideoVAE(nn.Module):
     """CogVideoX's 3-D causal VAE (SAT `VideoAutoencodingEngine` with a `DiagonalGaussianRegularizer`).
 
@@ -444,14 +463,7 @@ class CausalVideoVAE(nn.Module):
         any device (SAT draws `randn_like` on the VAE's device: the same numbers on a CPU run).
         """
         mean, logvar = self.encode_moments(video, first_frame).chunk(2, dim=1)
-        if not sample:
-            return mean
-        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-        if noise is None:
-            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32, device="cpu")
-        elif noise.shape != mean.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, the posterior {tuple(mean.shape)}")
-        return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
+        return sample_posterior(mean, logvar, generator, noise) if sample else mean
 
     # ---- decoding
 

@@ -19,6 +19,7 @@ import torch
 
 from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss
 from cogvid.engine import Engine, build_engine
+from cogvid.models.vae import sample_posterior
 from cogvid.runtime import TORCH_DTYPES
 from cogvid.training.data import step_generator
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
@@ -169,6 +170,4 @@ def _posterior(batch: dict, prefix: str, generator: torch.Generator) -> torch.Te
     """A posterior sample mean + exp(logvar / 2) n from cached moments (b, 16, T, h, w), or a cached fixed sample."""
     if f"{prefix}mean" not in batch:
         return batch[f"{prefix}latent"].float()
-    mean = batch[f"{prefix}mean"].float()
-    std = torch.exp(0.5 * batch[f"{prefix}logvar"].float().clamp(-30.0, 20.0))
-    return mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+    return sample_posterior(batch[f"{prefix}mean"].float(), batch[f"{prefix}logvar"].float(), generator)
