@@ -34,7 +34,7 @@ def peak_rss() -> dict[str, int]:
 def child(argv: list[str]) -> None:
     """Run one export in this process, then print its peak RSS."""
     from cogvid.cli.export import run_export
-    from cogvid.config import compose
+    from cogvid.config.compose import compose
 
     run_export(compose(argv, config_name="export"))
     print("PEAK", " ".join(f"{k}={v}" for k, v in peak_rss().items()), flush=True)
@@ -43,8 +43,8 @@ def child(argv: list[str]) -> None:
 def write_random_checkpoint(model: str, folder: Path) -> int:
     import torch
 
-    from cogvid.checkpoint import DIT_PREFIX, MODEL_STATES
-    from cogvid.config import compose
+    from cogvid.sat.checkpoint import DIT_PREFIX, MODEL_STATES
+    from cogvid.config.compose import compose
     from cogvid.interop.tensor_io import TensorTarget, write_sat_model_states
     from cogvid.interop.transformer_map import sat_transformer_shapes
 
@@ -101,8 +101,8 @@ def main() -> None:
             )
         import torch
 
-        from cogvid.checkpoint import read_sat_state_dict
-        from cogvid.config import compose
+        from cogvid.sat.checkpoint import read_sat_state_dict
+        from cogvid.config.compose import compose
         from cogvid.interop.keymap import Side
         from cogvid.interop.transformer_map import transformer_key_map
 

@@ -1,7 +1,7 @@
 """cogvid: CogVideoX as its authors ran it in SAT, composed by Hydra."""
 
-from cogvid.config import compose
-from cogvid.errors import CogvidError
+from cogvid.config.compose import compose
+from cogvid.utils.errors import CogvidError
 
 __all__ = ["CogvidError", "build_engine", "compose"]
 

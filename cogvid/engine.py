@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cogvid.config import Solver, Uncond, ZeroSnrRescale
+from cogvid.config.schema import Solver, Uncond, ZeroSnrRescale
 from cogvid.diffusion.denoiser import DiscreteDenoiser
 from cogvid.diffusion.guidance import guidance_scale, guided
 from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 from cogvid.models.dit import DiffusionTransformer
-from cogvid.models.text_encoder import T5Conditioner
+from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE, load_sat_vae
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,14 @@ class Engine(nn.Module):
     # --- weights -------------------------------------------------------------------------------------------
     def load_sat_checkpoint(self, path: str | Path):
         """Load a SAT transformer folder (`latest` + `<iter>/mp_rank_00_model_states.pt`) or .pt file, strictly."""
-        from cogvid.checkpoint import load_backbone_state, read_sat_state_dict
+        from cogvid.sat.checkpoint import load_backbone_state, read_sat_state_dict
 
         state, _ = read_sat_state_dict(path)
         return load_backbone_state(self.backbone, state)
 
     def save_sat_checkpoint(self, path: str | Path, iteration: int) -> Path:
         """Write the backbone in SAT's layout: `path/latest` + `path/<iteration>/mp_rank_00_model_states.pt`."""
-        from cogvid.checkpoint import save_sat_checkpoint
+        from cogvid.sat.checkpoint import save_sat_checkpoint
 
         return save_sat_checkpoint(self.backbone, path, iteration)
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import cogvid
 from cogvid.diffusion.schedules import sampling_schedule, training_table
 from cogvid.models.vae import CausalVideoVAE, load_sat_vae
-from cogvid.sat_config import export_sat_config
+from cogvid.sat.yaml_import import export_sat_config
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sat_tiny_2b"
 

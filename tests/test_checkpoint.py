@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from cogvid import CogvidError, compose
-from cogvid import checkpoint as ckpt
-from cogvid.checkpoint import (
+from cogvid.sat import checkpoint as ckpt
+from cogvid.sat.checkpoint import (
     load_backbone_state,
     read_sat_state_dict,
     resolve_sat_checkpoint,
@@ -78,7 +78,7 @@ def test_lora_checkpoint_into_lora_model():
 
 def test_plain_checkpoint_into_lora_model_keeps_adapters_at_init(caplog):
     model = build(TINY_LORA)
-    with caplog.at_level("WARNING", logger="cogvid.checkpoint"):
+    with caplog.at_level("WARNING", logger="cogvid.sat.checkpoint"):
         report = load_backbone_state(model, read_sat_state_dict(DIT_CKPT)[0])
     # 2 layers x (qkv: 3 A + 3 B, dense: 1 A + 1 B); weight + bias of qkv and dense routed
     assert len(report.adapters_at_init) == 16

@@ -61,7 +61,7 @@ def test_unknown_config_option(sample):
 def test_checkpoint_of_another_variant(tmp_path, sample):
     # a tiny 5B-style (RoPE) checkpoint given to the 2B-style model
     from cogvid import compose
-    from cogvid.checkpoint import save_sat_checkpoint
+    from cogvid.sat.checkpoint import save_sat_checkpoint
     from cogvid.models.dit import DiffusionTransformer
 
     other = DiffusionTransformer(compose(["model=tiny", "model.pos_embed=rope", "model.hidden_size=128"]).model)
@@ -155,7 +155,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         [
             sys.executable,
             "-c",
-            "import cogvid, cogvid.config as c; print(cogvid.__file__); print(c.conf_dir());"
+            "import cogvid, cogvid.config.compose as c; print(cogvid.__file__); print(c.conf_dir());"
             "print(cogvid.compose(['model=5b']).model.hidden_size)",
         ],
         capture_output=True,

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import cogvid
-from cogvid.config import conf_dir
+from cogvid.config.compose import conf_dir
 
 GROUPS = ["model", "sampler", "mode", "infer"]
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import cogvid
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 from cogvid.models import dit as dit_module
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.models.lora import LoraLinear

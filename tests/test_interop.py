@@ -22,7 +22,7 @@ import torch
 from conftest import FIXTURE, reference
 
 import cogvid
-from cogvid.checkpoint import read_sat_state_dict
+from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.interop.keymap import Side
 from cogvid.interop.tensor_io import TensorSource
 from cogvid.interop.transformer_map import (

@@ -24,9 +24,9 @@ from test_interop import (
 )
 
 import cogvid
-from cogvid.checkpoint import load_backbone_state, read_sat_state_dict, save_sat_checkpoint
-from cogvid.config import LoraScale
-from cogvid.errors import CogvidError
+from cogvid.sat.checkpoint import load_backbone_state, read_sat_state_dict, save_sat_checkpoint
+from cogvid.config.schema import LoraScale
+from cogvid.utils.errors import CogvidError
 from cogvid.interop.lora import export_lora, import_lora, merge_lora
 from cogvid.models.dit import DiffusionTransformer
 

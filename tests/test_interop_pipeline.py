@@ -133,7 +133,7 @@ def test_pipeline_imports_to_sat_and_samples(pipeline_dir, tmp_path):
     assert (sat / "transformer" / "latest").read_text() == "1"
     assert (sat / "transformer" / "1" / "mp_rank_00_model_states.pt").is_file()
     assert (sat / "vae" / "3d-vae.pt").is_file() and (sat / "t5-v1_1-xxl" / "config.json").is_file()
-    from cogvid.checkpoint import read_sat_state_dict
+    from cogvid.sat.checkpoint import read_sat_state_dict
 
     original, _ = read_sat_state_dict(FIXTURE / "dit_ckpt")
     imported, _ = read_sat_state_dict(sat / "transformer")
@@ -181,7 +181,7 @@ def test_imported_sat_folder_runs_in_cogvid_sample(pipeline_dir, tmp_path):
 def test_image_to_video_variants_load_as_their_pipeline(variant, tmp_path, tiny_t5_dir):
     from test_interop import random_dit, tiny_model_cfg
 
-    from cogvid.checkpoint import save_sat_checkpoint
+    from cogvid.sat.checkpoint import save_sat_checkpoint
 
     cfg = tiny_model_cfg(variant)
     save_sat_checkpoint(random_dit(cfg), tmp_path / "sat", 1)

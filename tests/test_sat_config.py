@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from cogvid import CogvidError, compose
-from cogvid.config import Dtype, Generation, Guider, ModelConfig, PosEmbed, SamplerConfig, Solver
-from cogvid.sat_config import (
+from cogvid.config.schema import Dtype, Generation, Guider, ModelConfig, PosEmbed, SamplerConfig, Solver
+from cogvid.sat.yaml_import import (
     convert_sat_config,
     export_sat_config,
     import_sat_config,

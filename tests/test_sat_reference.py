@@ -9,7 +9,7 @@ import torch
 from conftest import FIXTURE, reference
 
 import cogvid
-from cogvid.sat_config import export_sat_config
+from cogvid.sat.yaml_import import export_sat_config
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import FIXTURE, clip_frames, make_sat_dataset, tiny_overrides
 
-from cogvid.checkpoint import read_sat_state_dict
-from cogvid.config import compose, conf_dir
-from cogvid.errors import CogvidError
-from cogvid.media import read_mp4, write_mp4
-from cogvid.models.text_encoder import T5Conditioner
+from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.config.compose import compose, conf_dir
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.media import read_mp4, write_mp4
+from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE, load_sat_vae
 from cogvid.training.data import (
     BadVideo,

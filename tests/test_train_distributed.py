@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
 
-from cogvid.checkpoint import read_sat_state_dict
-from cogvid.config import compose
+from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.config.compose import compose
 from cogvid.engine import Engine
-from cogvid.media import read_mp4
-from cogvid.training.checkpoints import complete_checkpoints
+from cogvid.utils.media import read_mp4
+from cogvid.training.resume import complete_checkpoints
 from cogvid.training.metrics import read_train_log
 
 TESTS = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, m
     assert [s for s, _ in complete_checkpoints(out)] == [2, 4]
 
     # consolidate the ZeRO shards of step 4 and compare with the SAT-layout weights gathered while training
-    from cogvid.training.checkpoints import consolidate_zero_checkpoint
+    from cogvid.training.resume import consolidate_zero_checkpoint
 
     consolidated = consolidate_zero_checkpoint(out / "checkpoints" / "step-00000004" / "state.ckpt")
     sat, _ = read_sat_state_dict(out / "sat")

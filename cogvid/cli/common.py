@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 USER_ERROR_EXIT = 2
 

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from cogvid.cli.common import run_reporting_errors
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 PROG = "cogvid-export"
 
@@ -59,7 +59,7 @@ def _add_sat_config(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_sat_config(args: argparse.Namespace) -> None:
-    from cogvid.sat_config import export_sat_config
+    from cogvid.sat.yaml_import import export_sat_config
 
     model_path, sampler_path = export_sat_config(args.path, args.name, args.out_dir, dtype=args.dtype)
     print(
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_export(cfg) -> dict:
     """Run one export task from a composed `export` config; returns the mapping reports by part."""
-    from cogvid.config import ExportPart, ExportTask
+    from cogvid.config.schema import ExportPart, ExportTask
     from cogvid.interop.staged_output import check_output_free, staged_folder
 
     task = ExportTask(cfg.task)
@@ -145,7 +145,7 @@ def _required(value, key: str, what: str) -> str:
 def _torch_dtype(dtype):
     import torch
 
-    from cogvid.config import Dtype
+    from cogvid.config.schema import Dtype
 
     if dtype is None:
         return None
@@ -153,7 +153,7 @@ def _torch_dtype(dtype):
 
 
 def _run_sat_config_task(cfg) -> dict:
-    from cogvid.sat_config import export_sat_config
+    from cogvid.sat.yaml_import import export_sat_config
 
     source = _required(cfg.source, "source", "the SAT model YAML")
     if not cfg.name or not cfg.out:

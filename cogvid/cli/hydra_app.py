@@ -13,8 +13,8 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from cogvid.cli.common import fail, run_reporting_errors
-from cogvid.config import conf_dir, describe_config_error, register_schemas
-from cogvid.errors import CogvidError
+from cogvid.config.compose import conf_dir, describe_config_error, register_schemas
+from cogvid.utils.errors import CogvidError
 
 
 def run_hydra_app(prog: str, config_name: str, task: Callable[[object], object]) -> None:

@@ -2,7 +2,7 @@
 
 Everything that can be checked without the models is checked first (prompts, images, frame count and size, the
 output dir, the weight paths), so a bad input costs a second, not a model load. Under torchrun the prompts are
-sharded across ranks (`cogvid.prompts.shard`) and all ranks write into rank 0's output dir.
+sharded across ranks (`cogvid.inference.prompts.shard`) and all ranks write into rank 0's output dir.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import torch
 from omegaconf import OmegaConf
 
 from cogvid.cli.hydra_app import run_hydra_app
-from cogvid.config import Generation, Uncond
-from cogvid.errors import CogvidError
-from cogvid.media import read_image, to_uint8_frames
-from cogvid.pipeline import VideoPipeline, check_weight_paths, is_image_to_video
-from cogvid.prompts import PromptJob, prompt_jobs, shard
-from cogvid.runtime import dist_env
-from cogvid.sample_outputs import check_writable, config_hash, video_stem, write_sample
-from cogvid.video_shape import video_shape
+from cogvid.config.schema import Generation, Uncond
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.media import read_image, to_uint8_frames
+from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, is_image_to_video
+from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
+from cogvid.utils.runtime import dist_env
+from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
+from cogvid.inference.video_shape import video_shape
 
 log = logging.getLogger("cogvid.sample")
 

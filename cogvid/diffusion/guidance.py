@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from cogvid.config import DynamicSchedule, Guider
+from cogvid.config.schema import DynamicSchedule, Guider
 
 
 def guidance_scale(cfg, step_index: int, timestep: int) -> float | None:

@@ -8,7 +8,7 @@ import torch
 
 from cogvid.diffusion.denoiser import DiscreteDenoiser
 from cogvid.diffusion.schedules import NUM_TIMESTEPS
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 
 def auto_group_num(world_size: int) -> int:

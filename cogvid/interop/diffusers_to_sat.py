@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from cogvid.config import ExportPart
-from cogvid.errors import CogvidError
+from cogvid.config.schema import ExportPart
+from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
     TensorSource,

@@ -24,7 +24,7 @@ from enum import Enum
 
 import torch
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 from cogvid.interop.tensor_io import TensorInfo, TensorSource, TensorTarget
 
 PLACEHOLDERS = {"i": r"\d+", "j": r"\d+", "u": r"\d+", "p": r"weight|bias", "rest": r"[\w.]+"}
@@ -272,7 +272,7 @@ def check_against(
     hint: str,
 ) -> None:
     """Raise one line naming missing, unexpected and mis-shaped keys when `targets` do not fit `expected`."""
-    from cogvid.checkpoint import describe_key_mismatch
+    from cogvid.sat.checkpoint import describe_key_mismatch
 
     got = targets if isinstance(targets, Mapping) else expected_shapes(targets)
     problems = describe_key_mismatch(

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from cogvid.checkpoint import read_sat_state_dict
-from cogvid.config import LoraScale
-from cogvid.errors import CogvidError
+from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.config.schema import LoraScale
+from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import KeyMap, MappingReport, Rename, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
     TensorInfo,

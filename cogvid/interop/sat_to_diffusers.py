@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from cogvid.checkpoint import read_sat_state_dict
-from cogvid.config import ExportPart
+from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.config.schema import ExportPart
 from cogvid.diffusion.schedules import LINEAR_END, LINEAR_START, NUM_TIMESTEPS
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
     TensorSource,
@@ -155,7 +155,7 @@ def _t5_weight_files(folder: Path) -> list[Path]:
 def export_text_encoder(cfg, t5_path: str, out: Path, parts: set[ExportPart]) -> None:
     """Copy T5's config and weights to `text_encoder/`, save its tokenizer to `tokenizer/` with the variant's
     max length. `t5_path`: a SAT-release T5 folder (spiece.model + config + weights) or a diffusers pipeline."""
-    from cogvid.models.text_encoder import t5_folders
+    from cogvid.models.t5 import t5_folders
 
     path = Path(t5_path).expanduser()
     if not path.is_dir():

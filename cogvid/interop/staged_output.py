@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cogvid.checkpoint import DIT_PREFIX, MODEL_STATES, SAT_MODEL_CONFIG
-from cogvid.errors import CogvidError
+from cogvid.sat.checkpoint import DIT_PREFIX, MODEL_STATES, SAT_MODEL_CONFIG
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from cogvid.config import Generation, PosEmbed
-from cogvid.errors import CogvidError
+from cogvid.config.schema import Generation, PosEmbed
+from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import KeyMap, Rename, SatOnly, Split
 
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose format is written (and tested)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cogvid.config import Generation
+from cogvid.config.schema import Generation
 from cogvid.interop.keymap import KeyMap, Rename, SatOnly
 from cogvid.interop.transformer_map import DIFFUSERS_VERSION
 
@@ -81,7 +81,7 @@ VAE_STRUCTURAL_FIELDS = ("block_out_channels", "layers_per_block", "latent_chann
 
 def check_vae_config(found: dict, cfg, where: str) -> list[str]:
     """Refuse a VAE config of another size; return notes on values that only differ in meaning (scale)."""
-    from cogvid.errors import CogvidError
+    from cogvid.utils.errors import CogvidError
 
     if found.get("_class_name", VAE_CLASS) != VAE_CLASS:
         raise CogvidError(f"{where} is a {found.get('_class_name')}, not a {VAE_CLASS}")

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cogvid.config import Generation, PosEmbed
+from cogvid.config.schema import Generation, PosEmbed
 from cogvid.models.lora import LoraLinear, linear_or_lora
 from cogvid.models.positions import RotaryPositionEmbedding, SinCosPositionEmbedding
 

@@ -12,7 +12,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cogvid.errors import CogvidError
-from cogvid.media import resize_cover_center_crop
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.media import resize_cover_center_crop
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cogvid.runtime import peak_memory_gb
+from cogvid.utils.runtime import peak_memory_gb
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 DEFAULT_LR = {"sft": 1e-5, "lora": 1e-3}  # SAT sft.yaml lr; its comment's LoRA range starts at 1e-3
 

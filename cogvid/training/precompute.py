@@ -33,9 +33,9 @@ from safetensors.torch import load_file, save
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from cogvid.atomic_write import write_atomic
-from cogvid.errors import CogvidError
-from cogvid.runtime import TORCH_DTYPES, dist_env
+from cogvid.utils.files import write_atomic
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.runtime import TORCH_DTYPES, dist_env
 from cogvid.training.data import BadVideo, clip_spec, find_clips, latent_frames, load_clip
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class PrecomputeReport:
 
 def run_precompute(cfg) -> PrecomputeReport:
     """Encode this rank's share of `data.root` / `data.manifest` into `data.cache`."""
-    from cogvid.models.text_encoder import T5Conditioner
+    from cogvid.models.t5 import T5Conditioner
     from cogvid.models.vae import CausalVideoVAE, load_sat_vae
 
     if not cfg.data.cache:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import lightning as L
 
-from cogvid.config import TrainTask
-from cogvid.errors import CogvidError
-from cogvid.training.checkpoints import (
+from cogvid.config.schema import TrainTask
+from cogvid.utils.errors import CogvidError
+from cogvid.training.resume import (
     SAT_DIR,
     STATE,
     ResumableCheckpoints,

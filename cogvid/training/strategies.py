@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

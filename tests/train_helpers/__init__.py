@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cogvid.media import write_mp4
+from cogvid.utils.media import write_mp4
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sat_tiny_2b"
 CAPTIONS = [

@@ -40,7 +40,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 
 if __name__ == "__main__":
     from cogvid.cli.common import run_reporting_errors
-    from cogvid.config import compose
+    from cogvid.config.compose import compose
     from cogvid.training.run import run_train
 
     cfg = compose(sys.argv[1:], config_name="train")

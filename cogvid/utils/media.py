@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,9 @@ from typing import Any
 
 import yaml
 
-from cogvid.config import (
+from cogvid.config.compose import conf_dir
+
+from cogvid.config.schema import (
     Dtype,
     DynamicSchedule,
     Generation,
@@ -41,9 +43,8 @@ from cogvid.config import (
     Solver,
     Uncond,
     ZeroSnrRescale,
-    conf_dir,
 )
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 # SAT class names cogvid implements, by what they configure (the last dotted component of `target:`).
 POS_EMBEDS = {

@@ -1,4 +1,4 @@
-"""Typed config schemas for every Hydra group, and `compose()` over the packaged `conf/` tree.
+"""Typed config schemas for every Hydra group.
 
 Field names follow the SAT config names where SAT has one, so a reader of `configs/cogvideox_*.yaml` finds
 the same words here. A misspelt key or a value outside an enum fails at compose time, naming the key.
@@ -6,15 +6,10 @@ the same words here. A misspelt key or a value outside an enum fails at compose 
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 
-from omegaconf import MISSING, DictConfig
-
-from cogvid.errors import CogvidError
+from omegaconf import MISSING
 
 
 class Generation(str, Enum):
@@ -339,67 +334,3 @@ class ExportConfig:
     lora_scale: LoraScale = LoraScale.metadata
     overwrite: bool = False
     name: str | None = None  # sat_config: the config name
-
-
-def register_schemas() -> None:
-    """Put the schemas in Hydra's ConfigStore; primary configs list them first in their defaults."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="sample_schema", node=SampleConfig)
-    cs.store(name="train_schema", node=TrainRunConfig)
-    cs.store(name="export_schema", node=ExportConfig)
-
-
-def conf_dir() -> Path:
-    """The packaged config tree: cogvid/conf in a wheel, ../conf in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "sample.yaml").is_file():
-            return candidate
-    raise CogvidError(f"cogvid's config tree is missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
-
-
-def compose(
-    overrides: list[str] | tuple[str, ...] = (),
-    config_name: str = "sample",
-    config_dirs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
-) -> DictConfig:
-    """Compose a config from the packaged tree plus extra config dirs, as the command line would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_schemas()
-    extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides) + extra)
-    except Exception as ex:  # Hydra and OmegaConf raise many types; all mean "this config is wrong"
-        raise CogvidError(describe_config_error(ex)) from ex
-
-
-def describe_config_error(ex: BaseException) -> str:
-    """One line out of Hydra's and OmegaConf's multi-line, chained composition errors.
-
-    The most specific message is OmegaConf's (it names the key); Hydra's outer message says where.
-    """
-    from omegaconf.errors import OmegaConfBaseException
-
-    chain, seen = [], set()
-    while ex is not None and id(ex) not in seen:
-        seen.add(id(ex))
-        chain.append(ex)
-        ex = ex.__cause__ or ex.__context__
-    lines = [(str(e).strip().splitlines() or [type(e).__name__])[0].strip() for e in chain]
-    omegaconf_lines = [line for e, line in zip(chain, lines, strict=True) if isinstance(e, OmegaConfBaseException)]
-    detail = omegaconf_lines[0] if omegaconf_lines else lines[0]
-    where = lines[0]
-    if where == detail:
-        return detail
-    if match := re.match(r"(?:Error merging override|Could not override) '?([^']*)'?", where):
-        return f"{detail} (override {match.group(1)})"
-    if match := re.match(r"In '([^']*)'", where):
-        return f"{detail} (in config '{match.group(1)}')"
-    return f"{where}: {detail}"

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
-from cogvid.atomic_write import write_atomic
-from cogvid.errors import CogvidError
-from cogvid.media import write_mp4
+from cogvid.utils.files import write_atomic
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.media import write_mp4
 
 SLUG_LENGTH = 60
 SAMPLES_DIR = "samples"

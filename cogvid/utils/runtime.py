@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from cogvid.config import Dtype
-from cogvid.errors import CogvidError
+from cogvid.config.schema import Dtype
+from cogvid.utils.errors import CogvidError
 
 TORCH_DTYPES = {Dtype.fp32: torch.float32, Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 IMAGE_SEPARATOR = "@@"
 

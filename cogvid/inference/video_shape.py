@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 SIZE_MULTIPLE = 16
 VAE_SPATIAL = 8

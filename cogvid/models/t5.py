@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cogvid.errors import CogvidError
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Config: the typed schemas (`schema`) and composition over the packaged `conf/` tree (`compose`)."""
