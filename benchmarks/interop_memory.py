@@ -43,10 +43,10 @@ def child(argv: list[str]) -> None:
 def write_random_checkpoint(model: str, folder: Path) -> int:
     import torch
 
-    from cogvid.sat.checkpoint import DIT_PREFIX, MODEL_STATES
     from cogvid.config.compose import compose
     from cogvid.interop.tensor_io import TensorTarget, write_sat_model_states
     from cogvid.interop.transformer_map import sat_transformer_shapes
+    from cogvid.sat.checkpoint import DIT_PREFIX, MODEL_STATES
 
     cfg = compose([f"model={model}"]).model
     gen = torch.Generator().manual_seed(0)
@@ -101,10 +101,10 @@ def main() -> None:
             )
         import torch
 
-        from cogvid.sat.checkpoint import read_sat_state_dict
         from cogvid.config.compose import compose
         from cogvid.interop.keymap import Side
         from cogvid.interop.transformer_map import transformer_key_map
+        from cogvid.sat.checkpoint import read_sat_state_dict
 
         keymap = transformer_key_map(compose(model).model)
         original, _ = read_sat_state_dict(work / "sat" / "transformer")

@@ -14,10 +14,10 @@ from cogvid.diffusion.denoiser import DiscreteDenoiser
 from cogvid.diffusion.guidance import guidance_scale, guided
 from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
-from cogvid.utils.errors import CogvidError
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE, load_sat_vae
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

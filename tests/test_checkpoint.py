@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from cogvid import CogvidError, compose
+from cogvid.models.dit import DiffusionTransformer
 from cogvid.sat import checkpoint as ckpt
 from cogvid.sat.checkpoint import (
     load_backbone_state,
@@ -22,7 +23,6 @@ from cogvid.sat.checkpoint import (
     safe_torch_load,
     save_sat_checkpoint,
 )
-from cogvid.models.dit import DiffusionTransformer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"
 DIT_CKPT = FIXTURE / "dit_ckpt"

@@ -61,8 +61,8 @@ def test_unknown_config_option(sample):
 def test_checkpoint_of_another_variant(tmp_path, sample):
     # a tiny 5B-style (RoPE) checkpoint given to the 2B-style model
     from cogvid import compose
-    from cogvid.sat.checkpoint import save_sat_checkpoint
     from cogvid.models.dit import DiffusionTransformer
+    from cogvid.sat.checkpoint import save_sat_checkpoint
 
     other = DiffusionTransformer(compose(["model=tiny", "model.pos_embed=rope", "model.hidden_size=128"]).model)
     save_sat_checkpoint(other, tmp_path / "other", 1)

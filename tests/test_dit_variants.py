@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 import cogvid
-from cogvid.utils.errors import CogvidError
 from cogvid.models import dit as dit_module
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.models.lora import LoraLinear
 from cogvid.models.positions import RotaryPositionEmbedding
+from cogvid.utils.errors import CogvidError
 
 FIXTURE_KEYS = Path(__file__).parent / "fixtures" / "sat_tiny_2b" / "keys.txt"
 PREFIX = "model.diffusion_model."

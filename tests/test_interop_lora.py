@@ -24,11 +24,11 @@ from test_interop import (
 )
 
 import cogvid
-from cogvid.sat.checkpoint import load_backbone_state, read_sat_state_dict, save_sat_checkpoint
 from cogvid.config.schema import LoraScale
-from cogvid.utils.errors import CogvidError
 from cogvid.interop.lora import export_lora, import_lora, merge_lora
 from cogvid.models.dit import DiffusionTransformer
+from cogvid.sat.checkpoint import load_backbone_state, read_sat_state_dict, save_sat_checkpoint
+from cogvid.utils.errors import CogvidError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 

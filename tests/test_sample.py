@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from cogvid import compose
 from cogvid.engine import Engine
+from cogvid.inference.pipeline import VideoPipeline
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_mp4
-from cogvid.inference.pipeline import VideoPipeline
 
 BIN = Path(sys.executable).parent
 VAE = FIXTURE / "vae" / "3d-vae.pt"

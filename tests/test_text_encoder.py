@@ -4,8 +4,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from cogvid.utils.errors import CogvidError
 from cogvid.models.t5 import T5Conditioner
+from cogvid.utils.errors import CogvidError
 
 
 def test_tokenises_with_the_trained_vocabulary_pads_to_max_length_and_appends_eos(tiny_t5_dir):

@@ -13,12 +13,10 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import FIXTURE, clip_frames, make_sat_dataset, tiny_overrides
 
-from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.config.compose import compose, conf_dir
-from cogvid.utils.errors import CogvidError
-from cogvid.utils.media import read_mp4, write_mp4
 from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE, load_sat_vae
+from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.training.data import (
     BadVideo,
     ClipSpec,
@@ -34,6 +32,8 @@ from cogvid.training.module import VideoDiffusionModule
 from cogvid.training.optim import linear_schedule, param_groups
 from cogvid.training.run import run_train
 from cogvid.training.strategies import deepspeed_config
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.media import read_mp4, write_mp4
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
 
-from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.config.compose import compose
 from cogvid.engine import Engine
-from cogvid.utils.media import read_mp4
-from cogvid.training.resume import complete_checkpoints
+from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.training.metrics import read_train_log
+from cogvid.training.resume import complete_checkpoints
+from cogvid.utils.media import read_mp4
 
 TESTS = Path(__file__).resolve().parent
 

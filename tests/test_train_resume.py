@@ -13,12 +13,12 @@ import pytest
 import torch
 from train_helpers import make_sat_dataset, tiny_overrides
 
-from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.config.compose import compose
-from cogvid.utils.errors import CogvidError
-from cogvid.training.resume import complete_checkpoints, resolve_resume
+from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.training.metrics import read_train_log
+from cogvid.training.resume import complete_checkpoints, resolve_resume
 from cogvid.training.run import run_train
+from cogvid.utils.errors import CogvidError
 
 TESTS = Path(__file__).resolve().parent
 STEPS, EVERY = 7, 3

@@ -8,9 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvid.sat.checkpoint import safe_torch_load
 from cogvid.config.schema import Generation
-from cogvid.utils.errors import CogvidError
 from cogvid.models import vae as vae_module
 from cogvid.models.vae import (
     CausalConv3d,
@@ -21,7 +19,9 @@ from cogvid.models.vae import (
     load_sat_vae,
     read_sat_vae_state_dict,
 )
+from cogvid.sat.checkpoint import safe_torch_load
 from cogvid.sat.yaml_import import import_sat_config
+from cogvid.utils.errors import CogvidError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"
 VAE_PT = FIXTURE / "vae" / "3d-vae.pt"

@@ -17,13 +17,13 @@ from omegaconf import OmegaConf
 
 from cogvid.cli.hydra_app import run_hydra_app
 from cogvid.config.schema import Generation, Uncond
-from cogvid.utils.errors import CogvidError
-from cogvid.utils.media import read_image, to_uint8_frames
+from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
 from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, is_image_to_video
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
-from cogvid.utils.runtime import dist_env
-from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
 from cogvid.inference.video_shape import video_shape
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.media import read_image, to_uint8_frames
+from cogvid.utils.runtime import dist_env
 
 log = logging.getLogger("cogvid.sample")
 

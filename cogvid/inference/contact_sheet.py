@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from hydra.experimental.callback import Callback
 
+from cogvid.inference.outputs import SAMPLES_DIR
 from cogvid.utils.files import write_atomic
 from cogvid.utils.media import read_mp4
-from cogvid.inference.outputs import SAMPLES_DIR
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
-from cogvid.utils.files import write_atomic
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_atomic
 from cogvid.utils.media import write_mp4
 
 SLUG_LENGTH = 60

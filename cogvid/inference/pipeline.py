@@ -17,11 +17,11 @@ import torch
 
 from cogvid.config.schema import Generation, ImageLatentScaling, Uncond
 from cogvid.engine import Engine, build_engine
+from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
+from cogvid.models.t5 import RELEASE_LAYOUT
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
-from cogvid.models.t5 import RELEASE_LAYOUT
 from cogvid.utils.runtime import TORCH_DTYPES, peak_memory_gb, resolve_device_dtype
-from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
 
 log = logging.getLogger(__name__)
 

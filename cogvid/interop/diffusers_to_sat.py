@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from cogvid.config.schema import ExportPart
-from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
     TensorSource,
@@ -38,6 +37,7 @@ from cogvid.interop.transformer_map import (
     transformer_key_map,
 )
 from cogvid.interop.vae_map import check_vae_config, sat_vae_shapes, vae_key_map
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

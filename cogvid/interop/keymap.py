@@ -24,8 +24,8 @@ from enum import Enum
 
 import torch
 
-from cogvid.utils.errors import CogvidError
 from cogvid.interop.tensor_io import TensorInfo, TensorSource, TensorTarget
+from cogvid.utils.errors import CogvidError
 
 PLACEHOLDERS = {"i": r"\d+", "j": r"\d+", "u": r"\d+", "p": r"weight|bias", "rest": r"[\w.]+"}
 

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.config.schema import LoraScale
-from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import KeyMap, MappingReport, Rename, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
     TensorInfo,
@@ -32,6 +30,8 @@ from cogvid.interop.tensor_io import (
     write_sat_checkpoint_folder,
 )
 from cogvid.interop.transformer_map import rebuild_sat_tensor, sat_transformer_shapes, transformer_key_map
+from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

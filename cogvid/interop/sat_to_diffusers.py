@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.config.schema import ExportPart
 from cogvid.diffusion.schedules import LINEAR_END, LINEAR_START, NUM_TIMESTEPS
-from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
     TensorSource,
@@ -40,6 +38,8 @@ from cogvid.interop.transformer_map import (
     transformer_key_map,
 )
 from cogvid.interop.vae_map import VAE_CLASS, diffusers_vae_config, sat_vae_shapes, vae_key_map
+from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)
 

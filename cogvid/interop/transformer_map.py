@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from cogvid.config.schema import Generation, PosEmbed
-from cogvid.utils.errors import CogvidError
 from cogvid.interop.keymap import KeyMap, Rename, SatOnly, Split
+from cogvid.utils.errors import CogvidError
 
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose format is written (and tested)
 TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"

@@ -25,8 +25,8 @@ from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
-from cogvid.sat.checkpoint import describe_key_mismatch, safe_torch_load
 from cogvid.config.schema import Generation
+from cogvid.sat.checkpoint import describe_key_mismatch, safe_torch_load
 from cogvid.utils.errors import CogvidError
 
 GROUPS = 32  # SAT hard-codes GroupNorm(32, C): every width must be a multiple of 32
@@ -411,7 +411,8 @@ class CausalVideoVAE(nn.Module):
     def from_config(cls, cfg) -> CausalVideoVAE:
         """From a mapping or an object with `ch`, `ch_mult`, `num_res_blocks`, `z_channels` and optionally
         `in_channels`, `out_channels` (or SAT's `out_ch`) and `temporal_compress_times`; or from one with `encoder`
-        and `decoder` halves holding those (SAT's first_stage_config params, as `cogvid.sat.yaml_import` records them)."""
+        and `decoder` halves holding those (SAT's first_stage_config params, as `cogvid.sat.yaml_import`
+        records them)."""
 
         def get(node, key: str, default=None):
             if isinstance(node, Mapping):

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cogvid.utils.files import write_atomic
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_atomic
 
 try:  # numpy >= 2 (numpy 1.x pickles name the same functions numpy.core.multiarray.*)
     from numpy._core import multiarray as _np_multiarray

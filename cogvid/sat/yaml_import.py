@@ -31,7 +31,6 @@ from typing import Any
 import yaml
 
 from cogvid.config.compose import conf_dir
-
 from cogvid.config.schema import (
     Dtype,
     DynamicSchedule,

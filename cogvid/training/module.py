@@ -20,10 +20,10 @@ import torch
 from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss
 from cogvid.engine import Engine, build_engine
 from cogvid.models.vae import sample_posterior
-from cogvid.utils.runtime import TORCH_DTYPES
 from cogvid.training.data import step_generator
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
 from cogvid.training.precompute import augment_first_frame
+from cogvid.utils.runtime import TORCH_DTYPES
 
 log = logging.getLogger(__name__)
 

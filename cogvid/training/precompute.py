@@ -33,10 +33,10 @@ from safetensors.torch import load_file, save
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from cogvid.utils.files import write_atomic
-from cogvid.utils.errors import CogvidError
-from cogvid.utils.runtime import TORCH_DTYPES, dist_env
 from cogvid.training.data import BadVideo, clip_spec, find_clips, latent_frames, load_clip
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_atomic
+from cogvid.utils.runtime import TORCH_DTYPES, dist_env
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cogvid.utils.files import write_atomic
 from cogvid.sat.checkpoint import save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
 

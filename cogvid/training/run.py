@@ -10,7 +10,10 @@ from pathlib import Path
 import lightning as L
 
 from cogvid.config.schema import TrainTask
-from cogvid.utils.errors import CogvidError
+from cogvid.training.data import TrainData, VideoClips, clip_spec, find_clips
+from cogvid.training.metrics import TrainMetrics
+from cogvid.training.module import PRECISION_DTYPES, VideoDiffusionModule
+from cogvid.training.precompute import CachedLatents, run_precompute
 from cogvid.training.resume import (
     SAT_DIR,
     STATE,
@@ -19,10 +22,6 @@ from cogvid.training.resume import (
     resolve_resume,
     run_signature,
 )
-from cogvid.training.data import TrainData, VideoClips, clip_spec, find_clips
-from cogvid.training.metrics import TrainMetrics
-from cogvid.training.module import PRECISION_DTYPES, VideoDiffusionModule
-from cogvid.training.precompute import CachedLatents, run_precompute
 from cogvid.training.strategies import (
     accelerator,
     build_strategy,
@@ -33,6 +32,7 @@ from cogvid.training.strategies import (
     strategy_name,
 )
 from cogvid.training.validation import ValidationVideos
+from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger("cogvid.train")
 

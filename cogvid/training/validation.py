@@ -1,5 +1,6 @@
-"""Validation videos every `train.validation.every` steps: fixed prompts and seeds, sampled with `sampler.*` through
-`cogvid.inference.pipeline.VideoPipeline`, written as MP4 files and as TensorBoard videos (animated GIF image summaries).
+"""Validation videos every `train.validation.every` steps: fixed prompts and seeds, sampled with `sampler.*`
+through `cogvid.inference.pipeline.VideoPipeline`, written as MP4 files and as TensorBoard videos (animated GIF
+image summaries).
 
 Every rank samples every video in lockstep (a ZeRO-3 model gathers its parameters collectively); rank 0 writes.
 When training from cached latents the VAE and T5 are loaded for the validation only and dropped after it.
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cogvid.inference.outputs import slug
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames, write_mp4
-from cogvid.inference.outputs import slug
 
 log = logging.getLogger(__name__)
 
