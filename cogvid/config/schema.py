@@ -130,6 +130,13 @@ class ModelConfig:
     vae: VaeConfig = field(default_factory=VaeConfig)
 
 
+def is_image_to_video(model) -> bool:
+    """Whether a `model` config is an image-to-video variant: SAT's `noised_image_input`, the flag that makes
+    SATVideoDiffusionEngine concatenate the image latent on channels (its DiT then has in_channels = 2 x
+    out_channels, which `cogvid.sat.yaml_import` checks)."""
+    return bool(model.noised_image_input)
+
+
 @dataclass
 class SamplerConfig:
     """Solver, step count and guidance (SAT sampler_config + guider_config)."""

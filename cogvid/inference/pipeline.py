@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvid.config.schema import Generation, ImageLatentScaling, Uncond
+from cogvid.config.schema import Generation, ImageLatentScaling, Uncond, is_image_to_video
 from cogvid.engine import Engine, build_engine
 from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
 from cogvid.models.t5 import RELEASE_LAYOUT
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 
 I2V_OFS = 2.0  # SAT HEAD passes ofs = 2.0 to the 1.5-I2V model at sampling
 SAT_LAYOUT = "<variant>-sat/transformer/{latest, 1000/mp_rank_00_model_states.pt}, <variant>-sat/vae/3d-vae.pt"
-
-
-def is_image_to_video(model) -> bool:
-    return bool(model.noised_image_input)
 
 
 def check_weight_paths(cfg) -> None:

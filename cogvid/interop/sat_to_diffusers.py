@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cogvid.config.schema import ExportPart
+from cogvid.config.schema import ExportPart, is_image_to_video
 from cogvid.diffusion.schedules import LINEAR_END, LINEAR_START, NUM_TIMESTEPS
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
 from cogvid.interop.tensor_io import (
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_CLASS = "CogVideoXDDIMScheduler"
 ANOTHER_VARIANT = "a checkpoint of another variant? pick the matching model=... (2b, 5b, 5b_i2v, 1.5_5b, 1.5_5b_i2v)"
-
-
-def is_image_to_video(cfg) -> bool:
-    return cfg.in_channels == 2 * cfg.out_channels
 
 
 def pipeline_class(cfg) -> str:
