@@ -93,7 +93,7 @@ def test_constant_and_no_guidance():
 def test_denoiser_snaps_to_the_table_but_passes_the_timestep_through():
     den = DiscreteDenoiser(3.0)
     a = sampling_schedule(5, 3.0).alphas[1:2]  # the subset-rescaled value at t = 799 (spec 3.2: snaps to 797)
-    idx = (den.sigmas - a).abs().argmin().item()
+    idx = (den.sqrt_alphas_cumprod - a).abs().argmin().item()
     assert idx == 797
     seen = {}
 
@@ -103,7 +103,7 @@ def test_denoiser_snaps_to_the_table_but_passes_the_timestep_through():
 
     x = torch.randn(1, 2, 3)
     out = den(network, x, a, torch.tensor([799.0]))
-    s = den.sigmas[797]
+    s = den.sqrt_alphas_cumprod[797]
     assert seen["t"].item() == 799.0
     assert torch.allclose(out, s * x - (1 - s**2) ** 0.5)
 
@@ -176,7 +176,7 @@ def test_auto_group_num_and_stratified_sampling():
 
 def test_loss_is_the_v_mse():
     den = DiscreteDenoiser(1.0)
-    sampler = DiscreteSampling(den.sigmas, False, None, 0, 1)
+    sampler = DiscreteSampling(den.sqrt_alphas_cumprod, False, None, 0, 1)
     loss_fn = VideoDiffusionLoss(den, sampler)
     x0 = torch.randn(3, 2, 4, 2, 2)
     v_hat = torch.randn_like(x0)

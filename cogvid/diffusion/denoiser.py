@@ -22,12 +22,14 @@ class DiscreteDenoiser:
 
     def __init__(self, shift_scale: float):
         self.shift_scale = shift_scale
-        self.sigmas = training_table(shift_scale)  # (1000,) float32, index = timestep
+        # (1000,) float32, index = timestep; SAT's DiscreteDenoiser calls this table `sigmas`
+        self.sqrt_alphas_cumprod = training_table(shift_scale)
 
     def snap(self, a: torch.Tensor) -> torch.Tensor:
-        sigmas = self.sigmas.to(a.device)
-        idx = (a.reshape(-1, 1) - sigmas[None]).abs().argmin(dim=1)
-        return sigmas[idx].reshape(a.shape)
+        """The table entry nearest to each a (SAT `possibly_quantize_sigma`)."""
+        table = self.sqrt_alphas_cumprod.to(a.device)
+        idx = (a.reshape(-1, 1) - table[None]).abs().argmin(dim=1)
+        return table[idx].reshape(a.shape)
 
     def __call__(self, network: Network, x: torch.Tensor, a: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x: (b, ...) float32; a: (b,) sqrt(alpha_bar); timesteps: (b,) what the network is told."""

@@ -26,8 +26,15 @@ class DiscreteSampling:
     so every step covers the whole range across ranks. One rank (or uniform_sampling off) draws from all 1000.
     """
 
-    def __init__(self, table: torch.Tensor, uniform_sampling: bool, group_num: int | None, rank: int, world_size: int):
-        self.table = table
+    def __init__(
+        self,
+        sqrt_alphas_cumprod: torch.Tensor,
+        uniform_sampling: bool,
+        group_num: int | None,
+        rank: int,
+        world_size: int,
+    ):
+        self.sqrt_alphas_cumprod = sqrt_alphas_cumprod  # (1000,) indexed by timestep: the denoiser's table
         self.low, self.high = 0, NUM_TIMESTEPS
         if uniform_sampling and world_size > 1:
             groups = group_num or auto_group_num(world_size)
@@ -40,7 +47,7 @@ class DiscreteSampling:
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None):
         """(sqrt(alpha_bar), timestep index), each (n,)."""
         idx = torch.randint(self.low, self.high, (n,), generator=generator)
-        return self.table[idx].to(device), idx.to(device)
+        return self.sqrt_alphas_cumprod[idx].to(device), idx.to(device)
 
 
 class VideoDiffusionLoss:

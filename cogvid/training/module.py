@@ -77,8 +77,9 @@ class VideoDiffusionModule(L.LightningModule):
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         m = self.cfg.model
-        sampler = DiscreteSampling(self.engine.denoiser.sigmas, m.uniform_sampling, m.group_num, rank, world)
-        self.loss_fn = VideoDiffusionLoss(self.engine.denoiser, sampler)
+        denoiser = self.engine.denoiser
+        sampler = DiscreteSampling(denoiser.sqrt_alphas_cumprod, m.uniform_sampling, m.group_num, rank, world)
+        self.loss_fn = VideoDiffusionLoss(denoiser, sampler)
         self.load_frozen(trainer.strategy.root_device if trainer is not None else "cpu")
 
     def on_fit_start(self) -> None:
