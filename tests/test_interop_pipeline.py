@@ -150,7 +150,7 @@ def test_pipeline_imports_to_sat_and_samples(pipeline_dir, tmp_path):
 def test_imported_sat_folder_runs_in_cogvid_sample(pipeline_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from cogvid.cli.sample import run_sample
+    from cogvid.inference.run import run_sample
 
     sat = tmp_path / "tiny-sat"
     run_export(export_cfg("task=to_sat", f"source={pipeline_dir}", f"out={sat}"))

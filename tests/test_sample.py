@@ -41,7 +41,7 @@ def tiny(tmp_path: Path, t5: Path, *overrides: str, ckpt: Path = FIXTURE / "dit_
 
 
 def sample(cfg, stdin=None) -> list[Path]:
-    from cogvid.cli.sample import run_sample
+    from cogvid.inference.run import run_sample
 
     return run_sample(cfg, stdin=stdin)
 

@@ -112,7 +112,7 @@ def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, m
     engine.load_sat_checkpoint(out / "sat")  # strict: every key, every shape
 
     # cogvid-sample takes the consolidated SAT-layout weights directly
-    from cogvid.cli.sample import run_sample
+    from cogvid.inference.run import run_sample
 
     sample_cfg = compose(
         [

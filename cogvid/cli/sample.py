@@ -1,183 +1,19 @@
 """cogvid-sample: prompts (and images) to MP4 videos with any CogVideoX variant, from one composed config.
 
-Everything that can be checked without the models is checked first (prompts, images, frame count and size, the
-output dir, the weight paths), so a bad input costs a second, not a model load. Under torchrun the prompts are
-sharded across ranks (`cogvid.inference.prompts.shard`) and all ranks write into rank 0's output dir.
+The work is `cogvid.inference.run.run_sample(cfg)`; this module is the command line around it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from pathlib import Path
-
-import torch
-from omegaconf import OmegaConf
 
 from cogvid.cli.hydra_app import run_hydra_app
-from cogvid.config.schema import Generation, Uncond
-from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
-from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, is_image_to_video
-from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
-from cogvid.inference.video_shape import video_shape
-from cogvid.utils.errors import CogvidError
-from cogvid.utils.media import read_image, to_uint8_frames
-from cogvid.utils.runtime import dist_env
-
-log = logging.getLogger("cogvid.sample")
-
-
-def _hydra_config():
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def output_dir(cfg, world_size: int) -> Path:
-    """infer.output_dir (plus the job number in a sweep), else the Hydra run dir; under torchrun, rank 0's."""
-    from hydra.types import RunMode
-
-    hc = _hydra_config()
-    sweeping = hc is not None and hc.mode == RunMode.MULTIRUN
-    if cfg.infer.output_dir:
-        base = Path(cfg.infer.output_dir).expanduser()
-        return base / str(hc.job.num) if sweeping else base
-    local = Path(hc.runtime.output_dir) if hc is not None else Path("outputs")
-    if world_size == 1:
-        return local
-    import torch.distributed as dist
-
-    # All ranks write where rank 0's Hydra run dir is (their own run-dir timestamps may differ by a second).
-    shared = [str(local)]
-    dist.broadcast_object_list(shared, src=0)
-    return Path(shared[0])
-
-
-def _image_for(job: PromptJob, cfg):
-    """The PIL image of an I2V job (checked now), or None for text-to-video; one line when it does not fit."""
-    path = job.image or cfg.infer.image
-    if is_image_to_video(cfg.model):
-        if path is None:
-            raise CogvidError(
-                f"{job.source}: {cfg.model.name} is image-to-video; give infer.image=PATH or a prompt@@image line"
-            )
-        return read_image(path)
-    if path is not None:
-        raise CogvidError(
-            f"{job.source}: {cfg.model.name} is text-to-video, so it takes no image (the image-to-video variants "
-            "are model=5b_i2v and model=1.5_5b_i2v)"
-        )
-    return None
-
-
-def _check_run_options(cfg) -> None:
-    infer = cfg.infer
-    if infer.num_videos_per_prompt < 1:
-        raise CogvidError(f"infer.num_videos_per_prompt={infer.num_videos_per_prompt} must be at least 1")
-    if infer.fps is not None and infer.fps < 1:
-        raise CogvidError(f"infer.fps={infer.fps} must be at least 1")
-    if cfg.sampler.num_steps < 1:
-        raise CogvidError(f"sampler.num_steps={cfg.sampler.num_steps} must be at least 1")
-
-
-def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, device, dtype, vae_dtype) -> dict:
-    hc = _hydra_config()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {
-        "prompt": job.prompt,
-        "negative_prompt": cfg.infer.negative_prompt if Uncond(cfg.sampler.uncond) is Uncond.negative_prompt else None,
-        "uncond": Uncond(cfg.sampler.uncond).value,
-        "image": job.image or cfg.infer.image,
-        "index": index,
-        "rank": rank,
-        "seed": result.seed,
-        "num_frames": int(result.video.shape[1]),
-        "height": int(result.video.shape[2]),
-        "width": int(result.video.shape[3]),
-        "fps": fps,
-        "model": cfg.model.name,
-        "sampler": resolved["sampler"],
-        "steps": cfg.sampler.num_steps,
-        "guidance_scale": cfg.sampler.guidance_scale,
-        "dtype": str(dtype).removeprefix("torch."),
-        "vae_dtype": str(vae_dtype).removeprefix("torch."),
-        "device": str(device),
-        "config_hash": config_hash(resolved),
-        "overrides": list(hc.overrides.task) if hc is not None else [],
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-    }
-
-
-def run_sample(cfg, stdin=None) -> list[Path]:
-    """The testable core of cogvid-sample: returns the files written by this rank."""
-    rank, world, local_rank = dist_env()
-    _check_run_options(cfg)
-    if cfg.infer.interactive and world > 1:
-        raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
-    jobs = prompt_jobs(cfg.infer, stdin)
-    if not cfg.infer.interactive:  # check every prompt and image before any model is loaded
-        jobs = list(jobs)
-        images = {job.index: _image_for(job, cfg) for job in jobs}
-        derive_size = Generation(cfg.model.generation) is Generation.v1_5 and is_image_to_video(cfg.model)
-        if not derive_size or (cfg.infer.height is not None or cfg.infer.width is not None):
-            video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
-    check_weight_paths(cfg)
-
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="gloo")
-    out_dir = output_dir(cfg, world)
-    samples_dir = check_writable(out_dir)
-
-    device = None
-    if world > 1 and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-        device = torch.device("cuda", local_rank)
-    pipeline = VideoPipeline.from_config(cfg, device=device)
-    fps = cfg.infer.fps or cfg.model.default_fps
-    n = cfg.infer.num_videos_per_prompt
-    written: list[Path] = []
-    for job in shard(jobs, rank, world):
-        image = images[job.index] if not cfg.infer.interactive else _image_for(job, cfg)
-        shape = pipeline.shape_for(None if image is None else (image.height, image.width))
-        for k in range(n):
-            index = job.index * n + k
-            result = pipeline.generate(
-                job.prompt,
-                seed=cfg.infer.seed + index,
-                negative_prompt=cfg.infer.negative_prompt,
-                image=image,
-                shape=shape,
-                progress=rank == 0,
-            )
-            stem = video_stem(index, job.prompt)
-            sidecar = _sidecar(cfg, job, index, rank, result, fps, pipeline.device, pipeline.dtype, pipeline.vae_dtype)
-            latents = result.latents if cfg.infer.save_latents else None
-            files = write_sample(samples_dir, stem, to_uint8_frames(result.video), fps, sidecar, latents)
-            t = result.timings
-            log.info(
-                "%s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB (%d frames %dx%d, seed %d)",
-                files[0],
-                t["text_s"],
-                t["sampling_s"],
-                t["decoding_s"],
-                t["peak_memory_gb"],
-                result.shape.num_frames,
-                result.shape.height,
-                result.shape.width,
-                result.seed,
-            )
-            written.extend(files)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return written
 
 
 def main() -> None:
+    from cogvid.inference.run import run_sample
+
     if int(os.environ.get("RANK", 0)) > 0:
         # Under torchrun only rank 0 keeps a Hydra run dir; the others log to the console and write into rank 0's.
         sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
