@@ -33,8 +33,8 @@ def peak_rss() -> dict[str, int]:
 
 def child(argv: list[str]) -> None:
     """Run one export in this process, then print its peak RSS."""
-    from cogvid.cli.export import run_export
     from cogvid.config.compose import compose
+    from cogvid.interop.run import run_export
 
     run_export(compose(argv, config_name="export"))
     print("PEAK", " ".join(f"{k}={v}" for k, v in peak_rss().items()), flush=True)

@@ -81,7 +81,8 @@ def test_missing_files_and_settings(capsys, tmp_path):
     )
     assert_one_line_error(export(capsys, "task=to_sat", *TINY, out), "source is not set")
     assert_one_line_error(export(capsys, "task=to_sat", *TINY, f"source={tmp_path}", out), "not a diffusers folder")
-    assert_one_line_error(export(capsys, "task=to_diffusers", DIT), "You must specify 'model'")
+    assert_one_line_error(export(capsys, "task=to_diffusers", out), "You must specify 'model' for task=to_diffusers")
+    assert_one_line_error(export(capsys, "task=to_diffusers", DIT), "Missing mandatory value: model")
     assert_one_line_error(export(capsys, "task=to_diffuser", *TINY, out), "to_diffuser")
     assert not leftovers(tmp_path)
 
@@ -126,9 +127,13 @@ def test_interrupted_export_leaves_no_half_folder(capsys, tmp_path, monkeypatch)
 
 def test_sat_config_in_both_forms(capsys, tmp_path):
     yaml_path = FIXTURE / "tiny_2b.yaml"
-    code, stdout, _ = export(capsys, "task=sat_config", *TINY, f"source={yaml_path}", "name=mine", f"out={tmp_path}")
+    code, stdout, _ = export(capsys, "task=sat_config", f"source={yaml_path}", "name=mine", f"out={tmp_path}")
     assert code == 0 and "model=mine sampler=mine" in stdout
-    assert (tmp_path / "model" / "mine.yaml").is_file()
+    hydra_form = (tmp_path / "model" / "mine.yaml").read_text()
+    odd = tmp_path / "it's a dir, with=signs"  # the subcommand quotes its arguments into Hydra overrides
+    code, stdout, _ = export(capsys, "sat-config", str(yaml_path), "--name", "mine", "--out-dir", str(odd))
+    assert code == 0 and f"--config-dir {odd} model=mine sampler=mine" in stdout
+    assert (odd / "model" / "mine.yaml").read_text() == hydra_form.replace(str(tmp_path), str(odd))
 
 
 def test_installed_script_reports_one_line(tmp_path):

@@ -16,8 +16,8 @@ import torch
 from conftest import FIXTURE
 
 import cogvid
-from cogvid.cli.export import run_export
 from cogvid.engine import build_engine
+from cogvid.interop.run import run_export
 
 PROMPT = "a red fox in snow"
 STEPS = 5

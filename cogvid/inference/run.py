@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cogvid.config.schema import Generation, Uncond
+from cogvid.config.schema import Generation, Uncond, is_image_to_video
 from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
-from cogvid.inference.pipeline import VideoPipeline, is_image_to_video
+from cogvid.inference.pipeline import VideoPipeline
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import video_shape
 from cogvid.utils.errors import CogvidError
