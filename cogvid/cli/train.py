@@ -1,6 +1,12 @@
-"""cogvid-train: fine-tune CogVideoX (LoRA or full) with Lightning, or precompute its training latents."""
+"""cogvid-train: fine-tune CogVideoX (LoRA or full) with Lightning, or precompute its training latents.
+
+The work is `cogvid.training.run.run_train(cfg)`; with train.devices > 1 and no torchrun around, it starts the
+node's other ranks by running this module again.
+"""
 
 from __future__ import annotations
+
+import sys
 
 from cogvid.cli.hydra_app import run_hydra_app
 
@@ -8,7 +14,7 @@ from cogvid.cli.hydra_app import run_hydra_app
 def _task(cfg):
     from cogvid.training.run import run_train
 
-    run_train(cfg)
+    run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"])
 
 
 def main() -> None:

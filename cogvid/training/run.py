@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,9 +80,11 @@ def check_train_config(cfg) -> None:
             )
 
 
-def run_train(cfg, deepspeed_strategy_class=None) -> TrainResult | None:
+def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None = None) -> TrainResult | None:
     """Fit (task=fit) or fill the latent cache (task=precompute); with train.devices > 1 and no launcher around,
-    this process starts the node's other ranks and is rank 0."""
+    this process starts the node's other ranks as `relaunch` + the job's overrides and is rank 0.
+
+    `relaunch`: the command that runs this entry point again (cogvid-train passes `python -m` of its own module)."""
     task = TrainTask(cfg.task)
     processes = cfg.train.devices if (task is TrainTask.precompute or strategy_name(cfg) != "single") else 1
     if task is TrainTask.fit and externally_launched() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -90,7 +93,7 @@ def run_train(cfg, deepspeed_strategy_class=None) -> TrainResult | None:
                 "under torchrun or SLURM every rank makes its own Hydra run dir: give them one with "
                 "train.output_dir=/shared/path"
             )
-    workers = start_local_workers(cfg, processes, output_dir(cfg) if task is TrainTask.fit else None)
+    workers = start_local_workers(cfg, processes, output_dir(cfg) if task is TrainTask.fit else None, relaunch)
     ok = False
     try:
         if task is TrainTask.precompute:

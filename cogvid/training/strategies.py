@@ -1,12 +1,13 @@
 """How a run spreads over processes: Lightning strategy, precision, and the launch of one node's processes.
 
-Launching. With `train.devices > 1` and no launcher around (no torchrun, no SLURM), `cogvid-train` starts ranks
-1..N-1 of the node itself and is rank 0. Each child runs this same Hydra job: the job's own overrides (not the
-command line, which may hold `--multirun` and a whole sweep) plus `hydra.run.dir=<this job's run dir>`, so every rank
-shares one run dir, and the children are in their own OS session, ended if the job fails. After the job the
-torch.distributed process group (and DeepSpeed's handle on it) is destroyed and the environment restored, so the next
-job of a sweep starts its own group on a fresh port. This replaces Lightning's Hydra re-launch, which re-runs
-`sys.argv` (a sweep inside every child) and shares the group between sweep jobs.
+Launching. With `train.devices > 1` and no launcher around (no torchrun, no SLURM), `cogvid-train` starts ranks 1..N-1
+of the node itself and is rank 0. Each child runs this same Hydra job through the command the caller names
+(`relaunch`: cogvid-train passes its own): the job's own overrides (not the command line, which may hold `--multirun`
+and a whole sweep) plus `hydra.run.dir=<this job's run dir>`, so every rank shares one run dir, and the children are
+in their own OS session, ended if the job fails. After the job the torch.distributed process group (and DeepSpeed's
+handle on it) is destroyed and the environment restored, so the next job of a sweep starts its own group on a fresh
+port. This replaces Lightning's Hydra re-launch, which re-runs `sys.argv` (a sweep inside every child) and shares the
+group between sweep jobs.
 Under torchrun or SLURM the launcher already started every process; Lightning joins them.
 """
 
@@ -17,7 +18,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -150,17 +151,21 @@ class LocalWorkers:
                     os.environ[key] = value
 
 
-def start_local_workers(cfg, processes: int, out_dir=None) -> LocalWorkers | None:
+def start_local_workers(
+    cfg, processes: int, out_dir=None, relaunch: Sequence[str] | None = None
+) -> LocalWorkers | None:
     """Start ranks 1..processes-1 of this node as children running this Hydra job; None when nothing to start.
 
-    `out_dir`: the run's output dir, handed to the children as train.output_dir."""
+    `out_dir`: the run's output dir, handed to the children as train.output_dir. `relaunch`: the command that runs
+    the entry point of this job again (the child's Hydra overrides are appended to it); without it (or without a
+    Hydra job around) nothing can start the children."""
     if processes <= 1 or externally_launched():
         return None
     if cfg.train.num_nodes > 1:
         raise CogvidError("train.num_nodes > 1: start every node's processes with torchrun or SLURM (see README)")
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
+    if relaunch is None or not HydraConfig.initialized():
         raise CogvidError(
             f"train.devices={processes} needs the cogvid-train command (or torchrun) to start the processes"
         )
@@ -176,9 +181,7 @@ def start_local_workers(cfg, processes: int, out_dir=None) -> LocalWorkers | Non
     workers = LocalWorkers(saved_env={k: os.environ.get(k) for k in _LAUNCH_ENV})
     for rank in range(1, processes):
         command = [
-            sys.executable,
-            "-m",
-            "cogvid.cli.train",
+            *relaunch,
             *overrides,
             f"hydra.run.dir='{run_dir}'",
             *([f"train.output_dir='{out_dir}'"] if out_dir is not None else []),
