@@ -23,12 +23,11 @@ from cogvid.models.vae import sample_posterior
 from cogvid.training.data import step_generator
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
 from cogvid.training.precompute import augment_first_frame
-from cogvid.utils.runtime import TORCH_DTYPES
+from cogvid.utils.runtime import PRECISION_DTYPES, TORCH_DTYPES
 
 log = logging.getLogger(__name__)
 
 I2V_OFS = 2.0  # the ofs SAT HEAD gives the 1.5-I2V model at sampling; its training never passes one (pitfall 7)
-PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32": torch.float32}
 
 
 class _Aside:

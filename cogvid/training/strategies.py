@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.runtime import DTYPE_PRECISIONS
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("bf16-mixed", "16-mixed", "32")
-_MODEL_DTYPE_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32"}
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
 
 
@@ -53,7 +53,7 @@ def resolve_precision(cfg) -> str:
     p = cfg.train.precision
     if p is None:
         model_dtype = str(getattr(cfg.model.dtype, "value", cfg.model.dtype))
-        return _MODEL_DTYPE_PRECISION[model_dtype] if accelerator(cfg) == "gpu" else "32"
+        return DTYPE_PRECISIONS[model_dtype] if accelerator(cfg) == "gpu" else "32"
     p = str(p)
     if p not in PRECISIONS:
         raise CogvidError(f"train.precision={p}: expected one of {', '.join(PRECISIONS)}")

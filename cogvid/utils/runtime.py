@@ -11,7 +11,37 @@ import torch
 from cogvid.config.schema import Dtype
 from cogvid.utils.errors import CogvidError
 
-TORCH_DTYPES = {Dtype.fp32: torch.float32, Dtype.fp16: torch.float16, Dtype.bf16: torch.bfloat16}
+# Every dtype cogvid reads or writes, under each name it goes by: the config's Dtype, Lightning's precision, the
+# safetensors header code, and the legacy storage class a torch zip file's pickle names.
+#        torch dtype     config       Lightning     safetensors  torch storage class
+_DTYPES = (
+    (torch.float32, Dtype.fp32, "32", "F32", "FloatStorage"),
+    (torch.float16, Dtype.fp16, "16-mixed", "F16", "HalfStorage"),
+    (torch.bfloat16, Dtype.bf16, "bf16-mixed", "BF16", "BFloat16Storage"),
+    (torch.float64, None, None, "F64", "DoubleStorage"),
+    (torch.int64, None, None, "I64", "LongStorage"),
+    (torch.int32, None, None, "I32", "IntStorage"),
+    (torch.int16, None, None, "I16", "ShortStorage"),
+    (torch.int8, None, None, "I8", "CharStorage"),
+    (torch.uint8, None, None, "U8", "ByteStorage"),
+    (torch.bool, None, None, "BOOL", "BoolStorage"),
+)
+TORCH_DTYPES = {config: dtype for dtype, config, *_ in _DTYPES if config is not None}
+PRECISION_DTYPES = {precision: dtype for dtype, _, precision, *_ in _DTYPES if precision is not None}
+DTYPE_PRECISIONS = {config.value: precision for _, config, precision, *_ in _DTYPES if config is not None}
+SAFETENSORS_DTYPES = {code: dtype for dtype, _, _, code, _ in _DTYPES}
+SAFETENSORS_NAMES = {dtype: code for dtype, _, _, code, _ in _DTYPES}
+STORAGE_NAMES = {dtype: storage for dtype, *_, storage in _DTYPES}
+
+
+def torch_dtype(name: str | Dtype | None) -> torch.dtype | None:
+    """fp32 / fp16 / bf16 (a config value) as a torch dtype; None stays None."""
+    return None if name is None else TORCH_DTYPES[Dtype(name)]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bfloat16'."""
+    return str(dtype).removeprefix("torch.")
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -42,7 +72,7 @@ def resolve_device_dtype(cfg) -> tuple[torch.device, torch.dtype]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CogvidError(f"device={cfg.device} but torch sees no CUDA device here; use device=cpu")
     if cfg.dtype is not None:
-        dtype = TORCH_DTYPES[Dtype(cfg.dtype)]
+        dtype = torch_dtype(cfg.dtype)
     else:
-        dtype = TORCH_DTYPES[Dtype(cfg.model.dtype)] if device.type != "cpu" else torch.float32
+        dtype = torch_dtype(cfg.model.dtype) if device.type != "cpu" else torch.float32
     return device, dtype
