@@ -21,7 +21,6 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,6 +43,7 @@ from cogvid.config.schema import (
     ZeroSnrRescale,
 )
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_files_atomic
 
 # SAT class names cogvid implements, by what they configure (the last dotted component of `target:`).
 POS_EMBEDS = {
@@ -789,28 +789,6 @@ def _check_against_schemas(imported: SatImport) -> None:
     OmegaConf.merge(OmegaConf.structured(SamplerConfig), imported.sampler)
 
 
-def _write_atomically(files: list[tuple[Path, str]]) -> None:
-    """Write every file to a temporary neighbour first, then move them all into place."""
-    temps: list[str] = []
-    try:
-        for path, text in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append(tmp)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-        for (path, _), tmp in zip(files, temps, strict=True):
-            os.replace(tmp, path)
-    except OSError as ex:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise CogvidError(f"cannot write {ex.filename or files[0][0]}: {ex.strerror or ex}") from None
-
-
 def write_configs(imported: SatImport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write `OUT_DIR/model/NAME.yaml` and `OUT_DIR/sampler/NAME.yaml`; returns their paths."""
     name = check_name(imported.model["name"])
@@ -823,7 +801,10 @@ def write_configs(imported: SatImport, out_dir: str | os.PathLike) -> tuple[Path
     out = Path(out_dir)
     paths = (out / "model" / f"{name}.yaml", out / "sampler" / f"{name}.yaml")
     texts = (render_config(imported, "model", out), render_config(imported, "sampler", out))
-    _write_atomically(list(zip(paths, texts, strict=True)))
+    try:  # both files or neither
+        write_files_atomic({path: text.encode("utf-8") for path, text in zip(paths, texts, strict=True)})
+    except OSError as ex:
+        raise CogvidError(f"cannot write {ex.filename or paths[0]}: {ex.strerror or ex}") from None
     return paths
 
 

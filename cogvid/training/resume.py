@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -33,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cogvid.sat.checkpoint import save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import write_atomic
+from cogvid.utils.files import publish_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +152,6 @@ def full_state_dict(backbone: torch.nn.Module, dtype: torch.dtype | None = None)
     return state
 
 
-def save_sat_weights(state: dict[str, torch.Tensor], sat_dir: Path, step: int, meta: dict) -> Path:
-    """`sat_dir/<step>/mp_rank_00_model_states.pt` + `sat_dir/latest`, as `cogvid-sample model.ckpt=` reads it."""
-    extra = {"iteration": step, "cogvid": json.dumps(meta)}
-    return save_sat_checkpoint(state, sat_dir, step, extra=extra)
-
-
 def consolidate_zero_checkpoint(state_path: Path) -> dict[str, torch.Tensor]:
     """The DiT's full fp32 weights (backbone keys) from a DeepSpeed checkpoint folder (`.../state.ckpt`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -208,17 +201,15 @@ class ResumableCheckpoints(Callback):
         trainer.save_checkpoint(tmp / STATE, weights_only=False)  # the full training state
         state = full_state_dict(pl_module.backbone, self.sat_dtype)
         meta = {"step": step, "signature": self.signature}
-        if trainer.is_global_zero:
-            save_sat_weights(state, self.out_dir / SAT_DIR, step, meta)
+        if trainer.is_global_zero:  # `<out>/sat/<step>/...`, as `cogvid-sample model.ckpt=<out>/sat` reads it
+            save_sat_checkpoint(
+                state, self.out_dir / SAT_DIR, step, extra={"iteration": step, "cogvid": json.dumps(meta)}
+            )
         del state
         trainer.strategy.barrier("cogvid-checkpoint-written")
         if trainer.is_global_zero:
             write_atomic(tmp / META, lambda f: f.write(json.dumps(meta, indent=2).encode()))
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
+            publish_folder(tmp, final)
             write_atomic(root / "latest", lambda f: f.write(final.name.encode()))
             self.prune()
             log.info("step %d: checkpoint %s, SAT weights %s", step, final, self.out_dir / SAT_DIR / str(step))
@@ -226,18 +217,10 @@ class ResumableCheckpoints(Callback):
         self.saved.append(step)
 
     def prune(self) -> None:
-        """Keep the newest `keep` complete checkpoints (and their SAT weights); drop stale temp folders."""
+        """Keep the newest `keep` complete checkpoints (and their SAT weights); drop stale temp and set-aside ones."""
         found = complete_checkpoints(self.out_dir)
         for step, folder in found[: max(0, len(found) - self.keep)]:
             shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(self.out_dir / SAT_DIR / str(step), ignore_errors=True)
-        for stale in (self.out_dir / CHECKPOINTS).glob(".step-*.tmp"):
+        for stale in (self.out_dir / CHECKPOINTS).glob(".step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

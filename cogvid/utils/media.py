@@ -7,7 +7,6 @@ Video tensors are `(c, f, h, w)` in [-1, 1] (one clip in VAE layout); frames are
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import atomic_path
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -56,12 +56,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
         raise ValueError(f"expected (f, h, w, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"H.264 yuv420p needs even sizes, got {frames.shape[1]}x{frames.shape[2]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # the temp name keeps `.mp4`: ffmpeg picks the container from it
         writer = imageio.get_writer(
-            tmp,
+            str(tmp),
             format="FFMPEG",
             mode="I",
             fps=fps,
@@ -77,11 +74,6 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
                 writer.append_data(frame)
         finally:
             writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
