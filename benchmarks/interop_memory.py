@@ -44,9 +44,9 @@ def write_random_checkpoint(model: str, folder: Path) -> int:
     import torch
 
     from cogvid.config.compose import compose
-    from cogvid.interop.tensor_io import TensorTarget, write_sat_model_states
     from cogvid.interop.transformer_map import sat_transformer_shapes
-    from cogvid.sat.checkpoint import DIT_PREFIX, MODEL_STATES
+    from cogvid.sat.checkpoint import save_sat_checkpoint
+    from cogvid.utils.lazy_tensors import TensorTarget
 
     cfg = compose([f"model={model}"]).model
     gen = torch.Generator().manual_seed(0)
@@ -55,9 +55,7 @@ def write_random_checkpoint(model: str, folder: Path) -> int:
         return lambda: torch.empty(shape, dtype=torch.bfloat16).normal_(generator=gen)
 
     targets = [TensorTarget(k, s, torch.bfloat16, random(s)) for k, s in sat_transformer_shapes(cfg).items()]
-    (folder / "1").mkdir(parents=True)
-    write_sat_model_states(folder / "1" / MODEL_STATES, targets, DIT_PREFIX, desc="random checkpoint")
-    (folder / "latest").write_text("1")
+    save_sat_checkpoint(targets, folder, 1, desc="random checkpoint")
     return sum(t.nbytes for t in targets)
 
 

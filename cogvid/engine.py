@@ -16,7 +16,8 @@ from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.models.t5 import T5Conditioner
-from cogvid.models.vae import CausalVideoVAE, load_sat_vae
+from cogvid.models.vae import CausalVideoVAE
+from cogvid.sat.checkpoint import load_sat_vae
 from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger(__name__)

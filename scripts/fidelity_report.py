@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 import cogvid
 from cogvid.diffusion.schedules import sampling_schedule, training_table
-from cogvid.models.vae import CausalVideoVAE, load_sat_vae
+from cogvid.models.vae import CausalVideoVAE
+from cogvid.sat.checkpoint import load_sat_vae
 from cogvid.sat.yaml_import import export_sat_config
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sat_tiny_2b"

@@ -172,11 +172,15 @@ def test_interrupted_save_never_becomes_latest(tmp_path, monkeypatch):
     model = build()
     first = save_sat_checkpoint(model, tmp_path, 1000)
 
-    def broken_save(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04partial")
-        raise KeyboardInterrupt
+    written = []
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    def broken_copy(t):  # the writer copies each tensor out just before its record: stop after a few records
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(t)
+        return t.detach().clone()
+
+    monkeypatch.setattr(ckpt, "_alone_on_storage", broken_copy)
     with pytest.raises(KeyboardInterrupt):
         save_sat_checkpoint(model, tmp_path, 2000)
     assert (tmp_path / "latest").read_text() == "1000"

@@ -23,7 +23,6 @@ from conftest import FIXTURE, reference
 
 import cogvid
 from cogvid.interop.keymap import Side
-from cogvid.interop.tensor_io import TensorSource
 from cogvid.interop.transformer_map import (
     diffusers_transformer_config,
     rebuild_sat_tensor,
@@ -32,8 +31,9 @@ from cogvid.interop.transformer_map import (
 )
 from cogvid.interop.vae_map import diffusers_vae_config, vae_key_map
 from cogvid.models.dit import DiffusionTransformer
-from cogvid.models.vae import CausalVideoVAE, decode_chunks, read_sat_vae_state_dict
-from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.models.vae import CausalVideoVAE, decode_chunks
+from cogvid.sat.checkpoint import read_sat_state_dict, read_sat_vae_state_dict
+from cogvid.utils.lazy_tensors import TensorSource
 
 VARIANTS = ("2b", "5b", "5b_i2v", "1.5_5b", "1.5_5b_i2v")
 # Tiny numbers for every variant: d_head 64 as released (RoPE splits 16/24/24), 2 layers.

@@ -15,8 +15,8 @@ from train_helpers import FIXTURE, clip_frames, make_sat_dataset, tiny_overrides
 
 from cogvid.config.compose import compose, conf_dir
 from cogvid.models.t5 import T5Conditioner
-from cogvid.models.vae import CausalVideoVAE, load_sat_vae
-from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.models.vae import CausalVideoVAE
+from cogvid.sat.checkpoint import load_sat_vae, read_sat_state_dict
 from cogvid.training.data import (
     BadVideo,
     ClipSpec,

@@ -16,10 +16,8 @@ from cogvid.models.vae import (
     FirstFrame,
     decode_chunks,
     decode_tiled,
-    load_sat_vae,
-    read_sat_vae_state_dict,
 )
-from cogvid.sat.checkpoint import safe_torch_load
+from cogvid.sat.checkpoint import load_sat_vae, read_sat_vae_state_dict, safe_torch_load
 from cogvid.sat.yaml_import import import_sat_config
 from cogvid.utils.errors import CogvidError
 

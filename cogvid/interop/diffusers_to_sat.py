@@ -22,13 +22,7 @@ import torch
 
 from cogvid.config.schema import ExportPart
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
-from cogvid.interop.tensor_io import (
-    TensorSource,
-    find_weight_files,
-    read_safetensors,
-    write_sat_checkpoint_folder,
-    write_sat_model_states,
-)
+from cogvid.interop.tensor_io import find_weight_files, read_safetensors
 from cogvid.interop.transformer_map import (
     WEIGHTS_STEM,
     check_transformer_config,
@@ -37,7 +31,9 @@ from cogvid.interop.transformer_map import (
     transformer_key_map,
 )
 from cogvid.interop.vae_map import check_vae_config, sat_vae_shapes, vae_key_map
+from cogvid.sat.checkpoint import SAT_ITERATION, save_sat_checkpoint, write_sat_model_states
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.lazy_tensors import TensorSource
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +111,7 @@ def import_transformer(cfg, folder: Path, out: Path, dtype: torch.dtype | None) 
     config, source = read_diffusers_component(folder)
     check_transformer_config(config, cfg, str(folder / "config.json"))
     targets, report = plan_sat_transformer(cfg, source, dtype)
-    write_sat_checkpoint_folder(out, targets, desc="transformer")
+    save_sat_checkpoint(targets, out, SAT_ITERATION, desc="transformer")
     log.info("transformer: %s", report.summary())
     return report
 
@@ -130,7 +126,6 @@ def import_vae(cfg, folder: Path, out: Path) -> MappingReport:
             f"{folder}: {len(report.unmapped)} tensors have no SAT name ({', '.join(report.unmapped[:3])})"
         )
     check_against(targets, sat_vae_shapes(cfg), f"{folder} does not fit model.vae", "another VAE size?")
-    out.mkdir(parents=True)
     write_sat_model_states(out / "3d-vae.pt", targets, wrapper="state_dict", desc="vae")
     log.info("vae: %s", report.summary())
     return report

@@ -24,8 +24,8 @@ from enum import Enum
 
 import torch
 
-from cogvid.interop.tensor_io import TensorInfo, TensorSource, TensorTarget
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.lazy_tensors import TensorInfo, TensorSource, TensorTarget
 
 PLACEHOLDERS = {"i": r"\d+", "j": r"\d+", "u": r"\d+", "p": r"weight|bias", "rest": r"[\w.]+"}
 
@@ -198,7 +198,7 @@ class KeyMap:
         for key in rebuild_keys:
             tensor, why = rebuild(key)
             t = tensor if dtype is None else tensor.to(dtype)
-            targets.append(TensorTarget(key, tuple(t.shape), t.dtype, lambda t=t: t))
+            targets.append(TensorTarget.from_tensor(key, t))
             report.rebuilt.append((key, why))
         report.mapped = len(targets)
         return targets, report

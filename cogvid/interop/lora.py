@@ -20,18 +20,12 @@ import torch
 
 from cogvid.config.schema import LoraScale
 from cogvid.interop.keymap import KeyMap, MappingReport, Rename, SatOnly, Side, check_against
-from cogvid.interop.tensor_io import (
-    TensorInfo,
-    TensorSource,
-    TensorTarget,
-    mapped_source,
-    read_safetensors,
-    write_safetensors_shards,
-    write_sat_checkpoint_folder,
-)
+from cogvid.interop.tensor_io import read_safetensors, write_safetensors_shards
 from cogvid.interop.transformer_map import rebuild_sat_tensor, sat_transformer_shapes, transformer_key_map
-from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.models.lora import is_adapter, lora_rank
+from cogvid.sat.checkpoint import SAT_ITERATION, read_sat_state_dict, save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.lazy_tensors import TensorInfo, TensorSource, TensorTarget, mapped_source
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +44,6 @@ LORA_RULES = [
     for ab in ("A", "B")
 ]
 LORA_KEYMAP = KeyMap(LORA_RULES, name="lora")
-
-
-def is_adapter(key: str) -> bool:
-    return ".matrix_A." in key or ".matrix_B." in key
 
 
 def lora_model_cfg(cfg, rank: int):
@@ -78,7 +68,7 @@ def read_sat_lora(cfg, path: str | Path) -> tuple[TensorSource, TensorSource, in
             f"{path} holds no LoRA adapters (no matrix_A / matrix_B tensors): it is a full checkpoint; "
             "export it with task=to_diffusers"
         )
-    rank = int(next(v for k, v in adapters.items() if ".matrix_A." in k).shape[0])
+    rank = lora_rank(adapters)
     expected = sat_transformer_shapes(lora_model_cfg(cfg, rank))
     hint = "a LoRA of another variant? pick the matching model=..."
     check_against(
@@ -199,7 +189,7 @@ def import_lora(cfg, source: str | Path, out: Path, base_ckpt: str | None) -> Ma
             info = base.infos[key]
             targets.append(TensorTarget(name, info.shape, info.dtype, lambda k=key: base.load(k)))
         check_against(targets, expected, f"{base_ckpt} + LoRA do not fit model={cfg.name}", "another variant?")
-    write_sat_checkpoint_folder(out, targets)
+    save_sat_checkpoint(targets, out, SAT_ITERATION)
     log.info("lora -> SAT (rank %d, scale %g -> alpha/r %g): %s", rank, diffusers_scale, sat_scale, report.summary())
     return report
 
@@ -256,6 +246,6 @@ def merge_lora(cfg, lora_path: str | Path, base_ckpt: str | None, out: Path, dty
         else:
             targets.append(TensorTarget(key, info.shape, dtype or info.dtype, lambda k=key: base.load(k)))
     report.mapped = len(targets)
-    write_sat_checkpoint_folder(out, targets)
+    save_sat_checkpoint(targets, out, SAT_ITERATION)
     log.info("merged LoRA rank %d (alpha/r %g) into %d tensors", rank, scale, len(targets))
     return report

@@ -24,11 +24,7 @@ import torch
 from cogvid.config.schema import ExportPart, is_image_to_video
 from cogvid.diffusion.schedules import LINEAR_END, LINEAR_START, NUM_TIMESTEPS
 from cogvid.interop.keymap import MappingReport, SatOnly, Side, check_against
-from cogvid.interop.tensor_io import (
-    TensorSource,
-    mapped_source,
-    write_safetensors_shards,
-)
+from cogvid.interop.tensor_io import write_safetensors_shards
 from cogvid.interop.transformer_map import (
     DIFFUSERS_VERSION,
     TRANSFORMER_CLASS,
@@ -38,8 +34,10 @@ from cogvid.interop.transformer_map import (
     transformer_key_map,
 )
 from cogvid.interop.vae_map import VAE_CLASS, diffusers_vae_config, sat_vae_shapes, vae_key_map
-from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.models.lora import is_lora_key, lora_rank
+from cogvid.sat.checkpoint import read_sat_state_dict, read_sat_vae_state_dict
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.lazy_tensors import TensorSource, mapped_source
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +54,12 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _is_adapter(key: str) -> bool:
-    return ".matrix_A." in key or ".matrix_B." in key or ".original." in key
-
-
 def read_sat_transformer(cfg, path: str | Path) -> TensorSource:
     """A SAT transformer checkpoint as a lazy source; a LoRA checkpoint or another variant is refused here."""
     state, _ = read_sat_state_dict(path)
-    adapters = [k for k in state if _is_adapter(k)]
+    adapters = [k for k in state if is_lora_key(k)]
     if adapters:
-        rank = next((int(state[k].shape[0]) for k in adapters if ".matrix_A." in k), None)
+        rank = lora_rank(state)
         raise CogvidError(
             f"{path} is a LoRA checkpoint (rank {rank}, {len(adapters)} adapter/original tensors): export its adapters "
             "with task=lora_to_diffusers, or merge them into the base first with task=merge_lora"
@@ -96,8 +90,6 @@ def export_transformer(cfg, ckpt: str | Path, folder: Path, dtype: torch.dtype, 
 
 
 def read_sat_vae(cfg, path: str | Path) -> TensorSource:
-    from cogvid.models.vae import read_sat_vae_state_dict
-
     path = Path(path)
     if path.is_dir():
         raise CogvidError(f"model.vae_ckpt={path} is a folder: give the file, e.g. {path / '3d-vae.pt'}")

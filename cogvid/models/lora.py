@@ -8,6 +8,7 @@ partition (3 for the fused query_key_value: Q, K, V; 1 for attention.dense), sav
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -59,3 +60,22 @@ def linear_or_lora(in_features: int, out_features: int, rank: int, alpha: float,
         if rank > 0
         else nn.Linear(in_features, out_features)
     )
+
+
+# State-dict names of a LoraLinear: `X.original.weight/bias` (the frozen layer), `X.matrix_A.k` / `X.matrix_B.k`.
+
+
+def is_adapter(key: str) -> bool:
+    """A LoRA matrix (`...matrix_A.k` / `...matrix_B.k`)."""
+    return ".matrix_A." in key or ".matrix_B." in key
+
+
+def is_lora_key(key: str) -> bool:
+    """A tensor only a LoRA model has: an adapter matrix or a frozen layer under `.original.`."""
+    return is_adapter(key) or ".original." in key
+
+
+def lora_rank(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The rank of the adapters in a state dict (matrix_A is (rank, in_features)); None without adapters."""
+    a = next((v for k, v in state.items() if ".matrix_A." in k), None)
+    return None if a is None else int(a.shape[0])

@@ -15,7 +15,6 @@ Building blocks first, the model last.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from enum import Enum
 
@@ -26,13 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cogvid.config.schema import Generation
-from cogvid.sat.checkpoint import describe_key_mismatch, safe_torch_load
 from cogvid.utils.errors import CogvidError
 
 GROUPS = 32  # SAT hard-codes GroupNorm(32, C): every width must be a multiple of 32
 NORM_EPS = 1e-6
 SAFE_CONV_BYTES = 2 * 1024**3  # SAT's SafeConv3d runs a larger input through the conv in time slices
-ENGINE_PREFIX = "first_stage_model."  # the VAE's prefix inside a full SAT engine state dict
 
 
 class FirstFrame(str, Enum):
@@ -571,39 +568,3 @@ def decode_tiled(latents: torch.Tensor, decode, tile: tuple[int, int], overlap: 
     for row in rows[1:]:
         video = _blend(video, row, scale * over_h, dim=-2)
     return video
-
-
-def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The VAE tensors of a SAT `3d-vae.pt` (`{"state_dict": ...}`), without `loss.*` (SAT's ignore_keys).
-
-    Also takes a bare state dict, a `module`/`model` wrapper, or a full engine state dict (`first_stage_model.*`).
-    """
-    ckpt = safe_torch_load(path)
-    wrapper = next((k for k in ("state_dict", "module", "model") if isinstance(ckpt.get(k), Mapping)), None)
-    state = dict(ckpt[wrapper]) if wrapper is not None else dict(ckpt)
-    if any(k.startswith(ENGINE_PREFIX) for k in state):
-        state = {k[len(ENGINE_PREFIX) :]: v for k, v in state.items() if k.startswith(ENGINE_PREFIX)}
-    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if non_tensors or not state:
-        found = ", ".join(sorted(str(k) for k in ckpt)[:8])
-        raise CogvidError(f"{path} holds no VAE state dict: expected {{'state_dict': {{name: tensor}}}}, found {found}")
-    return {k: v for k, v in state.items() if not k.startswith("loss")}
-
-
-def load_sat_vae(
-    path: str | os.PathLike, vae: CausalVideoVAE | None = None, dtype: torch.dtype | None = None
-) -> CausalVideoVAE:
-    """Strictly load SAT's `3d-vae.pt` into `vae` (default: the released size) and return it in eval mode.
-
-    Any missing, unexpected or mis-shaped key fails the load with one line. `dtype`: cast the model first (SAT runs
-    the VAE in the model dtype); the checkpoint's tensors are converted by the copy.
-    """
-    state = read_sat_vae_state_dict(path)
-    vae = CausalVideoVAE() if vae is None else vae
-    if dtype is not None:
-        vae.to(dtype)
-    problems = describe_key_mismatch(vae.state_dict(), state)
-    if problems:
-        raise CogvidError(f"{path} does not fit the VAE: {problems} (not a CogVideoX 3d-vae.pt, or another VAE size?)")
-    vae.load_state_dict(state, strict=True)
-    return vae.eval()

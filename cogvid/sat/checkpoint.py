@@ -1,35 +1,52 @@
-"""SAT checkpoints: safe loading, strict backbone loading with SAT's LoRA routing, atomic saving; spec 7.7, 8.
+"""SAT checkpoints, read and written: the DiT's `mp_rank_00_model_states.pt` folders and the VAE's `3d-vae.pt`.
+
+Reading loads safely and strictly (with SAT's LoRA routing for the DiT); writing goes through one streaming writer,
+`write_sat_model_states`, under `save_sat_checkpoint` (training) and the diffusers -> SAT and LoRA imports.
 
 Layout, as SAT and DeepSpeed write it:
 
     DIR/latest                              "1000" (an iteration > 0) or "release"
     DIR/<iter>/mp_rank_00_model_states.pt   {"module": {"model.diffusion_model.<dit key>": tensor, ...}, ...}
     DIR/model_config.json                   {"model_class": "Module", "model_parallel_size": 1}
+    vae/3d-vae.pt                           {"state_dict": {"encoder.*", "decoder.*", "loss.*": tensor}}
 
 SAT itself unpickles with a plain `torch.load`, so a checkpoint can run code; here every file goes through
 `torch.load(weights_only=True)` with only numpy's array, scalar and dtype reconstructors allowed on top of
 torch's defaults, which is what a SAT training checkpoint's RNG states need.
+
+The writer produces the records `torch.save` writes (data.pkl, byteorder, data/<i>) through torch's zip writer, but
+its pickle refers to each storage by key, so each tensor is built (or copied alone onto its own storage) only when
+its record is written: a conversion never holds the whole checkpoint in memory. Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
+import io
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import struct
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from cogvid.models.lora import is_adapter, is_lora_key, lora_rank
+from cogvid.models.vae import CausalVideoVAE
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import write_atomic
+from cogvid.utils.files import atomic_path, write_atomic
+from cogvid.utils.lazy_tensors import TensorTarget
+from cogvid.utils.runtime import STORAGE_NAMES, dtype_name
 
 try:  # numpy >= 2 (numpy 1.x pickles name the same functions numpy.core.multiarray.*)
     from numpy._core import multiarray as _np_multiarray
@@ -39,7 +56,9 @@ except ImportError:  # pragma: no cover - numpy 1.x
 logger = logging.getLogger(__name__)
 
 DIT_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."  # the VAE's prefix inside a full SAT engine state dict
 MODEL_STATES = "mp_rank_00_model_states.pt"
+SAT_ITERATION = 1  # the iteration folder of the checkpoints cogvid-export writes
 SAT_MODEL_CONFIG = {"model_class": "Module", "model_parallel_size": 1}
 _STATE_DICT_WRAPPERS = ("module", "model", "state_dict")
 _DIT_KEY_STARTS = ("transformer.layers.", "transformer.final_layernorm.", "mixins.", "time_embed.")
@@ -242,15 +261,6 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _is_adapter(key: str) -> bool:
-    return ".matrix_A." in key or ".matrix_B." in key
-
-
-def _lora_rank(state: Mapping[str, torch.Tensor]) -> int | None:
-    a = next((v for k, v in state.items() if ".matrix_A." in k), None)
-    return None if a is None else int(a.shape[0])
-
-
 def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
@@ -292,8 +302,8 @@ def load_backbone_state(
     if dtype is not None:
         model.to(dtype)
     own = model.state_dict()
-    model_has_lora = any(_is_adapter(k) or ".original." in k for k in own)
-    ckpt_rank = _lora_rank(state)
+    model_has_lora = any(is_lora_key(k) for k in own)
+    ckpt_rank = lora_rank(state)
     name = getattr(getattr(model, "cfg", None), "name", None)
     model_label = f"this model ({name})" if name else "this model"
 
@@ -319,7 +329,7 @@ def load_backbone_state(
             unexpected.append(key)
     missing = [k for k in own if k not in mapped]
     # A plain checkpoint into a LoRA model: the adapters it cannot have stay at their init, as in SAT.
-    at_init = [k for k in missing if _is_adapter(k)] if ckpt_rank is None and routed else []
+    at_init = [k for k in missing if is_adapter(k)] if ckpt_rank is None and routed else []
 
     problems = describe_key_mismatch(own, {**mapped, **{k: state[k] for k in unexpected}}, allowed_missing=at_init)
     if problems:
@@ -343,30 +353,148 @@ def load_backbone_state(
         loaded=len(mapped),
         routed_to_original=routed,
         adapters_at_init=tuple(at_init),
-        checkpoint_dtypes=tuple(sorted({str(v.dtype).removeprefix("torch.") for v in mapped.values()})),
-        model_dtype=str(model_dtype).removeprefix("torch."),
+        checkpoint_dtypes=tuple(sorted({dtype_name(v.dtype) for v in mapped.values()})),
+        model_dtype=dtype_name(model_dtype),
     )
 
 
-def _own_storage(t: torch.Tensor) -> torch.Tensor:
-    """A detached CPU tensor that is contiguous and alone on its storage (so only its own bytes are saved)."""
+def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The VAE tensors of a SAT `3d-vae.pt` (`{"state_dict": ...}`), without `loss.*` (SAT's ignore_keys).
+
+    Also takes a bare state dict, a `module`/`model` wrapper, or a full engine state dict (`first_stage_model.*`).
+    """
+    ckpt = safe_torch_load(path)
+    wrapper = next((k for k in ("state_dict", "module", "model") if isinstance(ckpt.get(k), Mapping)), None)
+    state = dict(ckpt[wrapper]) if wrapper is not None else dict(ckpt)
+    if any(k.startswith(VAE_PREFIX) for k in state):
+        state = {k[len(VAE_PREFIX) :]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
+    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if non_tensors or not state:
+        found = ", ".join(sorted(str(k) for k in ckpt)[:8])
+        raise CogvidError(f"{path} holds no VAE state dict: expected {{'state_dict': {{name: tensor}}}}, found {found}")
+    return {k: v for k, v in state.items() if not k.startswith("loss")}
+
+
+def load_sat_vae(
+    path: str | os.PathLike, vae: CausalVideoVAE | None = None, dtype: torch.dtype | None = None
+) -> CausalVideoVAE:
+    """Strictly load SAT's `3d-vae.pt` into `vae` (default: the released size) and return it in eval mode.
+
+    Any missing, unexpected or mis-shaped key fails the load with one line. `dtype`: cast the model first (SAT runs
+    the VAE in the model dtype); the checkpoint's tensors are converted by the copy.
+    """
+    state = read_sat_vae_state_dict(path)
+    vae = CausalVideoVAE() if vae is None else vae
+    if dtype is not None:
+        vae.to(dtype)
+    problems = describe_key_mismatch(vae.state_dict(), state)
+    if problems:
+        raise CogvidError(f"{path} does not fit the VAE: {problems} (not a CogVideoX 3d-vae.pt, or another VAE size?)")
+    vae.load_state_dict(state, strict=True)
+    return vae.eval()
+
+
+# --- writing --------------------------------------------------------------------------------------------------------
+
+
+class _StorageRef:
+    """Stands for a tensor's storage in the pickle; torch.load resolves it to the record `data/<key>`."""
+
+    def __init__(self, key: str, dtype: torch.dtype, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class _TensorRef:
+    """Pickles as torch's own `_rebuild_tensor_v2(storage, 0, shape, contiguous stride, False, {})`."""
+
+    def __init__(self, storage: _StorageRef, shape: tuple[int, ...]):
+        self.storage, self.shape = storage, shape
+
+    def __reduce_ex__(self, protocol):
+        stride, step = [], 1
+        for size in reversed(self.shape):
+            stride.append(step)
+            step *= size
+        args = (self.storage, 0, tuple(self.shape), tuple(reversed(stride)), False, collections.OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args)
+
+
+class _RefPickler(pickle.Pickler):
+    """Pickles `_StorageRef`s as torch's persistent storage ids; a real tensor (in `extra`) is refused, as it would
+    pickle as code a safe load does not run."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageRef):
+            if obj.dtype not in STORAGE_NAMES:
+                raise ValueError(f"cannot write a {dtype_name(obj.dtype)} tensor into a SAT checkpoint")
+            return ("storage", getattr(torch, STORAGE_NAMES[obj.dtype]), obj.key, "cpu", obj.numel)
+        if isinstance(obj, (torch.UntypedStorage, torch.TypedStorage)):
+            raise ValueError("extra must hold plain values (numbers, strings, containers), not tensors")
+        return None
+
+
+def _alone_on_storage(t: torch.Tensor) -> torch.Tensor:
+    """`t` on the CPU, contiguous and alone on its storage (so only its own bytes are written): `t` itself when it
+    already is, else a copy (a view into a larger tensor, a chunk of a fused one)."""
     t = t.detach().to("cpu")
     if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes:
         return t
     return t.clone(memory_format=torch.contiguous_format)
 
 
+def _as_targets(tensors: Mapping[str, torch.Tensor] | Iterable[TensorTarget]) -> list[TensorTarget]:
+    if isinstance(tensors, Mapping):
+        return [TensorTarget.from_tensor(name, t) for name, t in tensors.items()]
+    return list(tensors)
+
+
+def write_sat_model_states(
+    path: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor] | Iterable[TensorTarget],
+    *,
+    prefix: str = "",
+    wrapper: str = "module",
+    extra: Mapping | None = None,
+    desc: str = "writing",
+) -> Path:
+    """Atomically write a torch zip file that `torch.load` reads as `{wrapper: {prefix + name: tensor}, **extra}`.
+
+    `tensors`: a state dict, or `TensorTarget`s built one at a time as their records are written. `extra`: plain
+    values beside the state dict (SAT's `iteration`, cogvid's run metadata).
+    """
+    path = Path(path)
+    targets = _as_targets(tensors)
+    refs = [_StorageRef(str(i), t.dtype, math.prod(t.shape)) for i, t in enumerate(targets)]
+    module = {prefix + t.name: _TensorRef(ref, t.shape) for t, ref in zip(targets, refs, strict=True)}
+    buffer = io.BytesIO()
+    _RefPickler(buffer, protocol=2).dump({wrapper: module, **(extra or {})})
+    data = buffer.getvalue()
+    with atomic_path(path) as tmp, torch.serialization._open_zipfile_writer(str(tmp)) as zip_file:
+        zip_file.write_record("data.pkl", data, len(data))
+        zip_file.write_record(".format_version", "1", 1)
+        zip_file.write_record("byteorder", sys.byteorder, len(sys.byteorder))
+        with tqdm(total=len(targets), desc=desc, unit="tensor", leave=False, disable=None) as progress:
+            for t, ref in zip(targets, refs, strict=True):
+                tensor = _alone_on_storage(t.materialize())
+                storage = tensor.untyped_storage()
+                zip_file.write_record(f"data/{ref.key}", storage, storage.nbytes())
+                del tensor, storage
+                progress.update(1)
+    return path
+
+
 def save_sat_checkpoint(
-    model: nn.Module | Mapping[str, torch.Tensor],
+    weights: nn.Module | Mapping[str, torch.Tensor] | Iterable[TensorTarget],
     directory: str | os.PathLike,
     iteration: int,
     extra: dict | None = None,
+    desc: str = "sat",
 ) -> Path:
-    """Write `model` (a module, or a state dict such as ZeRO-3's gathered weights) as SAT does:
-    `DIR/<iteration>/mp_rank_00_model_states.pt`, then `DIR/latest`.
+    """Write DiT weights as SAT does: `DIR/<iteration>/mp_rank_00_model_states.pt`, then `DIR/latest`.
 
-    `latest` is replaced only after the weights (and `model_config.json`) are complete on disk, so an
-    interrupted save never becomes the checkpoint a later load picks. Returns the weights file.
+    `weights`: a module, a state dict (such as ZeRO-3's gathered weights) or `TensorTarget`s (a conversion, built
+    tensor by tensor). `latest` is replaced only after the weights (and `model_config.json`) are complete on disk,
+    so an interrupted save never becomes the checkpoint a later load picks. Returns the weights file.
     """
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration <= 0:
         raise ValueError(f"iteration must be an int > 0 (SAT's `latest` rule), got {iteration!r}")
@@ -374,14 +502,12 @@ def save_sat_checkpoint(
     if "module" in extra:
         raise ValueError("extra must not hold 'module': that entry is the model's state dict")
     directory = Path(directory)
-    weights = directory / str(iteration) / MODEL_STATES
-    weights.parent.mkdir(parents=True, exist_ok=True)
-
-    state = model if isinstance(model, Mapping) else model.state_dict()
-    module = {DIT_PREFIX + k: _own_storage(v) for k, v in state.items()}
-    write_atomic(weights, lambda f: torch.save({"module": module, **extra}, f))
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    targets = _as_targets(state)
+    path = directory / str(iteration) / MODEL_STATES
+    write_sat_model_states(path, targets, prefix=DIT_PREFIX, extra=extra, desc=desc)
     config = json.dumps(SAT_MODEL_CONFIG, indent=4).encode()
     write_atomic(directory / "model_config.json", lambda f: f.write(config))
     write_atomic(directory / "latest", lambda f: f.write(str(iteration).encode()))
-    logger.info("saved %d tensors to %s", len(module), weights)
-    return weights
+    logger.info("saved %d tensors to %s", len(targets), path)
+    return path

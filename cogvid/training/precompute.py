@@ -85,7 +85,8 @@ class PrecomputeReport:
 def run_precompute(cfg) -> PrecomputeReport:
     """Encode this rank's share of `data.root` / `data.manifest` into `data.cache`."""
     from cogvid.models.t5 import T5Conditioner
-    from cogvid.models.vae import CausalVideoVAE, load_sat_vae
+    from cogvid.models.vae import CausalVideoVAE
+    from cogvid.sat.checkpoint import load_sat_vae
 
     if not cfg.data.cache:
         raise CogvidError("task=precompute needs data.cache=<folder> to write the latents into")
