@@ -21,7 +21,7 @@ from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import video_shape
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames
-from cogvid.utils.runtime import dist_env
+from cogvid.utils.runtime import dist_env, dtype_name
 
 log = logging.getLogger("cogvid.sample")
 
@@ -98,8 +98,8 @@ def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipel
         "sampler": resolved["sampler"],
         "steps": cfg.sampler.num_steps,
         "guidance_scale": cfg.sampler.guidance_scale,
-        "dtype": str(pipeline.dtype).removeprefix("torch."),
-        "vae_dtype": str(pipeline.vae_dtype).removeprefix("torch."),
+        "dtype": dtype_name(pipeline.dtype),
+        "vae_dtype": dtype_name(pipeline.vae_dtype),
         "device": str(pipeline.device),
         "config_hash": config_hash(resolved),
         "overrides": list(hc.overrides.task) if hc is not None else [],
