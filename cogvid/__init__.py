@@ -3,11 +3,12 @@
 from cogvid.config.compose import compose
 from cogvid.utils.errors import CogvidError
 
-__all__ = ["CogvidError", "build_engine", "compose"]
+__all__ = ["CogvidError", "build_model", "compose"]
 
 
-def build_engine(cfg):
-    """Build the engine (backbone, denoiser, sampler) from a composed config; see cogvid.engine."""
-    from cogvid.engine import build_engine as _build
+def build_model(cfg):
+    """The diffusion model (DiT backbone + denoiser) of a composed config, with `model.ckpt` loaded when set;
+    see cogvid.diffusion.model."""
+    from cogvid.diffusion.model import build_model as _build
 
     return _build(cfg)

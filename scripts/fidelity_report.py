@@ -10,7 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 import cogvid
+from cogvid.config.schema import Solver
+from cogvid.diffusion.sampling import sample_latents
 from cogvid.diffusion.schedules import sampling_schedule, training_table
+from cogvid.diffusion.solvers import SOLVERS
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.sat.checkpoint import load_sat_vae
 from cogvid.sat.yaml_import import export_sat_config
@@ -18,11 +21,14 @@ from cogvid.sat.yaml_import import export_sat_config
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sat_tiny_2b"
 
 
-def engine(conf: Path, name: str, ckpt: str, *overrides: str):
+def model_for(conf: Path, name: str, ckpt: str, *overrides: str):
+    """(the model with the fixture's checkpoint, in eval mode; its composed config)."""
     cfg = cogvid.compose(
         [f"model={name}", f"sampler={name}", f"model.ckpt={FIXTURE / ckpt}", *overrides], config_dirs=[conf]
     )
-    return cogvid.build_engine(cfg).eval()
+    model = cogvid.build_model(cfg)
+    model.backbone.eval()
+    return model, cfg
 
 
 def main() -> None:
@@ -44,10 +50,10 @@ def main() -> None:
 
     with torch.no_grad():
         ref = load_file(FIXTURE / "dit_forward.safetensors")
-        out = engine(conf, "tiny_sat", "dit_ckpt").backbone(ref["x"], ref["timesteps"], ref["context"])
+        out = model_for(conf, "tiny_sat", "dit_ckpt")[0].backbone(ref["x"], ref["timesteps"], ref["context"])
         rows.append(("DiT forward `out`", (out - ref["out"]).abs().max().item(), "1e-5"))
         ref = load_file(FIXTURE / "lora_forward.safetensors")
-        lora = engine(conf, "tiny_sat_lora", "lora_ckpt").backbone
+        lora = model_for(conf, "tiny_sat_lora", "lora_ckpt")[0].backbone
         out = lora(ref["x"], ref["timesteps"], ref["context"])
         rows.append(("LoRA forward `out`", (out - ref["out"]).abs().max().item(), "1e-5"))
         lora.merge_lora_()
@@ -55,10 +61,11 @@ def main() -> None:
         rows.append(("LoRA merged into W, forward", (out - ref["out"]).abs().max().item(), "1e-5"))
 
     ref = load_file(FIXTURE / "sampler_5step.safetensors")
-    e = engine(conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
+    model, cfg = model_for(conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
     noises = iter([ref["step0.noise0"]] + [ref[f"step{i}.noise{j}"] for i in (1, 2, 3) for j in (0, 1)])
     seen = {}
-    solver = e.sampler.solver
+    name = Solver(cfg.sampler.solver).value
+    solver = SOLVERS[name]
 
     def recording(denoise, x, alphas, noise, steps):
         def den(x_t, i):
@@ -67,15 +74,22 @@ def main() -> None:
 
         return solver(den, x, alphas, lambda: next(noises), steps)
 
-    e.sampler.solver = recording
-    out = e.sample_latents(ref["cond_crossattn"], ref["uncond_crossattn"], noise=ref["init_noise"])
+    SOLVERS[name] = recording
+    try:
+        cond, uncond = ref["cond_crossattn"], ref["uncond_crossattn"]
+        out = sample_latents(model, cfg.sampler, cond, uncond, noise=ref["init_noise"])
+    finally:
+        SOLVERS[name] = solver
     den = max((seen[i][1] - ref[f"step{i}.denoised"]).abs().max().item() for i in range(5))
     x_out = max(((seen[i + 1][0] if i < 4 else out) - ref[f"step{i}.x_out"]).abs().max().item() for i in range(5))
     rows.append(("5-step sampler, every step's `denoised` (recorded noises)", den, "1e-4"))
     rows.append(("5-step sampler, every step's `x_out`", x_out, "1e-4"))
 
     ref = load_file(FIXTURE / "sampler_50step.safetensors")
-    out = engine(conf, "tiny_sat", "dit_ckpt").sample_latents(
+    model, cfg = model_for(conf, "tiny_sat", "dit_ckpt")
+    out = sample_latents(
+        model,
+        cfg.sampler,
         ref["cond_crossattn"],
         ref["uncond_crossattn"],
         shape=(3, 16, 6, 8),

@@ -16,8 +16,11 @@ import torch
 from conftest import FIXTURE
 
 import cogvid
-from cogvid.engine import build_engine
+from cogvid.diffusion.model import build_model
+from cogvid.diffusion.sampling import sample_latents
 from cogvid.interop.run import run_export
+from cogvid.models.frozen import load_vae
+from cogvid.models.t5 import load_text_encoder
 
 PROMPT = "a red fox in snow"
 STEPS = 5
@@ -89,6 +92,7 @@ def cogvid_latents(ckpt, t5_path, latents: torch.Tensor) -> torch.Tensor:
         [
             "model=tiny",
             f"model.ckpt={ckpt}",
+            f"model.text_encoder.path={t5_path}",
             "sampler=ddim",
             "sampler.zero_snr_rescale=full",
             "sampler.uncond=negative_prompt",
@@ -97,10 +101,11 @@ def cogvid_latents(ckpt, t5_path, latents: torch.Tensor) -> torch.Tensor:
             f"sampler.guidance_scale={GUIDANCE}",
         ]
     )
-    engine = build_engine(cfg).eval()
-    t5 = engine.load_text_encoder(str(t5_path))
+    model = build_model(cfg)
+    model.backbone.eval()
+    t5 = load_text_encoder(cfg)
     cond, uncond = t5.encode([PROMPT]), t5.encode([""])
-    return engine.sample_latents(cond, uncond, noise=latents)
+    return sample_latents(model, cfg.sampler, cond, uncond, noise=latents)
 
 
 def test_ddim_in_diffusers_equals_cogvid_ddim(pipe, pipeline_dir):
@@ -142,8 +147,8 @@ def test_pipeline_imports_to_sat_and_samples(pipeline_dir, tmp_path):
     ours = cogvid_latents(sat / "transformer", sat / "t5-v1_1-xxl", latents)
     reference = cogvid_latents(FIXTURE / "dit_ckpt", pipeline_dir, latents)
     assert torch.equal(ours, reference)
-    engine = build_engine(cogvid.compose(["model=tiny", f"model.vae_ckpt={sat / 'vae' / '3d-vae.pt'}"]))
-    video = engine.load_vae().decode_chunked(ours.permute(0, 2, 1, 3, 4) / 1.15258426)
+    vae = load_vae(cogvid.compose(["model=tiny", f"model.vae_ckpt={sat / 'vae' / '3d-vae.pt'}"]))
+    video = vae.decode_chunked(ours.permute(0, 2, 1, 3, 4) / 1.15258426)
     assert video.shape == (1, 3, 9, 48, 64)
 
 

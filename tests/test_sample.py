@@ -15,9 +15,11 @@ from conftest import FIXTURE, reference
 from PIL import Image
 from safetensors.torch import load_file
 
+import cogvid.inference.pipeline
 from cogvid import compose
-from cogvid.engine import Engine
+from cogvid.diffusion.model import DiffusionModel
 from cogvid.inference.pipeline import VideoPipeline
+from cogvid.sat.checkpoint import save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_mp4
 
@@ -73,14 +75,14 @@ def test_pipeline_reproduces_the_original_latents_from_its_seed(tmp_path, tiny_t
     ref = reference("sampler_50step")
     cfg = tiny(tmp_path, tiny_t5_dir)
     pipeline = VideoPipeline.from_config(cfg)
-    pipeline.engine.text_encoder = FixedText(ref["cond_crossattn"])
+    pipeline.text_encoder = FixedText(ref["cond_crossattn"])
     assert ref["uncond_crossattn"].abs().max() == 0  # the original's unconditional context: zeros
     result = pipeline.generate("ignored", seed=20240003)
     sat_latents = ref["out_latent"].permute(0, 2, 1, 3, 4) / cfg.model.scale_factor  # unscaled, (b, c, t, h, w)
     assert (result.latents - sat_latents).abs().max() <= 1e-4
     # decoded as SAT v1.0 does: 3 latents -> one chunk -> 9 frames of 48x64
     assert tuple(result.video.shape) == (3, 9, 48, 64)
-    expected = pipeline.engine.vae.decode_chunked(sat_latents, "v1_0")[0]
+    expected = pipeline.vae.decode_chunked(sat_latents, "v1_0")[0]
     assert (result.video - expected).abs().max() <= 1e-4
 
 
@@ -152,7 +154,7 @@ def test_negative_prompt_is_the_unconditional_context_when_asked(tmp_path, tiny_
     neg = tiny(tmp_path, tiny_t5_dir, STEPS, "sampler.uncond=negative_prompt", "infer.negative_prompt=blurry")
     pipeline = VideoPipeline.from_config(neg)
     _, uncond = pipeline.encode_text("a cat", "blurry")
-    assert torch.equal(uncond, pipeline.engine.text_encoder.encode(["blurry"]))
+    assert torch.equal(uncond, pipeline.text_encoder.encode(["blurry"]))
     sample(
         tiny(
             tmp_path,
@@ -189,11 +191,11 @@ def save_tiny_i2v(tmp_path: Path, *model_overrides: str) -> tuple[Path, list[str
     overrides = ["model.in_channels=32", "model.noised_image_input=true", *model_overrides]
     cfg = compose(["model=tiny", *overrides])
     torch.manual_seed(0)
-    engine = Engine(cfg)
-    for p in engine.backbone.parameters():
+    model = DiffusionModel.from_model_config(cfg.model)
+    for p in model.backbone.parameters():
         torch.nn.init.normal_(p, std=0.02)
     folder = tmp_path / "i2v_ckpt"
-    engine.save_sat_checkpoint(folder, 1)
+    save_sat_checkpoint(model.backbone, folder, 1)
     return folder, overrides
 
 
@@ -218,11 +220,11 @@ def test_image_latent_is_frame_zero_then_zeros_scaled_as_the_original(tmp_path, 
     pipeline = VideoPipeline.from_config(cfg)
     image = Image.open(write_image(tmp_path / "first.png"))
     shape = pipeline.shape_for()
-    concat = pipeline.image_latents(image, shape, torch.Generator().manual_seed(1))
+    concat = pipeline.image_conditioning(image, shape, torch.Generator().manual_seed(1)).concat
     assert concat.shape == (1, 3, 16, 6, 8) and concat[:, 1:].abs().max() == 0
     # v1.0 (auto) conditions on scale_factor x the posterior sample; `unscaled` on the raw sample (same noise)
     unscaled = tiny(tmp_path, tiny_t5_dir, *overrides, "infer.image_latent_scaling=unscaled", ckpt=ckpt)
-    raw = VideoPipeline.from_config(unscaled).image_latents(image, shape, torch.Generator().manual_seed(1))
+    raw = VideoPipeline.from_config(unscaled).image_conditioning(image, shape, torch.Generator().manual_seed(1)).concat
     assert torch.allclose(concat, raw * cfg.model.scale_factor, atol=1e-6)
 
 
@@ -406,7 +408,7 @@ def test_i2v_without_or_with_an_unreadable_image(tmp_path, tiny_t5_dir):
 
 def test_nan_latents_stop_with_advice_and_no_file(tmp_path, tiny_t5_dir, monkeypatch):
     monkeypatch.setattr(
-        Engine, "sample_latents", lambda self, cond, *a, **k: torch.full((1, 3, 16, 6, 8), float("nan"))
+        cogvid.inference.pipeline, "sample_latents", lambda *a, **k: torch.full((1, 3, 16, 6, 8), float("nan"))
     )
     with pytest.raises(CogvidError, match="NaN or inf .*dtype=bf16"):
         sample(tiny(tmp_path, tiny_t5_dir, "infer.prompt=a fox"))
@@ -461,5 +463,5 @@ def test_tiled_decode_keeps_the_video_size(tmp_path, tiny_t5_dir):
     tiled = pipeline.decode(latents)
     assert tiled.shape == (3, 9, 48, 64)
     # tiles overlap and blend: close to the whole-frame decode, not equal (GroupNorm statistics per tile)
-    whole = pipeline.engine.vae.decode_chunked(latents.permute(0, 2, 1, 3, 4) / cfg.model.scale_factor, "v1_0")[0]
+    whole = pipeline.vae.decode_chunked(latents.permute(0, 2, 1, 3, 4) / cfg.model.scale_factor, "v1_0")[0]
     assert 0 < (tiled - whole).abs().mean() < 0.5

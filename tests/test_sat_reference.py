@@ -9,6 +9,9 @@ import torch
 from conftest import FIXTURE, reference
 
 import cogvid
+from cogvid.config.schema import Solver
+from cogvid.diffusion.sampling import sample_latents, sampling_plan
+from cogvid.diffusion.solvers import SOLVERS
 from cogvid.sat.yaml_import import export_sat_config
 
 
@@ -21,12 +24,15 @@ def sat_conf(tmp_path_factory):
     return out
 
 
-def engine_for(sat_conf, name: str, ckpt: str, *overrides: str):
+def model_for(sat_conf, name: str, ckpt: str, *overrides: str):
+    """(the model with the fixture's checkpoint, in eval mode; its composed config)."""
     cfg = cogvid.compose(
         [f"model={name}", f"sampler={name}", f"model.ckpt={FIXTURE / ckpt}", *overrides],
         config_dirs=[sat_conf],
     )
-    return cogvid.build_engine(cfg).eval()
+    model = cogvid.build_model(cfg)
+    model.backbone.eval()
+    return model, cfg
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,32 +40,34 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_dit_forward(sat_conf):
-    engine = engine_for(sat_conf, "tiny_sat", "dit_ckpt")
+    model, _ = model_for(sat_conf, "tiny_sat", "dit_ckpt")
     ref = reference("dit_forward")
     with torch.no_grad():
-        out = engine.backbone(ref["x"], ref["timesteps"], ref["context"])
+        out = model.backbone(ref["x"], ref["timesteps"], ref["context"])
     assert max_abs(out, ref["out"]) <= 1e-5
 
 
 def test_lora_forward(sat_conf):
-    engine = engine_for(sat_conf, "tiny_sat_lora", "lora_ckpt")
-    assert engine.cfg.model.lora_rank == 4 and engine.cfg.model.lora_alpha == 1
+    model, _ = model_for(sat_conf, "tiny_sat_lora", "lora_ckpt")
+    assert model.cfg.lora_rank == 4 and model.cfg.lora_alpha == 1
     ref = reference("lora_forward")
     with torch.no_grad():
-        out = engine.backbone(ref["x"], ref["timesteps"], ref["context"])
+        out = model.backbone(ref["x"], ref["timesteps"], ref["context"])
         assert max_abs(out, ref["out"]) <= 1e-5
-        engine.backbone.merge_lora_()  # SAT merge_lora: the merged model gives the same output
-        assert max_abs(engine.backbone(ref["x"], ref["timesteps"], ref["context"]), ref["out"]) <= 1e-5
-    assert not engine.backbone.lora_layers()
+        model.backbone.merge_lora_()  # SAT merge_lora: the merged model gives the same output
+        assert max_abs(model.backbone(ref["x"], ref["timesteps"], ref["context"]), ref["out"]) <= 1e-5
+    assert not model.backbone.lora_layers()
 
 
-def test_five_step_sampler_with_the_recorded_noises(sat_conf):
-    engine = engine_for(sat_conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
+def test_five_step_sampler_with_the_recorded_noises(sat_conf, monkeypatch):
+    model, cfg = model_for(sat_conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
     ref = reference("sampler_5step")
-    assert torch.equal(torch.tensor(engine.sampler.scales(), dtype=torch.float64), ref["cfg_scale_per_step"])
+    scales = sampling_plan(cfg.sampler, cfg.model.shift_scale).scales
+    assert torch.equal(torch.tensor(scales, dtype=torch.float64), ref["cfg_scale_per_step"])
     recorded = iter([ref["step0.noise0"]] + [ref[f"step{i}.noise{j}"] for i in (1, 2, 3) for j in (0, 1)])
     seen = {}
-    solver = engine.sampler.solver
+    name = Solver(cfg.sampler.solver).value
+    solver = SOLVERS[name]
 
     def recording_solver(denoise, x, alphas, noise, steps):
         def denoise_and_record(x_t, i):
@@ -70,8 +78,8 @@ def test_five_step_sampler_with_the_recorded_noises(sat_conf):
         out = solver(denoise_and_record, x, alphas, lambda: next(recorded), steps)
         return out
 
-    engine.sampler.solver = recording_solver
-    out = engine.sample_latents(ref["cond_crossattn"], ref["uncond_crossattn"], noise=ref["init_noise"])
+    monkeypatch.setitem(SOLVERS, name, recording_solver)
+    out = sample_latents(model, cfg.sampler, ref["cond_crossattn"], ref["uncond_crossattn"], noise=ref["init_noise"])
     assert next(recorded, None) is None  # every recorded noise used, in order
     for step in range(5):
         assert max_abs(seen[f"step{step}.denoised"], ref[f"step{step}.denoised"]) <= 1e-4, step
@@ -82,27 +90,32 @@ def test_five_step_sampler_with_the_recorded_noises(sat_conf):
 
 
 def test_fifty_step_run_regenerated_from_the_seed(sat_conf):
-    engine = engine_for(sat_conf, "tiny_sat", "dit_ckpt")
+    model, cfg = model_for(sat_conf, "tiny_sat", "dit_ckpt")
     ref = reference("sampler_50step")
     generator = torch.Generator().manual_seed(20240003)
-    out = engine.sample_latents(
-        ref["cond_crossattn"], ref["uncond_crossattn"], shape=(3, 16, 6, 8), generator=generator
+    out = sample_latents(
+        model, cfg.sampler, ref["cond_crossattn"], ref["uncond_crossattn"], shape=(3, 16, 6, 8), generator=generator
     )
     assert max_abs(out, ref["out_latent"]) <= 1e-4
     # the same seed again gives the same latents; another seed does not
-    again = engine.sample_latents(
-        ref["cond_crossattn"], None, shape=(3, 16, 6, 8), generator=torch.Generator().manual_seed(20240003)
+    again = sample_latents(
+        model,
+        cfg.sampler,
+        ref["cond_crossattn"],
+        None,
+        shape=(3, 16, 6, 8),
+        generator=torch.Generator().manual_seed(20240003),
     )
     assert torch.equal(again, out)
-    other = engine.sample_latents(
-        ref["cond_crossattn"], None, shape=(3, 16, 6, 8), generator=torch.Generator().manual_seed(1)
+    other = sample_latents(
+        model, cfg.sampler, ref["cond_crossattn"], None, shape=(3, 16, 6, 8), generator=torch.Generator().manual_seed(1)
     )
     assert max_abs(other, out) > 1e-2
 
 
 def test_default_generator_matches_torch_manual_seed_as_sat_does(sat_conf):
-    engine = engine_for(sat_conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
+    model, cfg = model_for(sat_conf, "tiny_sat", "dit_ckpt", "sampler.num_steps=5", "sampler.dynamic_num_steps=5")
     ref = reference("sampler_5step")
     torch.manual_seed(20240003)  # SAT: seed, then torch.randn for the initial latent, then randn_like per step
-    out = engine.sample_latents(ref["cond_crossattn"], ref["uncond_crossattn"], shape=(3, 16, 6, 8))
+    out = sample_latents(model, cfg.sampler, ref["cond_crossattn"], ref["uncond_crossattn"], shape=(3, 16, 6, 8))
     assert max_abs(out, ref["out_latent"]) <= 1e-4

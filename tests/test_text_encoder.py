@@ -4,6 +4,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from cogvid.config.schema import Uncond
+from cogvid.diffusion.conditioning import unconditional_context
 from cogvid.models.t5 import T5Conditioner
 from cogvid.utils.errors import CogvidError
 
@@ -36,8 +38,11 @@ def test_truncates_long_prompts(tiny_t5_dir):
 def test_unconditional_is_zeros_or_the_negative_prompt(tiny_t5_dir):
     t5 = T5Conditioner.from_pretrained(str(tiny_t5_dir), max_length=8)
     cond = t5.encode(["a red fox"])
-    assert torch.equal(t5.unconditional(cond), torch.zeros_like(cond))
-    assert torch.allclose(t5.unconditional(cond, [""]), t5.encode([""]))
+    assert torch.equal(unconditional_context(Uncond.zeros, cond, t5.encode, [""]), torch.zeros_like(cond))
+    assert torch.allclose(unconditional_context(Uncond.negative_prompt, cond, t5.encode, [""]), t5.encode([""]))
+    assert torch.allclose(unconditional_context(Uncond.negative_prompt, cond, t5.encode), t5.encode([""]))
+    with pytest.raises(CogvidError, match="negative_prompt needs"):
+        unconditional_context(Uncond.negative_prompt, cond)
 
 
 def test_diffusers_pipeline_layout_is_accepted(tiny_t5_dir, tmp_path):

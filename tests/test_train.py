@@ -238,10 +238,10 @@ def test_sft_lowers_the_loss_and_leaves_vae_and_t5_alone(tmp_path, tiny_t5_dir, 
     after = eval_losses(result.module, batch)
     assert after.mean() < 0.9 * before.mean() and (after < before).all(), (before, after)
 
-    engine = result.module.engine
+    frozen = result.module.frozen
     vae = load_sat_vae(FIXTURE / "vae" / "3d-vae.pt", CausalVideoVAE.from_config(cfg.model.vae))
     t5 = T5Conditioner.from_pretrained(str(tiny_t5_dir), max_length=cfg.model.text_length)
-    for part, reference in ((engine.vae, vae), (engine.text_encoder, t5)):
+    for part, reference in ((frozen.vae, vae), (frozen.text_encoder, t5)):
         ours = part.state_dict()
         assert all(torch.equal(v, ours[k]) for k, v in reference.state_dict().items())
         assert not any(p.requires_grad for p in part.parameters())
@@ -272,7 +272,7 @@ def test_precompute_then_train_without_vae_or_t5(tmp_path, tiny_t5_dir, clips_di
     result = run_train(cfg)
     assert result.final_step == 3 and len(read_train_log(result.output_dir)) == 3
     # VAE and T5 were never loaded for training; validation loaded them and let them go again
-    assert result.module.engine.vae is None and result.module.engine.text_encoder is None
+    assert result.module.frozen is None
 
     videos = sorted((result.output_dir / "validation" / "step-00000002").glob("*.mp4"))
     assert [v.name for v in videos] == ["00_a_red_fox_in_snow_seed1.mp4", "00_a_red_fox_in_snow_seed2.mp4"]
@@ -323,7 +323,8 @@ def test_image_to_video_1_5_step_on_the_fly_and_cached(tmp_path, tiny_t5_dir, cl
     cfg = compose(tiny_i2v_15(tiny_t5_dir, tmp_path / "o", f"data.root={clips_dir}"), config_name="train")
     module = initial_module(cfg)
     batch = fixed_batch(cfg)
-    z, concat, context = module.encode_batch(batch, torch.Generator().manual_seed(0))
+    z, image, context = module.encode_batch(batch, torch.Generator().manual_seed(0))
+    concat = image.concat
     # 9 frames -> 3 latents, led by a copy of the first for the 1.5 temporal patches; the image latent in frame 0
     assert z.shape == concat.shape == (2, 4, 16, 8, 10) and context.shape == (2, 8, 32)
     assert torch.equal(z[:, 0], z[:, 1]) and concat[:, 0].abs().sum() > 0 and not concat[:, 1:].any()
@@ -363,7 +364,7 @@ def test_image_to_video_1_5_step_on_the_fly_and_cached(tmp_path, tiny_t5_dir, cl
             config_name="train",
         )
     )
-    assert result.final_step == 2 and result.module.engine.vae is None
+    assert result.final_step == 2 and result.module.frozen is None
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
 
 from cogvid.config.compose import compose
-from cogvid.engine import Engine
+from cogvid.diffusion.model import build_model
 from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.training.metrics import read_train_log
 from cogvid.training.resume import complete_checkpoints
@@ -62,8 +62,8 @@ def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t
     assert not (tmp_path / "outputs").exists()  # no rank made a run dir of its own
     # both jobs trained (with different learning rates) from the same start
     assert any(not torch.equal(finals[0][k], finals[1][k]) for k in finals[0] if "matrix_B" in k)
-    engine = Engine(compose(["model=tiny", "mode=lora", "model.lora_rank=4"], config_name="train"))
-    engine.load_sat_checkpoint(jobs[0] / "sat")
+    lora = ["model=tiny", "mode=lora", "model.lora_rank=4", f"model.ckpt={jobs[0] / 'sat'}"]
+    build_model(compose(lora, config_name="train"))  # loads model.ckpt strictly
 
 
 def torchrun_deepspeed(*overrides: str) -> subprocess.CompletedProcess:
@@ -108,8 +108,7 @@ def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, m
     before, _ = read_sat_state_dict(out / "sat" / "2" / "mp_rank_00_model_states.pt")
     assert any(not torch.equal(before[k], sat[k]) for k in sat)  # the resumed run trained on
     overrides = ["model=tiny", f"mode={mode}"] + (["model.lora_rank=4"] if mode == "lora" else [])
-    engine = Engine(compose(overrides, config_name="train"))
-    engine.load_sat_checkpoint(out / "sat")  # strict: every key, every shape
+    build_model(compose([*overrides, f"model.ckpt={out / 'sat'}"], config_name="train"))  # strict: every key, shape
 
     # cogvid-sample takes the consolidated SAT-layout weights directly
     from cogvid.inference.run import run_sample

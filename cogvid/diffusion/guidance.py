@@ -29,6 +29,11 @@ def guidance_scale(cfg, step_index: int, timestep: int) -> float | None:
     return 1 + cfg.guidance_scale * (1 - math.cos(math.pi * (k / n) ** cfg.dynamic_exp)) / 2
 
 
+def guidance_scales(cfg, timesteps: torch.Tensor) -> list[float | None]:
+    """The CFG scale of every step of a run, in step order; `timesteps` (n,) are the DDPM timesteps it visits."""
+    return [guidance_scale(cfg, i, int(t)) for i, t in enumerate(timesteps)]
+
+
 def guided(
     denoise_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,

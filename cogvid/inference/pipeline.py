@@ -1,5 +1,5 @@
-"""Prompt (and image) to video with the engine's parts in SAT's order (spec 6.3): T5, the I2V image latent,
-sampling, then the chunked VAE decode.
+"""Prompt (and image) to video in SAT's order (spec 6.3): T5, the I2V image latent, sampling, then the chunked VAE
+decode.
 
 `VideoPipeline.from_config(cfg)` loads the DiT (`model.ckpt`), the VAE (`model.vae_ckpt`) and T5
 (`model.text_encoder.path`); `generate(...)` returns one video in [-1, 1] with its unscaled latents and timings.
@@ -15,17 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvid.config.schema import Generation, ImageLatentScaling, Uncond, is_image_to_video
-from cogvid.engine import Engine, build_engine
+from cogvid.config.schema import Generation, ImageLatentScaling, is_image_to_video
+from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, unconditional_context
+from cogvid.diffusion.model import DiffusionModel, build_model
+from cogvid.diffusion.sampling import sample_latents
 from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
-from cogvid.models.t5 import RELEASE_LAYOUT
+from cogvid.models.frozen import load_vae
+from cogvid.models.layout import to_dit_layout, to_vae_layout
+from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder
+from cogvid.models.vae import CausalVideoVAE
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
 from cogvid.utils.runtime import TORCH_DTYPES, peak_memory_gb, resolve_device_dtype
 
 log = logging.getLogger(__name__)
 
-I2V_OFS = 2.0  # SAT HEAD passes ofs = 2.0 to the 1.5-I2V model at sampling
 SAT_LAYOUT = "<variant>-sat/transformer/{latest, 1000/mp_rank_00_model_states.pt}, <variant>-sat/vae/3d-vae.pt"
 
 
@@ -67,13 +71,25 @@ def _sync(device: torch.device) -> None:
 
 
 class VideoPipeline:
-    """The engine with its T5 and VAE loaded, on one device, ready to turn prompts into videos."""
+    """The diffusion model, T5 and the VAE on one device, ready to turn prompts into videos.
 
-    def __init__(self, engine: Engine, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
-        if engine.vae is None or engine.text_encoder is None:
-            raise ValueError("the engine needs its VAE and text encoder loaded (engine.load_vae / load_text_encoder)")
-        self.engine, self.device, self.dtype, self.vae_dtype = engine, device, dtype, vae_dtype
-        self.model_cfg, self.infer_cfg = engine.cfg.model, engine.cfg.infer
+    cfg: the composed config (its `model`, `sampler` and `infer` groups are read); dtype: what the DiT computes in
+    (T5 is loaded in it too); vae_dtype: the VAE's.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        model: DiffusionModel,
+        vae: CausalVideoVAE,
+        text_encoder: T5Conditioner,
+        device: torch.device,
+        dtype: torch.dtype,
+        vae_dtype: torch.dtype,
+    ):
+        self.cfg, self.model, self.vae, self.text_encoder = cfg, model, vae, text_encoder
+        self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
+        self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | None = None) -> VideoPipeline:
@@ -81,12 +97,12 @@ class VideoPipeline:
         resolved_device, dtype = resolve_device_dtype(cfg)
         device = device or resolved_device
         vae_dtype = TORCH_DTYPES[cfg.vae_dtype] if cfg.get("vae_dtype") else dtype
-        engine = build_engine(cfg)
-        engine.backbone.to(device=device, dtype=dtype)
-        engine.load_vae(dtype=vae_dtype).to(device)
-        engine.load_text_encoder(dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
+        model = build_model(cfg)
+        model.backbone.to(device=device, dtype=dtype)
+        vae = load_vae(cfg, vae_dtype, device)
+        text_encoder = load_text_encoder(cfg, dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
         log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", cfg.model.name, device, dtype, vae_dtype)
-        return cls(engine, device, dtype, vae_dtype)
+        return cls(cfg, model, vae, text_encoder, device, dtype, vae_dtype)
 
     # --- the parts --------------------------------------------------------------------------------------------
     def shape_for(self, image_size: tuple[int, int] | None = None) -> VideoShape:
@@ -100,36 +116,33 @@ class VideoPipeline:
 
     def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) contexts (1, text_length, d): uncond is zeros unless sampler.uncond=negative_prompt."""
-        t5 = self.engine.text_encoder
-        cond = t5.encode([prompt])
-        if Uncond(self.engine.cfg.sampler.uncond) is Uncond.negative_prompt:
-            return cond, t5.encode([negative_prompt or ""])
-        return cond, torch.zeros_like(cond)
+        cond = self.text_encoder.encode([prompt])
+        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.text_encoder.encode, [negative_prompt or ""])
+        return cond, uncond
 
-    def image_latents(self, image, shape: VideoShape, generator: torch.Generator) -> torch.Tensor:
-        """The I2V conditioning latent (1, t, c, h, w): the image's latent in frame 0, zeros after (spec 6.3)."""
+    def image_conditioning(self, image, shape: VideoShape, generator: torch.Generator) -> ImageConditioning:
+        """The I2V conditioning of a PIL image: concat (1, t, c, h, w), the image's latent in frame 0 and zeros
+        after (spec 6.3), and the 1.5-I2V ofs."""
         m = self.model_cfg
         v1_5 = Generation(m.generation) is Generation.v1_5
         pixels = _fit_image(image, shape.height, shape.width, crop=not v1_5)  # (1, 3, 1, H, W) in [-1, 1]
         sample = bool(self.infer_cfg.image_posterior_sample)
-        z = self.engine.vae.encode(pixels.to(self.device, self.vae_dtype), sample=sample, generator=generator).float()
+        z = self.vae.encode(pixels.to(self.device, self.vae_dtype), sample=sample, generator=generator).float()
         scaling = ImageLatentScaling(self.infer_cfg.image_latent_scaling)
         if scaling is ImageLatentScaling.auto:
             scaling = ImageLatentScaling.unscaled if v1_5 else ImageLatentScaling.scaled
         if scaling is ImageLatentScaling.scaled:
             z = z * m.scale_factor
-        z = z.permute(0, 2, 1, 3, 4)  # (1, 1, c, h, w)
-        padding = torch.zeros((1, shape.latent_frames - 1, *z.shape[2:]), dtype=z.dtype, device=z.device)
-        return torch.cat([z, padding], dim=1)
+        return image_conditioning(to_dit_layout(z), shape.latent_frames, m)  # z: (1, c, 1, h, w)
 
     def decode(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes."""
         m, infer = self.model_cfg, self.infer_cfg
-        z = (latents.permute(0, 2, 1, 3, 4) / m.scale_factor).to(self.device, self.vae_dtype)
+        z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
         tile = tuple(infer.vae_tile) if infer.vae_tile else None
         if tile is not None and len(tile) != 2:
             raise CogvidError(f"infer.vae_tile={list(tile)} must be [h, w] in latents")
-        video = self.engine.vae.decode_chunked(
+        video = self.vae.decode_chunked(
             z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
         )
         return video[0].float().cpu()
@@ -156,21 +169,22 @@ class VideoPipeline:
 
         start = time.perf_counter()
         cond, uncond = self.encode_text(prompt, negative_prompt)
-        concat = None
+        conditioning = None
         if image is not None:
-            concat = self.image_latents(image, shape, torch.Generator().manual_seed(seed))
+            conditioning = self.image_conditioning(image, shape, torch.Generator().manual_seed(seed))
         _sync(self.device)
         timings["text_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        ofs = I2V_OFS if m.ofs_embed_dim else None
-        latents = self.engine.sample_latents(
+        latents = sample_latents(
+            self.model,
+            self.cfg.sampler,
             cond,
             uncond,
             shape=shape.latent,
             generator=torch.Generator().manual_seed(seed),
-            concat=concat,
-            ofs=ofs,
+            concat=None if conditioning is None else conditioning.concat,
+            ofs=None if conditioning is None else conditioning.ofs,
             progress=progress,
         )
         _sync(self.device)
@@ -187,7 +201,7 @@ class VideoPipeline:
         if not torch.isfinite(video).all():
             raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")
         timings["peak_memory_gb"] = peak_memory_gb(self.device)
-        unscaled = (latents.permute(0, 2, 1, 3, 4) / m.scale_factor).float().cpu()
+        unscaled = (to_vae_layout(latents) / m.scale_factor).float().cpu()
         return GeneratedVideo(video, unscaled, shape, seed, timings)
 
 

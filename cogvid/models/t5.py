@@ -1,8 +1,8 @@
 """The T5 text conditioner (SAT FrozenT5Embedder, spec 4): prompts to (b, text_length, 4096) contexts.
 
 As in the original: pad to max length, truncate, EOS appended by the tokenizer, and **no attention mask** (the padding
-positions are encoded and used as context). The unconditional context is all zeros, or optionally the encoded
-negative prompt (diffusers' behaviour).
+positions are encoded and used as context). The unconditional context is decided by
+`cogvid.diffusion.conditioning.unconditional_context`.
 """
 
 from __future__ import annotations
@@ -67,6 +67,13 @@ class T5Conditioner(nn.Module):
         ).input_ids
         return self.encoder(input_ids=ids.to(self.device)).last_hidden_state
 
-    def unconditional(self, cond: torch.Tensor, negative_prompts: list[str] | None = None) -> torch.Tensor:
-        """Zeros like `cond` (the original), or the encoded negative prompts when given."""
-        return torch.zeros_like(cond) if negative_prompts is None else self.encode(negative_prompts)
+
+def load_text_encoder(cfg, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> T5Conditioner:
+    """T5 of a composed config: `model.text_encoder.path` (a SAT `t5-v1_1-xxl` folder, a diffusers pipeline folder
+    or a hub id), frozen, with the model's text_length as max_length."""
+    path = cfg.model.text_encoder.get("path")
+    if not path:
+        raise CogvidError(
+            "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
+        )
+    return T5Conditioner.from_pretrained(str(path), max_length=cfg.model.text_length, dtype=dtype, device=device)

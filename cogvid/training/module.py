@@ -1,7 +1,8 @@
-"""The LightningModule: SAT's training step (spec 7.2) around the engine's DiT, denoiser and loss.
+"""The LightningModule: SAT's training step (spec 7.2) around the diffusion model's DiT, denoiser and loss.
 
-Only the DiT is a submodule (so only it is wrapped, sharded, saved and optimized); the VAE and T5 are held aside,
-frozen, and are not loaded at all when training from precomputed latents (`data.cache`).
+Only the DiT is a submodule (so only it is wrapped, sharded, saved and optimized); the VAE and T5 are held in a
+`FrozenParts` (a plain attribute Lightning does not register), and are not loaded at all when training from
+precomputed latents (`data.cache`).
 
 Everything a step draws comes from one CPU generator keyed by (seed, rank, batch position), in this order:
 I2V first-frame augmentation (sigma, noise) and its posterior noise; the clip's posterior noise; the caption-dropout
@@ -17,8 +18,12 @@ from contextlib import nullcontext
 import lightning as L
 import torch
 
+from cogvid.config.schema import is_image_to_video
+from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning
 from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss
-from cogvid.engine import Engine, build_engine
+from cogvid.diffusion.model import DiffusionModel, build_model
+from cogvid.models.frozen import FrozenParts, load_frozen_parts
+from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.vae import sample_posterior
 from cogvid.training.data import step_generator
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
@@ -27,26 +32,21 @@ from cogvid.utils.runtime import PRECISION_DTYPES, TORCH_DTYPES
 
 log = logging.getLogger(__name__)
 
-I2V_OFS = 2.0  # the ofs SAT HEAD gives the 1.5-I2V model at sampling; its training never passes one (pitfall 7)
-
-
-class _Aside:
-    """Holds modules without registering them as submodules of the LightningModule."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-
 
 class VideoDiffusionModule(L.LightningModule):
-    """Fine-tunes the DiT with SAT's VideoDiffusionLoss (v-prediction MSE over ZeroSNR timesteps)."""
+    """Fine-tunes the DiT with SAT's VideoDiffusionLoss (v-prediction MSE over ZeroSNR timesteps).
 
-    def __init__(self, cfg, engine: Engine | None = None, precision: str = "32"):
+    diffusion_model: the DiT and its denoiser (default: `build_model(cfg)`); its backbone is this module's only
+    submodule. frozen: the VAE and T5, None until `setup` loads them (never, when training from `data.cache`).
+    """
+
+    def __init__(self, cfg, model: DiffusionModel | None = None, precision: str = "32"):
         super().__init__()
         self.cfg = cfg
-        engine = engine if engine is not None else build_engine(cfg)
-        self.backbone = engine.backbone
+        self.diffusion_model = model if model is not None else build_model(cfg)
+        self.backbone = self.diffusion_model.backbone
         self.trainable_names = set_trainable(self.backbone, cfg.mode)
-        self._aside = _Aside(engine)
+        self.frozen: FrozenParts | None = None
         self.precision_name = precision
         self.cached = bool(cfg.data.cache)
         self.frozen_dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else PRECISION_DTYPES[precision]
@@ -60,31 +60,25 @@ class VideoDiffusionModule(L.LightningModule):
         )
 
     # --- frozen parts ----------------------------------------------------------------------------------------------
-    @property
-    def engine(self) -> Engine:
-        return self._aside.engine
-
     def load_frozen(self, device: torch.device | str = "cpu") -> None:
         """Load the VAE and T5 (frozen, in their dtype, onto `device`) unless training from cached latents."""
-        if self.cached or self.engine.vae is not None:
+        if self.cached or self.frozen is not None:
             return
-        self.engine.load_vae(dtype=self.frozen_dtype).to(device)
-        self.engine.load_text_encoder(dtype=self.frozen_dtype, device=device)
+        self.frozen = load_frozen_parts(self.cfg, self.frozen_dtype, device)
 
     def setup(self, stage: str) -> None:
         trainer = self._trainer
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         m = self.cfg.model
-        denoiser = self.engine.denoiser
+        denoiser = self.diffusion_model.denoiser
         sampler = DiscreteSampling(denoiser.sqrt_alphas_cumprod, m.uniform_sampling, m.group_num, rank, world)
         self.loss_fn = VideoDiffusionLoss(denoiser, sampler)
         self.load_frozen(trainer.strategy.root_device if trainer is not None else "cpu")
 
     def on_fit_start(self) -> None:
-        for part in (self.engine.vae, self.engine.text_encoder):
-            if part is not None:
-                part.to(self.device)
+        if self.frozen is not None:
+            self.frozen.to(self.device)
 
     # --- one step --------------------------------------------------------------------------------------------------
     def _no_autocast(self):
@@ -92,45 +86,45 @@ class VideoDiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def encode_batch(self, batch: dict, generator: torch.Generator):
-        """(z (b, T, 16, h, w) scaled, I2V concat (b, T, 16, h, w) or None, text context (b, L, D))."""
+        """(z (b, T, 16, h, w) scaled, the I2V conditioning (concat (b, T, 16, h, w), ofs) or None,
+        text context (b, L, D))."""
         m = self.cfg.model
         s = m.scale_factor
         image_z = None
         if self.cached:
             z = _posterior(batch, "", generator) * s  # (b, 16, T, h, w)
-            if m.noised_image_input:
+            if is_image_to_video(m):
                 image_z = _posterior(batch, "image_", generator) * s
             context = batch["crossattn"]
         else:
-            vae = self.engine.vae
+            vae = self.frozen.vae
             with self._no_autocast():
-                x = batch["video"].to(self.device, vae.dtype).permute(0, 2, 1, 3, 4)  # (b, 3, F, H, W)
-                if m.noised_image_input:
+                x = to_vae_layout(batch["video"].to(self.device, vae.dtype))  # (b, 3, F, H, W)
+                if is_image_to_video(m):
                     image = augment_first_frame(x[:, :, :1], generator)
                     image_z = vae.encode(image, generator=generator).float() * s  # (b, 16, 1, h, w)
                 z = vae.encode(x, generator=generator).float() * s
-                context = self.engine.text_encoder.encode(list(batch["caption"]))
-        z = z.to(self.device).permute(0, 2, 1, 3, 4)  # (b, T, 16, h, w)
+                context = self.frozen.text_encoder.encode(list(batch["caption"]))
+        z = to_dit_layout(z.to(self.device))  # (b, T, 16, h, w)
         if z.shape[1] % m.patch_size_t:
             # 1.5: the DiT needs an even latent count (pitfall 7). Lead with a copy of the first latent, which is
             # where sampling puts its extra (discarded) leading frame and the image latent.
             z = torch.cat([z[:, :1], z], dim=1)
-        concat = None
+        image: ImageConditioning | None = None
         if image_z is not None:
-            image_z = image_z.to(self.device).permute(0, 2, 1, 3, 4)  # (b, 1, 16, h, w)
-            concat = torch.cat([image_z, image_z.new_zeros(z.shape[0], z.shape[1] - 1, *z.shape[2:])], dim=1)
-        return z, concat, context.to(self.device).float()
+            image = image_conditioning(to_dit_layout(image_z.to(self.device)), z.shape[1], m)  # from (b, 1, 16, h, w)
+        return z, image, context.to(self.device).float()
 
     def step_loss(self, batch: dict, generator: torch.Generator, ucg_rate: float) -> torch.Tensor:
         """The mean VideoDiffusionLoss of a batch, drawing from `generator` in the documented order."""
         m = self.cfg.model
-        z, concat, context = self.encode_batch(batch, generator)
+        z, image, context = self.encode_batch(batch, generator)
         b = z.shape[0]
         keep = (torch.rand(b, generator=generator) >= ucg_rate).to(context.dtype)
         context = context * keep.to(self.device).reshape(b, 1, 1)  # SAT ucg: dropped -> all-zero context
+        concat, ofs = (None, None) if image is None else (image.concat, image.ofs)
         if concat is not None and torch.rand((), generator=generator).item() < m.noised_image_dropout:
             concat = torch.zeros_like(concat)  # SAT: one draw per batch, the whole image latent dropped
-        ofs = torch.full((b,), I2V_OFS, device=self.device) if m.ofs_embed_dim else None
 
         def network(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
             if concat is not None:

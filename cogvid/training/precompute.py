@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from cogvid.config.schema import is_image_to_video
+from cogvid.models.layout import to_vae_layout
 from cogvid.training.data import BadVideo, clip_spec, find_clips, latent_frames, load_clip
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_atomic
@@ -62,7 +64,7 @@ def cache_meta(cfg) -> dict:
         "skip_frms_num": spec.skip_frms_num,
         "text_length": m.text_length,
         "text_hidden_size": m.text_hidden_size,
-        "image_latents": bool(m.noised_image_input),
+        "image_latents": is_image_to_video(m),
         "source": cfg.data.root or cfg.data.manifest,
     }
 
@@ -131,10 +133,10 @@ def run_precompute(cfg) -> PrecomputeReport:
             skipped.append(f"{clip.path}\t{ex}")
             continue
         with torch.no_grad():
-            x = video.permute(1, 0, 2, 3).unsqueeze(0).to(device, dtype)  # (1, 3, F, H, W)
+            x = to_vae_layout(video[None]).to(device, dtype)  # (F, 3, H, W) -> (1, 3, F, H, W)
             mean, logvar = vae.encode_moments(x).float().chunk(2, dim=1)
             tensors = {"mean": mean[0], "logvar": logvar[0], "crossattn": t5.encode([clip.caption])[0].float()}
-            if cfg.model.noised_image_input:
+            if is_image_to_video(cfg.model):
                 g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, i]).generate_state(1)[0]))
                 image = augment_first_frame(x[:, :, :1], g)
                 image_mean, image_logvar = vae.encode_moments(image).float().chunk(2, dim=1)
@@ -176,7 +178,7 @@ class CachedLatents(Dataset):
             raise CogvidError(
                 f"data.cache={root} was made for model {meta.get('model')}, not {m.name}: {', '.join(differ)}"
             )
-        if m.noised_image_input and not meta.get("image_latents"):
+        if is_image_to_video(m) and not meta.get("image_latents"):
             raise CogvidError(f"data.cache={root} has no I2V image latents; precompute again with model={m.name}")
         self.meta = meta
         self.files = sorted((root / "samples").glob("*.safetensors"))

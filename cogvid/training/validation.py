@@ -3,7 +3,8 @@ through `cogvid.inference.pipeline.VideoPipeline`, written as MP4 files and as T
 image summaries).
 
 Every rank samples every video in lockstep (a ZeRO-3 model gathers its parameters collectively); rank 0 writes.
-When training from cached latents the VAE and T5 are loaded for the validation only and dropped after it.
+The pipeline is built from the module's diffusion model and its VAE and T5; when training from cached latents
+(no VAE or T5 in the module) they are loaded for the validation only and dropped after it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cogvid.config.schema import is_image_to_video
 from cogvid.inference.outputs import slug
+from cogvid.models.frozen import load_frozen_parts
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames, write_mp4
 
@@ -49,7 +52,7 @@ class ValidationVideos(Callback):
         self.images = list(v.images)
         if self.every > 0 and not self.prompts:
             raise CogvidError("train.validation.every > 0 needs train.validation.prompts='[a prompt, ...]'")
-        if cfg.model.noised_image_input and self.every > 0 and len(self.images) != len(self.prompts):
+        if is_image_to_video(cfg.model) and self.every > 0 and len(self.images) != len(self.prompts):
             raise CogvidError(
                 f"{cfg.model.name} is image-to-video: give one train.validation.images entry per prompt "
                 f"({len(self.prompts)} prompts, {len(self.images)} images)"
@@ -74,21 +77,26 @@ class ValidationVideos(Callback):
     def run(self, trainer: L.Trainer, pl_module, step: int) -> list[Path]:
         from cogvid.inference.pipeline import VideoPipeline
 
-        engine = pl_module.engine
-        loaded_here = engine.vae is None
-        if loaded_here:
-            engine.load_vae(dtype=pl_module.frozen_dtype).to(pl_module.device)
-            engine.load_text_encoder(dtype=pl_module.frozen_dtype, device=pl_module.device)
+        frozen = pl_module.frozen or load_frozen_parts(pl_module.cfg, pl_module.frozen_dtype, pl_module.device)
         autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(pl_module.precision_name)
-        pipeline = VideoPipeline(engine, pl_module.device, autocast_dtype or torch.float32, pl_module.frozen_dtype)
+        model = pl_module.diffusion_model
+        pipeline = VideoPipeline(
+            pl_module.cfg,
+            model,
+            frozen.vae,
+            frozen.text_encoder,
+            pl_module.device,
+            autocast_dtype or torch.float32,
+            pl_module.frozen_dtype,
+        )
         fps = int(self.cfg.infer.fps or self.cfg.data.fps)
         folder = self.out_dir / VALIDATION_DIR / f"step-{step:08d}"
-        was_training = engine.backbone.training
-        engine.backbone.eval()
+        was_training = model.backbone.training
+        model.backbone.eval()
         written = []
         try:
             for i, prompt in enumerate(self.prompts):
-                image = read_image(self.images[i]) if self.cfg.model.noised_image_input else None
+                image = read_image(self.images[i]) if is_image_to_video(self.cfg.model) else None
                 for seed in self.seeds:
                     with torch.autocast(
                         pl_module.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
@@ -105,8 +113,6 @@ class ValidationVideos(Callback):
                 (folder / "prompts.txt").write_text("".join(p + "\n" for p in self.prompts))
                 log.info("step %d: %d validation videos in %s", step, len(written), folder)
         finally:
-            engine.backbone.train(was_training)
-            if loaded_here:
-                engine.vae, engine.text_encoder = None, None
+            model.backbone.train(was_training)
         self.written.extend(written)
         return written
