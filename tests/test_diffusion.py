@@ -7,11 +7,15 @@ import torch
 from conftest import reference
 
 import cogvid
+from cogvid.config.schema import Uncond
+from cogvid.diffusion.conditioning import I2V_OFS, image_conditioning, unconditional_context
 from cogvid.diffusion.denoiser import DiscreteDenoiser
 from cogvid.diffusion.guidance import guidance_scale, guided
 from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss, auto_group_num
+from cogvid.diffusion.sampling import sample_latents, sampling_plan
 from cogvid.diffusion.schedules import sampling_schedule, shifted_alphas_cumprod, training_table
-from cogvid.diffusion.solvers import sample_ddim, sample_dpmpp2m_ode, sample_dpmpp2m_sde
+from cogvid.diffusion.solvers import SOLVERS, sample_ddim, sample_dpmpp2m_ode, sample_dpmpp2m_sde
+from cogvid.models.layout import to_dit_layout, to_vae_layout
 
 
 def test_schedule_tables_are_bit_exact_to_sat():
@@ -190,3 +194,52 @@ def test_loss_is_the_v_mse():
     expected = ((v_hat - v) ** 2).reshape(3, -1).mean(1)
     assert torch.allclose(loss, expected, rtol=1e-4, atol=1e-5)
     assert math.isfinite(loss.sum().item())
+
+
+def test_the_guidance_plan_is_the_per_step_scale_and_the_configured_solver():
+    cfg = cogvid.compose(["model=tiny", "sampler.num_steps=7", "sampler.dynamic_schedule=corrected"])
+    plan = sampling_plan(cfg.sampler, cfg.model.shift_scale)
+    assert plan.solver is SOLVERS["dpmpp2m_sde"] and plan.schedule.num_steps == 7
+    timesteps = [int(t) for t in plan.schedule.timesteps]
+    assert plan.scales == [guidance_scale(cfg.sampler, i, t) for i, t in enumerate(timesteps)]
+    none = cogvid.compose(["model=tiny", "sampler.guider=none"])
+    assert set(sampling_plan(none.sampler, 1.0).scales) == {None}
+
+
+def test_unconditional_context_is_zeros_unless_a_negative_prompt_is_asked_for():
+    cond = torch.randn(2, 3, 4)
+    assert torch.equal(unconditional_context(Uncond.zeros, cond), torch.zeros_like(cond))
+    seen = []
+
+    def encode(prompts):
+        seen.append(prompts)
+        return torch.ones(len(prompts), 3, 4)
+
+    assert torch.equal(unconditional_context("negative_prompt", cond, encode, ["a", "b"]), torch.ones(2, 3, 4))
+    unconditional_context("negative_prompt", cond, encode)
+    assert seen == [["a", "b"], ["", ""]]  # no negative prompt given: "" per sample
+    with pytest.raises(cogvid.CogvidError, match="negative_prompt needs"):
+        unconditional_context(Uncond.negative_prompt, cond)
+
+
+def test_sampling_with_negative_prompt_uncond_needs_the_encoded_negative_prompt():
+    cfg = cogvid.compose(["model=tiny", "sampler.num_steps=1", "sampler.uncond=negative_prompt"])
+    model = cogvid.build_model(cfg)
+    with pytest.raises(cogvid.CogvidError, match="negative_prompt needs"):
+        sample_latents(model, cfg.sampler, torch.zeros(1, 8, 32), None, shape=(3, 16, 6, 8))
+
+
+def test_image_conditioning_is_the_image_latent_then_zeros_with_ofs_for_1_5_i2v():
+    image = torch.randn(2, 1, 16, 6, 8)
+    for ofs_embed_dim, ofs in ((None, None), (32, torch.full((2,), I2V_OFS))):
+        model_cfg = cogvid.compose(["model=tiny", f"model.ofs_embed_dim={ofs_embed_dim or 'null'}"]).model
+        got = image_conditioning(image, 4, model_cfg)
+        assert got.concat.shape == (2, 4, 16, 6, 8)
+        assert torch.equal(got.concat[:, :1], image) and not got.concat[:, 1:].any()
+        assert (got.ofs is None) if ofs is None else torch.equal(got.ofs, ofs)
+
+
+def test_layouts_flip_frames_and_channels():
+    z = torch.randn(2, 16, 3, 6, 8)  # (b, c, t, h, w)
+    assert to_dit_layout(z).shape == (2, 3, 16, 6, 8)
+    assert torch.equal(to_vae_layout(to_dit_layout(z)), z)
