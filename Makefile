@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # The main job on a bundled default: sample one MP4 with the tiny model from the original SAT checkpoint and VAE
 # bundled in the tests (T5 is a tiny one built offline, as the tests build it), then print how close cogvid's

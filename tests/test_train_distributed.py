@@ -1,6 +1,10 @@
 """cogvid-train with 2 processes on the CPU (gloo): DDP through the real entry point, in a Hydra sweep; DeepSpeed
 ZeRO-2 and ZeRO-3 (with a test-only strategy subclass that lets DeepSpeed run on the CPU) save -> resume ->
-consolidate -> load."""
+consolidate -> load.
+
+DeepSpeed runs here without its JIT-compiled C++ ops (train_helpers.deepspeed_cpu.use_uncompiled_ops): building
+them takes minutes on a small machine, and each run checks that it built none. The multi-process tests carry the
+`distributed` marker: `pytest -m "not distributed"` leaves them out."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
+from train_helpers.deepspeed_cpu import use_uncompiled_ops
 
 from cogvid.config.compose import compose
 from cogvid.diffusion.model import build_model
@@ -22,12 +28,14 @@ from cogvid.training.resume import complete_checkpoints
 from cogvid.utils.media import read_mp4
 
 TESTS = Path(__file__).resolve().parent
+COMPILED_OPS = os.environ.get("COGVID_TEST_COMPILED_DS_OPS") == "1"  # DeepSpeed's own ops (compiled on first use)
 
 
 def env() -> dict:
     return dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
 
 
+@pytest.mark.distributed
 def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t5_dir):
     data = make_sat_dataset(tmp_path / "data", n=2)
     overrides = [o for o in tiny_overrides(tiny_t5_dir, tmp_path, f"data.root={data}") if "output_dir" not in o]
@@ -66,16 +74,22 @@ def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t
     build_model(compose(lora, config_name="train"))  # loads model.ckpt strictly
 
 
-def torchrun_deepspeed(*overrides: str) -> subprocess.CompletedProcess:
+def torchrun_deepspeed(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Two DeepSpeed ranks under torchrun; any op DeepSpeed JIT-compiles would land in tmp_path/torch_extensions."""
+    extensions = tmp_path / "torch_extensions"
+    run_env = env() if COMPILED_OPS else dict(env(), TORCH_EXTENSIONS_DIR=str(extensions))
     torchrun = Path(sys.executable).with_name("torchrun")
     with socket.socket() as s:  # torchrun passes --master_port=0 on to the workers as is: pick a free one
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     script = TESTS / "train_helpers" / "deepspeed_cpu.py"
     command = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}", str(script)]
-    return subprocess.run(
-        [*command, *overrides], env=env(), capture_output=True, text=True, timeout=300, cwd=TESTS.parent
+    result = subprocess.run(
+        [*command, *overrides], env=run_env, capture_output=True, text=True, timeout=300, cwd=TESTS.parent
     )
+    built = sorted(p.name for p in extensions.iterdir()) if extensions.is_dir() else []  # one folder per op
+    assert not built, f"DeepSpeed compiled {built}: give train_helpers.deepspeed_cpu a stand-in for it"
+    return result
 
 
 def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, mode: str) -> dict:
@@ -89,11 +103,11 @@ def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, m
         "train.checkpoint_every=2",
         "train.lr=1e-3",
     ]
-    first = torchrun_deepspeed(*common, "train.max_steps=2")
+    first = torchrun_deepspeed(tmp_path, *common, "train.max_steps=2")
     assert first.returncode == 0, first.stderr[-4000:]
     state = out / "checkpoints" / "step-00000002" / "state.ckpt"
     assert state.is_dir() and list((state / "checkpoint").glob("*optim_states.pt"))  # DeepSpeed shards
-    second = torchrun_deepspeed(*common, "train.max_steps=4", "train.resume=auto")
+    second = torchrun_deepspeed(tmp_path, *common, "train.max_steps=4", "train.resume=auto")
     assert second.returncode == 0, second.stderr[-4000:]
     assert sorted(read_train_log(out)) == [1, 2, 3, 4]
     assert [s for s, _ in complete_checkpoints(out)] == [2, 4]
@@ -131,20 +145,25 @@ def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, m
     return sat
 
 
+@pytest.mark.distributed
 def test_deepspeed_zero2_lora_on_cpu(tmp_path, tiny_t5_dir):
     sat = deepspeed_save_resume_consolidate(tmp_path, tiny_t5_dir, "deepspeed_zero2", "lora")
     assert any(".matrix_B." in k for k in sat)
 
 
+@pytest.mark.distributed
 def test_deepspeed_zero3_sft_on_cpu(tmp_path, tiny_t5_dir):
     deepspeed_save_resume_consolidate(tmp_path, tiny_t5_dir, "deepspeed_zero3", "sft")
 
 
+@pytest.mark.distributed
 def test_deepspeed_zero2_offload_on_cpu(tmp_path, tiny_t5_dir):
-    """The optimizer states and step on the CPU (DeepSpeedCPUAdam), SAT's cpu_offload."""
+    """The optimizer states and step on the CPU (DeepSpeedCPUAdam, stepping with TorchCPUAdamOp here), SAT's
+    cpu_offload."""
     data = make_sat_dataset(tmp_path / "data", n=2)
     out = tmp_path / "out"
     result = torchrun_deepspeed(
+        tmp_path,
         *tiny_overrides(tiny_t5_dir, out, f"data.root={data}"),
         "train=deepspeed_zero2_offload",
         "train.devices=2",
@@ -155,3 +174,31 @@ def test_deepspeed_zero2_offload_on_cpu(tmp_path, tiny_t5_dir):
     assert sorted(read_train_log(out)) == [1, 2]
     meta = json.loads((out / "checkpoints" / "step-00000002" / "meta.json").read_text())
     assert meta["signature"]["zero_stage"] == 2 and meta["signature"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("adamw_mode, reference", [(True, torch.optim.AdamW), (False, torch.optim.Adam)])
+def test_cpu_adam_stand_in_steps_as_torch_adam(monkeypatch, adamw_mode, reference):
+    """DeepSpeedCPUAdam over TorchCPUAdamOp (what the offload run above steps with) follows torch's AdamW (cogvid's
+    adamw_mode=True) and Adam with L2 decay, as DeepSpeed's compiled kernel does."""
+    use_uncompiled_ops(monkeypatch.setattr)
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    theirs.load_state_dict(ours.state_dict())
+    start = ours.weight.detach().clone()
+
+    def groups(module: torch.nn.Module) -> list[dict]:
+        return [{"params": [module.weight], "weight_decay": 0.1}, {"params": [module.bias], "weight_decay": 0.0}]
+
+    hyper = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8}
+    optimizers = [DeepSpeedCPUAdam(groups(ours), adamw_mode=adamw_mode, **hyper), reference(groups(theirs), **hyper)]
+    for _ in range(5):
+        x = torch.randn(3, 8)
+        for module, optimizer in zip((ours, theirs), optimizers, strict=True):
+            optimizer.zero_grad()
+            module(x).square().sum().backward()
+            optimizer.step()
+    assert not torch.allclose(ours.weight, start, atol=1e-3)
+    for mine, ref in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, ref)

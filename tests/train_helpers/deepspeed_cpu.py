@@ -94,14 +94,15 @@ class _TorchCPUAdamBuilder:
         return self._op
 
 
-def use_uncompiled_ops() -> None:
-    """No JIT-compiled DeepSpeed op in this process: gloo collectives, and TorchCPUAdamOp under DeepSpeedCPUAdam."""
+def use_uncompiled_ops(patch=setattr) -> None:
+    """No JIT-compiled DeepSpeed op in this process: gloo collectives, and TorchCPUAdamOp under DeepSpeedCPUAdam.
+    A test passes pytest's `monkeypatch.setattr` to undo it afterwards."""
     import importlib
 
     # by module name: the attribute deepspeed.comm.torch is the torch package (deepspeed.comm imports it)
     backend = importlib.import_module("deepspeed.comm.torch")
-    backend.build_shm_op = lambda: None  # TorchBackend then sends every collective through gloo
-    importlib.import_module("deepspeed.ops.adam.cpu_adam").CPUAdamBuilder = _TorchCPUAdamBuilder
+    patch(backend, "build_shm_op", lambda: None)  # TorchBackend then sends every collective through gloo
+    patch(importlib.import_module("deepspeed.ops.adam.cpu_adam"), "CPUAdamBuilder", _TorchCPUAdamBuilder)
 
 
 if __name__ == "__main__":
