@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -34,3 +35,112 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
     """A tiny T5 in the SAT release layout (spiece.model + config.json + weights), built offline in the test:
     a sentencepiece tokenizer trained here, a random encoder (seed 0) with d_model 32, the tiny DiT's text width."""
     return build_tiny_t5(tmp_path_factory.mktemp("t5-v1_1-tiny"))
+
+
+# SAT model YAMLs of the five released variants, written by sat_variant_doc: SAT's schema with only the keys cogvid's
+# importer requires or reads a non-default value from (every variant has the loss block, so that the importer checks
+# its three ZeroSNR schedules agree). Targets are bare class names: the importer matches only the last dotted
+# component. tests/test_sat_config.py imports each one and compares the result with conf/model/<variant>.yaml.
+SAT_VARIANTS = ("cogvideox_2b", "cogvideox_5b", "cogvideox_5b_i2v", "cogvideox1.5_5b", "cogvideox1.5_5b_i2v")
+
+
+def _component(target: str, **params) -> dict:
+    return {"target": target, "params": params} if params else {"target": target}
+
+
+def sat_variant_doc(variant: str) -> dict:
+    """One variant's SAT model YAML as a dict (SAT's schema, our values from the spec's section 1)."""
+    if variant not in SAT_VARIANTS:
+        raise ValueError(variant)
+    v1_5, i2v, is_2b = variant.startswith("cogvideox1.5"), variant.endswith("_i2v"), variant == "cogvideox_2b"
+    text_length = 224 if v1_5 else 226
+
+    def zero_snr() -> dict:  # the same schedule in the denoiser, the sampler and the loss; 2B alone shifts it
+        return _component("ZeroSNRDDPMDiscretization", **({"shift_scale": 3.0} if is_2b else {}))
+
+    if is_2b:
+        position = _component(
+            "Basic3DPositionEmbeddingMixin", text_length=226, height_interpolation=1.875, width_interpolation=1.875
+        )
+    else:
+        learnable = {"learnable_pos_embed": True} if variant == "cogvideox_5b_i2v" else {}
+        position = _component(
+            "Rotary3DPositionEmbeddingMixin", text_length=text_length, hidden_size_head=64, **learnable
+        )
+    network = {
+        "hidden_size": 1920 if is_2b else 3072,
+        "num_attention_heads": 30 if is_2b else 48,
+        "num_layers": 30 if is_2b else 42,
+        "time_embed_dim": 512,
+        "in_channels": 32 if i2v else 16,  # the image latent rides along the noisy one
+        "out_channels": 16,
+        "patch_size": [2, 2, 2] if v1_5 else 2,  # a list selects the 1.5 code
+        "num_frames": 81 if v1_5 else 49,
+        "time_compressed_rate": 4,
+        "latent_height": 300 if v1_5 else 60,
+        "latent_width": 300 if v1_5 else 90,
+        "elementwise_affine": True,
+        "transformer_args": {},
+        "modules": {
+            "pos_embed_config": position,
+            "patch_embed_config": _component("ImagePatchEmbeddingMixin", text_hidden_size=4096),
+            "adaln_layer_config": _component("AdaLNMixin"),
+            "final_layer_config": _component("FinalLayerMixin"),
+        },
+    }
+    if v1_5 and i2v:
+        network["ofs_embed_dim"] = 512
+
+    def vae(target: str) -> dict:  # the encoder and decoder halves of the 3-D VAE have the same sizes
+        return _component(target, ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=3, z_channels=16)
+
+    timesteps = {"num_idx": 1000, "uniform_sampling": True, **({"group_num": 40} if v1_5 else {})}
+    model = {
+        "scale_factor": 1.15258426 if is_2b else 0.7,
+        "network_config": _component("DiffusionTransformer", **network),
+        "conditioner_config": _component(
+            "GeneralConditioner", emb_models=[_component("FrozenT5Embedder", max_length=text_length)]
+        ),
+        "first_stage_config": _component(
+            "VideoAutoencoderInferenceWrapper",
+            encoder_config=vae("ContextParallelEncoder3D"),
+            decoder_config=vae("ContextParallelDecoder3D"),
+            regularizer_config=_component("DiagonalGaussianRegularizer"),
+            loss_config=_component("Identity"),
+        ),
+        "denoiser_config": _component(
+            "DiscreteDenoiser",
+            num_idx=1000,
+            quantize_c_noise=False,
+            scaling_config=_component("VideoScaling"),
+            weighting_config=_component("EpsWeighting"),
+            discretization_config=zero_snr(),
+        ),
+        "loss_fn_config": _component(
+            "VideoDiffusionLoss",
+            sigma_sampler_config=_component("DiscreteSampling", **timesteps, discretization_config=zero_snr()),
+        ),
+        "sampler_config": _component(
+            "VPSDEDPMPP2MSampler",
+            num_steps=50,
+            guider_config=_component("DynamicCFG", scale=6, exp=5, num_steps=50),
+            discretization_config=zero_snr(),
+        ),
+    }
+    if variant == "cogvideox1.5_5b":
+        model["latent_input"] = True
+    if i2v:
+        model.update(noised_image_input=True, noised_image_dropout=0.05)
+    doc = {"model": model}
+    if is_2b:  # an inference-style `args:`: fp16 (2B's recommended dtype) and where the weights came from
+        doc["args"] = {"fp16": True, "load": "CogVideoX-2b-sat/transformer"}
+    return doc
+
+
+@pytest.fixture(scope="session")
+def sat_configs(tmp_path_factory) -> Path:
+    """A folder with <variant>.yaml for each of SAT_VARIANTS (see sat_variant_doc)."""
+    root = tmp_path_factory.mktemp("sat_configs")
+    for variant in SAT_VARIANTS:
+        (root / f"{variant}.yaml").write_text(yaml.safe_dump(sat_variant_doc(variant), sort_keys=False))
+    return root

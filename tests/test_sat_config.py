@@ -1,7 +1,7 @@
 """`cogvid-export sat-config`: SAT model YAMLs import as cogvid configs equal to the packaged variants.
 
-The real-variant YAMLs under fixtures/sat_configs/ are written in SAT's schema from the values of the spec's
-section 1; fixtures/sat_tiny_2b/ holds the YAMLs the SAT reference outputs were produced with.
+The real-variant YAMLs come from conftest's `sat_configs` fixture, which writes them in SAT's schema from the values
+of the spec's section 1; fixtures/sat_tiny_2b/ holds the YAMLs the SAT reference outputs were produced with.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from cogvid.sat.yaml_import import (
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "sat_tiny_2b" / "tiny_2b.yaml"
 TINY_LORA = FIXTURES / "sat_tiny_2b" / "tiny_2b_lora.yaml"
-SAT_CONFIGS = FIXTURES / "sat_configs"
 EXPORT = [sys.executable, "-m", "cogvid.cli.export"]
 
 MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
@@ -85,24 +84,24 @@ def test_tiny_lora_fixture_imports_with_rank_and_alpha(tmp_path):
         ("cogvideox1.5_5b_i2v.yaml", "1.5_5b_i2v"),
     ],
 )
-def test_real_variants_import_as_packaged(tmp_path, sat_file, variant):
-    got = _export_and_compose(SAT_CONFIGS / sat_file, f"sat_{variant}", tmp_path)
+def test_real_variants_import_as_packaged(tmp_path, sat_configs, sat_file, variant):
+    got = _export_and_compose(sat_configs / sat_file, f"sat_{variant}", tmp_path)
     ref = compose([f"model={variant}"])
     _assert_same(got.model, ref.model, MODEL_FIELDS, skip=("name", "ckpt"))
     _assert_same(got.sampler, ref.sampler, SAMPLER_FIELDS)
 
 
-def test_dtype_comes_from_option_then_args_then_bf16():
-    assert import_sat_config(SAT_CONFIGS / "cogvideox_2b.yaml", "a").model["dtype"] is Dtype.fp16  # args.fp16
-    assert import_sat_config(SAT_CONFIGS / "cogvideox_2b.yaml", "a", dtype="fp32").model["dtype"] is Dtype.fp32
-    assert import_sat_config(SAT_CONFIGS / "cogvideox_5b.yaml", "a").model["dtype"] is Dtype.bf16  # no args
+def test_dtype_comes_from_option_then_args_then_bf16(sat_configs):
+    assert import_sat_config(sat_configs / "cogvideox_2b.yaml", "a").model["dtype"] is Dtype.fp16  # args.fp16
+    assert import_sat_config(sat_configs / "cogvideox_2b.yaml", "a", dtype="fp32").model["dtype"] is Dtype.fp32
+    assert import_sat_config(sat_configs / "cogvideox_5b.yaml", "a").model["dtype"] is Dtype.bf16  # no args
     doc = _tiny_doc()
     doc["args"] = {"fp16": False}  # SAT without --fp16/--bf16 runs fp32
     assert convert_sat_config(doc, "a").model["dtype"] is Dtype.fp32
 
 
-def test_written_files_are_complete_and_say_where_they_came_from(tmp_path):
-    model_path, sampler_path = export_sat_config(SAT_CONFIGS / "cogvideox_2b.yaml", "mine", tmp_path)
+def test_written_files_are_complete_and_say_where_they_came_from(tmp_path, sat_configs):
+    model_path, sampler_path = export_sat_config(sat_configs / "cogvideox_2b.yaml", "mine", tmp_path)
     assert (model_path, sampler_path) == (
         tmp_path / "model" / "mine.yaml",
         tmp_path / "sampler" / "mine.yaml",
