@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from cogvid.config.schema import Generation, Uncond, is_image_to_video
 from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
-from cogvid.inference.pipeline import VideoPipeline
+from cogvid.inference.pipeline import VideoPipeline, check_weight_paths
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import video_shape
 from cogvid.utils.errors import CogvidError
@@ -122,6 +122,7 @@ def run_sample(cfg, stdin=None) -> list[Path]:
         derive_size = Generation(cfg.model.generation) is Generation.v1_5 and is_image_to_video(cfg.model)
         if not derive_size or (cfg.infer.height is not None or cfg.infer.width is not None):
             video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
+    check_weight_paths(cfg)  # before the output dir exists: a bad path writes nothing
 
     if world > 1:
         import torch.distributed as dist
