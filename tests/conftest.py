@@ -49,7 +49,7 @@ def _component(target: str, **params) -> dict:
 
 
 def sat_variant_doc(variant: str) -> dict:
-    """One variant's SAT model YAML as a dict (SAT's schema, our values from the spec's section 1)."""
+    """One variant's SAT model YAML as a dict (SAT's schema, our values from the released configs)."""
     if variant not in SAT_VARIANTS:
         raise ValueError(variant)
     v1_5, i2v, is_2b = variant.startswith("cogvideox1.5"), variant.endswith("_i2v"), variant == "cogvideox_2b"

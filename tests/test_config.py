@@ -34,7 +34,7 @@ def test_short_names_select_the_same_values(short, full):
     assert cogvid.compose([f"model={short}"]).model == cogvid.compose([f"model={full}"]).model
 
 
-# spec section 1: the 5B values, and what each variant changes
+# the released configs: the 5B values, and what each variant changes
 FIVE_B = dict(
     hidden_size=3072,
     num_layers=42,
@@ -51,7 +51,7 @@ FIVE_B = dict(
     dtype="bf16",
 )
 ONE_FIVE = dict(generation="v1_5", patch_size_t=2, text_length=224, num_frames=81, latent_height=300, latent_width=300)
-SPEC = {
+RELEASED = {
     "2b": {
         **FIVE_B,
         "hidden_size": 1920,
@@ -76,10 +76,10 @@ SPEC = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(SPEC))
-def test_model_configs_hold_the_spec_values(variant):
+@pytest.mark.parametrize("variant", sorted(RELEASED))
+def test_model_configs_hold_the_released_values(variant):
     model = OmegaConf.to_container(cogvid.compose([f"model={variant}"]).model, enum_to_str=True)
-    for key, value in SPEC[variant].items():
+    for key, value in RELEASED[variant].items():
         assert model[key] == value, (variant, key)
     assert model["time_embed_dim"] == 512 and model["out_channels"] == 16 and model["patch_size"] == 2
 

@@ -29,8 +29,8 @@ def test_schedule_tables_are_bit_exact_to_sat():
         assert torch.equal(sampling_schedule(n, 3.0).timesteps.flip(0), ref[f"sampler_timesteps_{n}"])
 
 
-def test_schedule_values_quoted_in_spec():
-    # spec 3.1: sqrt(alpha_bar) at t = 0 and 500 for s = 1 and s = 3; t = 999 is exactly zero
+def test_schedule_values_of_the_original():
+    # SAT ZeroSNRDDPMDiscretization: sqrt(alpha_bar) at t = 0 and 500 for s = 1 and s = 3; t = 999 is exactly zero
     for s, first, middle in ((1.0, 0.999575, 0.490937), (3.0, 0.998726, 0.308752)):
         table = training_table(s)
         assert table[0].item() == pytest.approx(first, abs=1e-6)
@@ -44,7 +44,7 @@ def test_full_rescale_differs_from_subset_and_matches_the_1000_table():
     table = training_table(1.0)
     assert torch.equal(full.alphas[:-1], table[full.timesteps])
     assert full.alphas[-2].item() == pytest.approx(0.99046, abs=1e-5)  # t = 19 in the 1000-table
-    assert sub.alphas[-2].item() == pytest.approx(0.991082, abs=1e-5)  # the subset-rescaled value (spec 3.1)
+    assert sub.alphas[-2].item() == pytest.approx(0.991082, abs=1e-5)  # the subset-rescaled value (SAT's)
 
 
 def test_shift_divides_snr():
@@ -64,7 +64,7 @@ def test_faithful_dynamic_cfg_reproduces_the_original_scales():
         ts = sampling_schedule(n, 3.0).timesteps
         scales = torch.tensor([guidance_scale(cfg, i, int(t)) for i, t in enumerate(ts)], dtype=torch.float64)
         assert torch.equal(scales, ref[f"dynamic_cfg_scale_{n}"])
-    # spec 3.8 quotes the 50-step values: the guider keeps its own 50 whatever num_steps is
+    # the original's 50-step values: SAT's guider keeps its own 50 whatever num_steps is
     cfg = sampler_cfg()
     scales = [guidance_scale(cfg, i, int(t)) for i, t in enumerate(sampling_schedule(50, 1.0).timesteps)]
     assert [round(s, 3) for s in scales[:4]] == [2.291, 2.544, 6.974, 6.42]
@@ -96,7 +96,7 @@ def test_constant_and_no_guidance():
 
 def test_denoiser_snaps_to_the_table_but_passes_the_timestep_through():
     den = DiscreteDenoiser(3.0)
-    a = sampling_schedule(5, 3.0).alphas[1:2]  # the subset-rescaled value at t = 799 (spec 3.2: snaps to 797)
+    a = sampling_schedule(5, 3.0).alphas[1:2]  # the subset-rescaled value at t = 799 (SAT's denoiser snaps it to 797)
     idx = (den.sqrt_alphas_cumprod - a).abs().argmin().item()
     assert idx == 797
     seen = {}

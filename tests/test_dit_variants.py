@@ -1,9 +1,9 @@
 """DiT variants without a fixture from the original code: 5B, 5B-I2V, 1.5-5B, 1.5-5B-I2V (and 2B alongside).
 
-Expected values come from SAT_REFERENCE.md sections 1, 2 and 7.4. They are derived again here: hand formulas,
-index arithmetic written out, and a float64 reference forward over the state dict (`spec_forward`). The code
-under test is not used to produce them. Models are tiny overrides of the real variant configs (hidden 128,
-2 layers, 2 heads, so d_head is 64 as in the released models).
+Expected values come from the original (the released configs, SAT `dit_video_concat.py`, `lora2.py`). They are
+derived again here: hand formulas, index arithmetic written out, and a float64 reference forward over the state dict
+(`reference_forward`). The code under test is not used to produce them. Models are tiny overrides of the real
+variant configs (hidden 128, 2 layers, 2 heads, so d_head is 64 as in the released models).
 """
 
 from __future__ import annotations
@@ -118,16 +118,16 @@ def make_inputs(model: DiffusionTransformer, t: int, h: int, w: int, batch: int 
 
 
 def video_index(t: int, row: int, col: int, grid_h: int, grid_w: int) -> int:
-    """Video tokens are frame-major, then row-major (spec 2.2 step 6)."""
+    """Video tokens are frame-major, then row-major (SAT's patch embedding)."""
     return (t * grid_h + row) * grid_w + col
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The spec written out again: RoPE angles and rotation, patchify / unpatchify, the full forward
+# The original written out again: RoPE angles and rotation, patchify / unpatchify, the full forward
 
 
-def spec_pair_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """(t*h*w, head_dim/2) float64, an angle per rotated pair: [t (d/8) ; row (3d/16) ; col (3d/16)] (2.4)."""
+def reference_pair_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """(t*h*w, head_dim/2) float64, an angle per rotated pair: [t (d/8) ; row (3d/16) ; col (3d/16)]."""
     dims = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
     positions = torch.cartesian_prod(*(torch.arange(n, dtype=torch.float64) for n in grid)).reshape(-1, 3)
     parts = []
@@ -137,30 +137,30 @@ def spec_pair_angles(grid: tuple[int, int, int], head_dim: int, theta: float = 1
     return torch.cat(parts, dim=1)
 
 
-def spec_rotate(x: torch.Tensor, pair_angles: torch.Tensor) -> torch.Tensor:
+def reference_rotate(x: torch.Tensor, pair_angles: torch.Tensor) -> torch.Tensor:
     """Rotate each adjacent pair (x_2k, x_2k+1), read as the complex number x_2k + i x_2k+1, by its angle."""
     z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2).contiguous())
     turned = z * torch.polar(torch.ones_like(pair_angles), pair_angles)
     return torch.view_as_real(turned).reshape(x.shape)
 
 
-def spec_patchify(x: torch.Tensor, p_t: int, p: int) -> torch.Tensor:
+def reference_patchify(x: torch.Tensor, p_t: int, p: int) -> torch.Tensor:
     """(b, T, C, h, w) -> (b, T' h' w', C p_t p p); token (t', h', w'), features (c, o, p, q)."""
     b, t, c, h, w = x.shape
     x = x.reshape(b, t // p_t, p_t, c, h // p, p, w // p, p)  # b t' o c h' pp w' qq
     return x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(b, (t // p_t) * (h // p) * (w // p), c * p_t * p * p)
 
 
-def spec_unpatchify(tokens: torch.Tensor, grid: tuple[int, int, int], c: int, p_t: int, p: int):
-    """Inverse of spec_patchify (spec 2.2 step 11): feature (c, o, pp, qq) of token (t', h', w') goes to
+def reference_unpatchify(tokens: torch.Tensor, grid: tuple[int, int, int], c: int, p_t: int, p: int):
+    """Inverse of reference_patchify: feature (c, o, pp, qq) of token (t', h', w') goes to
     frame t' p_t + o, channel c, row h' p + pp, column w' p + qq."""
     t, h, w = grid
     x = tokens.reshape(tokens.shape[0], t, h, w, c, p_t, p, p)  # b t' h' w' c o pp qq
     return x.permute(0, 1, 5, 4, 2, 6, 3, 7).reshape(tokens.shape[0], t * p_t, c, h * p, w * p)
 
 
-def spec_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Spec 2.2 step 3: [cos(t f_k) ; sin(t f_k)], f_k = exp(-ln(10000) k / (dim/2)).
+def reference_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """SAT's timestep sinusoid: [cos(t f_k) ; sin(t f_k)], f_k = exp(-ln(10000) k / (dim/2)).
 
     In float32 as SAT computes it: at t = 999 one ulp in a frequency already moves the output by ~3e-5.
     """
@@ -170,8 +170,8 @@ def spec_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([args.cos(), args.sin()], dim=1).double()
 
 
-def spec_forward(model: DiffusionTransformer, x, timesteps, context, ofs=None) -> torch.Tensor:
-    """Spec 2.2 and 2.3 step by step over the state dict, in float64.
+def reference_forward(model: DiffusionTransformer, x, timesteps, context, ofs=None) -> torch.Tensor:
+    """SAT `DiffusionTransformer.forward` and `AdaLNMixin.layer_forward` step by step over the state dict, in float64.
 
     The additive table is read as SAT does (`[:N]` of the flattened table) and RoPE angles come from each
     token's (t, row, col). For v1.0 both agree with SAT only at the configured spatial size, so the v1.0
@@ -202,20 +202,20 @@ def spec_forward(model: DiffusionTransformer, x, timesteps, context, ofs=None) -
     def modulate(v, shift, scale):
         return v * (1 + scale[:, None]) + shift[:, None]
 
-    # Step 3, 4: time embedding of width D, plus the ofs embedding.
-    emb = mlp2(spec_sinusoid(timesteps, dim), "time_embed")
+    # Time embedding of width D, plus the ofs embedding.
+    emb = mlp2(reference_sinusoid(timesteps, dim), "time_embed")
     if ofs is not None:
-        emb = emb + mlp2(spec_sinusoid(torch.as_tensor(ofs).reshape(-1), cfg.ofs_embed_dim), "ofs_embed")
-    # Step 6: patches; a Conv2d weight [D, C, p, p] flattens to the same (c, p, q) feature order.
+        emb = emb + mlp2(reference_sinusoid(torch.as_tensor(ofs).reshape(-1), cfg.ofs_embed_dim), "ofs_embed")
+    # Patches; a Conv2d weight [D, C, p, p] flattens to the same (c, p, q) feature order.
     proj = sd["mixins.patch_embed.proj.weight"].reshape(dim, -1)
-    video = spec_patchify(x, p_t, p) @ proj.T + sd["mixins.patch_embed.proj.bias"]
+    video = reference_patchify(x, p_t, p) @ proj.T + sd["mixins.patch_embed.proj.bias"]
     hidden = torch.cat([linear(context, "mixins.patch_embed.text_proj"), video], dim=1)
-    # Step 7: additive table over [text ; video].
+    # Additive table over [text ; video].
     if "mixins.pos_embed.pos_embedding" in sd:
         hidden = hidden + sd["mixins.pos_embed.pos_embedding"][:, : hidden.shape[1]]
-    angles = spec_pair_angles(grid, head_dim) if cfg.pos_embed.value == "rope" else None
+    angles = reference_pair_angles(grid, head_dim) if cfg.pos_embed.value == "rope" else None
 
-    # Step 8: the AdaLN blocks (spec 2.3).
+    # The AdaLN blocks.
     for i in range(cfg.num_layers):
         layer = f"transformer.layers.{i}"
         mod = linear(F.silu(emb), f"mixins.adaln_layer.adaLN_modulations.{i}.1").chunk(12, dim=1)
@@ -232,8 +232,8 @@ def spec_forward(model: DiffusionTransformer, x, timesteps, context, ofs=None) -
         q = norm(q, f"mixins.adaln_layer.query_layernorm_list.{i}", 1e-6)
         k = norm(k, f"mixins.adaln_layer.key_layernorm_list.{i}", 1e-6)
         if angles is not None:  # video tokens only
-            q = torch.cat([q[:, :, :n_txt], spec_rotate(q[:, :, n_txt:], angles)], dim=2)
-            k = torch.cat([k[:, :, :n_txt], spec_rotate(k[:, :, n_txt:], angles)], dim=2)
+            q = torch.cat([q[:, :, :n_txt], reference_rotate(q[:, :, n_txt:], angles)], dim=2)
+            k = torch.cat([k[:, :, :n_txt], reference_rotate(k[:, :, n_txt:], angles)], dim=2)
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim), dim=-1)
         att = linear((weights @ v).transpose(1, 2).reshape(b, -1, dim), f"{layer}.attention.dense")
         vid = vid + mod[2][:, None] * att[:, n_txt:]
@@ -251,11 +251,11 @@ def spec_forward(model: DiffusionTransformer, x, timesteps, context, ofs=None) -
         txt = txt + mod[11][:, None] * m[:, :n_txt]
         hidden = torch.cat([txt, vid], dim=1)
 
-    # Steps 9 to 11.
+    # Final LayerNorm, final layer on the video tokens, unpatchify.
     hidden = norm(hidden, "transformer.final_layernorm", 1e-5)
     shift, scale = linear(F.silu(emb), "mixins.final_layer.adaLN_modulation.1").chunk(2, dim=1)
     out = modulate(norm(hidden[:, n_txt:], "mixins.final_layer.norm_final", 1e-6), shift, scale)
-    return spec_unpatchify(linear(out, "mixins.final_layer.linear"), grid, c_out, p_t, p)
+    return reference_unpatchify(linear(out, "mixins.final_layer.linear"), grid, c_out, p_t, p)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def rope_tables(model: DiffusionTransformer, grid):
 
 
 @pytest.mark.parametrize("variant", ["5b", "1.5_5b"])
-@pytest.mark.parametrize("hidden", [128, 64])  # d_head 64 (the real one), 32 (the spec's 8, 12, 12 example)
+@pytest.mark.parametrize("hidden", [128, 64])  # d_head 64 (the real one), 32 (split 8, 12, 12)
 def test_rope_axis_split(variant, hidden):
     """Only the first d/4 dims move with t, the next 3d/8 with the row, the last 3d/8 with the column."""
     model = DiffusionTransformer(tiny_cfg(variant, f"hidden_size={hidden}"))
@@ -349,7 +349,7 @@ def test_rope_rotation_norm_and_relative_position(variant):
 @pytest.mark.parametrize("variant", ["5b", "5b_i2v", "1.5_5b", "1.5_5b_i2v"])
 def test_attention_rotates_video_tokens_only_after_qk_norm(variant, monkeypatch):
     """Capture what reaches SDPA: text rows of Q and K are the qk-normed projections, untouched; video rows
-    are rotated by the spec angles after the qk LayerNorm; V is never rotated."""
+    are rotated by the reference angles after the qk LayerNorm; V is never rotated."""
     model = shared(variant)
     # v1.0 at its configured spatial size (where SAT's flat slice is right), 1.5 on a smaller grid
     grid = (2, 3, 4) if model.cfg.patch_size_t == 1 else (2, 2, 3)
@@ -373,11 +373,11 @@ def test_attention_rotates_video_tokens_only_after_qk_norm(variant, monkeypatch)
     q, k, v = (part.reshape(2, -1, 2, HEAD_DIM).transpose(1, 2) for part in qkv)
     q = F.layer_norm(q, (HEAD_DIM,), q_norm.weight, q_norm.bias, 1e-6)
     k = F.layer_norm(k, (HEAD_DIM,), k_norm.weight, k_norm.bias, 1e-6)
-    angles = spec_pair_angles(grid, HEAD_DIM)
+    angles = reference_pair_angles(grid, HEAD_DIM)
     for name, ref in (("q", q), ("k", k)):
         got = captured[name]
         torch.testing.assert_close(got[:, :, :n_txt], ref[:, :, :n_txt], rtol=0, atol=1e-6)
-        rotated = spec_rotate(ref[:, :, n_txt:], angles)
+        rotated = reference_rotate(ref[:, :, n_txt:], angles)
         torch.testing.assert_close(got[:, :, n_txt:].double(), rotated, rtol=0, atol=2e-6)
     torch.testing.assert_close(captured["v"], v, rtol=0, atol=1e-6)
 
@@ -387,7 +387,7 @@ def test_v10_rope_tables_are_state_dict_buffers():
     for variant in ("5b", "5b_i2v"):
         model = DiffusionTransformer(tiny_cfg(variant))
         sd = model.state_dict()
-        pair = spec_pair_angles((3, 3, 4), HEAD_DIM).repeat_interleave(2, dim=1)
+        pair = reference_pair_angles((3, 3, 4), HEAD_DIM).repeat_interleave(2, dim=1)
         for name, fn in (("freqs_cos", torch.cos), ("freqs_sin", torch.sin)):
             table = sd[f"mixins.pos_embed.{name}"]
             assert table.shape == (3 * 3 * 4, HEAD_DIM)
@@ -411,7 +411,7 @@ def test_v15_rope_is_sliced_in_3d():
                 i = video_index(t, r, c, small[1], small[2])
                 j = video_index(t, r, c, full_grid[1], full_grid[2])
                 assert torch.equal(cos[i], full_cos[j]) and torch.equal(sin[i], full_sin[j]), (t, r, c)
-    pair = spec_pair_angles(small, HEAD_DIM).repeat_interleave(2, dim=1)
+    pair = reference_pair_angles(small, HEAD_DIM).repeat_interleave(2, dim=1)
     torch.testing.assert_close(cos.double(), pair.cos(), rtol=0, atol=1e-6)
     torch.testing.assert_close(sin.double(), pair.sin(), rtol=0, atol=1e-6)
 
@@ -453,7 +453,7 @@ def test_v10_conv2d_equals_v15_linear_with_pt1():
 
 def test_v15_patch_features_are_c_o_p_q():
     """With an identity projection, a single 1 at (frame, channel, row, col) lands on token (t', h', w') and
-    feature c*8 + o*4 + pp*2 + qq (spec 2.2 step 6)."""
+    feature c*8 + o*4 + pp*2 + qq (SAT HEAD's patch embedding)."""
     model = DiffusionTransformer(tiny_cfg("1.5_5b"))
     embed = model.mixins["patch_embed"]
     assert embed.proj.weight.shape == (128, 16 * 8)
@@ -501,9 +501,9 @@ def test_unpatchify_layout(variant, shape):
     feature = ((c * p_t + f % p_t) * 2 + row % 2) * 2 + col % 2
     assert torch.equal(out, codes[bb, token, feature])
 
-    # Round trip: tokens patchified from a latent (spec layout) come back as that latent.
+    # Round trip: tokens patchified from a latent (reference layout) come back as that latent.
     y = torch.randn(2, t, 16, h, w)
-    patches = spec_patchify(y, p_t, 2)
+    patches = reference_patchify(y, p_t, 2)
     hook.remove()
     model.mixins["final_layer"].register_forward_hook(lambda module, args, out: patches)
     with torch.no_grad():
@@ -511,10 +511,10 @@ def test_unpatchify_layout(variant, shape):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# 3. State-dict keys of the real variants against the spec 2.1 table
+# 3. State-dict keys of the real variants against the original's key table
 
 
-SPEC_VARIANTS = {  # spec section 1
+VARIANT_TABLE = {  # the released configs
     "2b": dict(dim=1920, layers=30, c_in=16, p_t=1, generation="v1_0", pos="sincos"),
     "5b": dict(dim=3072, layers=42, c_in=16, p_t=1, generation="v1_0", pos="rope"),
     "5b_i2v": dict(dim=3072, layers=42, c_in=32, p_t=1, generation="v1_0", pos="rope", learnable=True),
@@ -523,10 +523,10 @@ SPEC_VARIANTS = {  # spec section 1
 }
 
 
-def spec_state_dict(
+def reference_state_dict(
     dim, layers, c_in, p_t, generation, pos, learnable=False, ofs=False, lora_rank=0, e_t=512, n_txt=226
 ) -> dict[str, tuple[int, ...]]:
-    """Key -> shape, straight from the spec 2.1 table (and 7.4 for LoRA)."""
+    """Key -> shape, as SAT's checkpoints hold them (LoRA: `lora2.py`'s `matrix_A/B`)."""
     n_video_v10 = 13 * 30 * 45  # the v1.0 table grid
     keys = {
         "time_embed.0.weight": (e_t, dim),
@@ -605,15 +605,15 @@ def diff_report(got: dict, expected: dict) -> str:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_state_dict_matches_spec_table(variant):
+def test_state_dict_matches_the_key_table(variant):
     got = shapes(meta_model(variant))
-    expected = spec_state_dict(**SPEC_VARIANTS[variant])
+    expected = reference_state_dict(**VARIANT_TABLE[variant])
     assert got == expected, diff_report(got, expected)
 
 
 @pytest.mark.parametrize(
     "variant,key,shape",
-    [  # the spec's literal numbers, independent of the generator above
+    [  # the original's literal numbers, independent of the generator above
         ("2b", "mixins.pos_embed.pos_embedding", (1, 17776, 1920)),
         ("2b", "mixins.patch_embed.proj.weight", (1920, 16, 2, 2)),
         ("2b", "mixins.final_layer.linear.weight", (64, 1920)),
@@ -682,7 +682,7 @@ def test_lora_keys_match_sat_fixture():
 @pytest.mark.parametrize("variant,rank", [("5b", 128), ("5b_i2v", 256), ("1.5_5b", 128)])
 def test_lora_keys_real_variants(variant, rank):
     got = shapes(meta_model(variant, "mode=lora", f"model.lora_rank={rank}"))
-    expected = spec_state_dict(**SPEC_VARIANTS[variant], lora_rank=rank)
+    expected = reference_state_dict(**VARIANT_TABLE[variant], lora_rank=rank)
     assert got == expected, diff_report(got, expected)
 
 
@@ -692,11 +692,11 @@ def variant_counts(variant: str) -> tuple[int, int]:
 
 
 def test_parameter_and_key_counts(record_property):
-    """Counts per variant (shown with -s); the parameters are the spec table's tensors minus the buffers."""
+    """Counts per variant (shown with -s); the parameters are the key table's tensors minus the buffers."""
     rows = []
     for variant in VARIANTS:
         n_params, n_keys = variant_counts(variant)
-        expected = spec_state_dict(**SPEC_VARIANTS[variant])
+        expected = reference_state_dict(**VARIANT_TABLE[variant])
         assert n_keys == len(expected)
         assert n_params == sum(math.prod(s) for k, s in expected.items() if "freqs" not in k)
         record_property(f"{variant}_parameters", n_params)
@@ -784,14 +784,14 @@ def test_forward_shape_on_other_grids(variant, shape):
         ("1.5_5b_i2v", (2, 4, 6)),
     ],
 )
-def test_forward_matches_spec_reference(variant, shape):
-    """Each variant at its configured grid, and 1.5 on a smaller one, against spec_forward; H != W."""
+def test_forward_matches_the_reference_forward(variant, shape):
+    """Each variant at its configured grid, and 1.5 on a smaller one, against reference_forward; H != W."""
     model = shared(variant)
     x, timesteps, context = make_inputs(model, *shape)
     ofs = torch.tensor([2.0]) if variant == "1.5_5b_i2v" else None
     with torch.no_grad():
         out = model(x, timesteps, context, ofs=ofs)
-    expected = spec_forward(model, x, timesteps, context, ofs=ofs)
+    expected = reference_forward(model, x, timesteps, context, ofs=ofs)
     assert out.shape == expected.shape == (2, shape[0], 16, shape[1], shape[2])
     assert expected.abs().max() > 0.5
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)

@@ -183,7 +183,7 @@ def test_key_map_covers_fused_and_split_tensors():
 
 
 def test_adaln_chunks_regroup_video_then_text():
-    """SAT chunk c of layer 0 lands where diffusers' LayerNormZero reads it (spec 2.3 / 9.1)."""
+    """SAT chunk c of layer 0 lands where diffusers' LayerNormZero reads it (as SAT's `convert_weight_sat2hf.py`)."""
     cfg = tiny_model_cfg("5b")
     sat = {k: torch.zeros(s) for k, s in sat_transformer_shapes(cfg).items()}
     d = cfg.hidden_size

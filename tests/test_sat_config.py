@@ -1,7 +1,7 @@
 """`cogvid-export sat-config`: SAT model YAMLs import as cogvid configs equal to the packaged variants.
 
 The real-variant YAMLs come from conftest's `sat_configs` fixture, which writes them in SAT's schema from the values
-of the spec's section 1; fixtures/sat_tiny_2b/ holds the YAMLs the SAT reference outputs were produced with.
+of the released configs; fixtures/sat_tiny_2b/ holds the YAMLs the SAT reference outputs were produced with.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def test_frame_selection_follows_sat():
     assert frame_indices(8, 8.0, spec1) == [1, 2, 3, 4, 5]
     with pytest.raises(BadVideo, match="too short"):
         frame_indices(9, 8.0, spec)
-    # pitfall 15: a source slower than the target rate never gives stride 0
+    # a source slower than the target rate never gives stride 0 (SAT's SFTDataset: stride 0, a crash)
     assert frame_indices(100, 4.0, spec) == list(range(3, 12))
 
 

@@ -81,7 +81,7 @@ def test_state_dict_keys_and_shapes_equal_sat_file():
 
 
 def test_real_size_key_layout():
-    """Spec 5.2/5.3 for the released config (built on the meta device: no memory)."""
+    """The encoder and decoder keys and shapes of the released config (built on the meta device: no memory)."""
     with torch.device("meta"):
         state = CausalVideoVAE().state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -161,7 +161,7 @@ def test_v1_0_chunked_decode_carries_the_cache(vae, io):
     assert max_diff(alone, io["chunk_decoded"]) > 1e-2
 
 
-# --- causal conv cache semantics (spec 5.1)
+# --- causal conv cache semantics (SAT `ContextParallelCausalConv3d`)
 
 
 @torch.no_grad()
@@ -218,7 +218,7 @@ def test_chunked_decode_clears_cache_after_an_error(vae):
     assert all(conv.cache is None for conv in vae.decoder.causal_convs())
 
 
-# --- decode schedules and frame counts (spec 6.4)
+# --- decode schedules and frame counts (SAT `sample_video.py` v1.0, `decode_first_stage` HEAD)
 
 
 def test_chunk_plans():

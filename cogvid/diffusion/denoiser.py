@@ -1,4 +1,7 @@
-"""SAT DiscreteDenoiser with VideoScaling (spec 3.2, 3.3): the v-prediction network turned into an x0 estimate."""
+"""SAT DiscreteDenoiser with VideoScaling: the v-prediction network turned into an x0 estimate.
+
+SAT `sgm/modules/diffusionmodules/denoiser.py` and `denoiser_scaling.py`.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ class DiscreteDenoiser:
     """x0 = a x_t - sqrt(1 - a^2) v(x_t, t), with a = sqrt(alpha_bar) snapped to the nearest 1000-table entry.
 
     The snap is not cosmetic: a sampler's subset-rescaled a falls between table entries, so c_skip and c_out
-    come from a neighbouring timestep while the network still sees the sampler's timestep (spec 3.2, 10.4).
+    come from a neighbouring timestep while the network still sees the sampler's timestep, as in SAT.
     The table stays float32 whatever the network's dtype.
     """
 

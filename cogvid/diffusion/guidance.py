@@ -1,4 +1,4 @@
-"""Classifier-free guidance outside both model and solver (SAT VanillaCFG / DynamicCFG, spec 3.8)."""
+"""Classifier-free guidance outside both model and solver (SAT `guiders.py`, VanillaCFG / DynamicCFG)."""
 
 from __future__ import annotations
 

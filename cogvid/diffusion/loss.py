@@ -1,4 +1,7 @@
-"""Training objective: SAT DiscreteSampling (timestep sampler) and VideoDiffusionLoss (spec 3.4, 3.5)."""
+"""Training objective: SAT DiscreteSampling (timestep sampler) and VideoDiffusionLoss.
+
+SAT `sgm/modules/diffusionmodules/sigma_sampling.py` and `loss.py`.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""ZeroSNR-DDPM discretization (SAT ZeroSNRDDPMDiscretization, spec 3.1), in sqrt(alpha_bar) space.
+"""ZeroSNR-DDPM discretization (SAT `discretizer.py`, `ZeroSNRDDPMDiscretization`), in sqrt(alpha_bar) space.
 
-Everything here works with a = sqrt(alpha_bar_t), which SAT passes around under the name `sigma`. Steps 1-3 are
-float64; the selected alpha_bar are cast to float32 before the square root, and the zero-terminal-SNR rescale
-is float32 with its scalar factor formed first, which makes the tables bit-exact to the original.
+Everything here works with a = sqrt(alpha_bar_t), which SAT passes around under the name `sigma`. Betas, alpha_bar
+and the SNR shift are float64; the selected alpha_bar are cast to float32 before the square root, and the
+zero-terminal-SNR rescale is float32 with its scalar factor formed first, which makes the tables bit-exact to the
+original.
 """
 
 from __future__ import annotations

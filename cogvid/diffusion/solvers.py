@@ -1,8 +1,9 @@
-"""Samplers as small pure functions over one contract, `denoise(x, i) -> x0` (spec 3.6).
+"""Samplers as small pure functions over one contract, `denoise(x, i) -> x0` (SAT `diffusionmodules/sampling.py`).
 
 They walk `alphas` = sqrt(alpha_bar) from t = 999 (exactly 0: zero terminal SNR) up, with 1.0 appended; step i
 goes from alphas[i] to alphas[i + 1]. `noise()` returns a fresh standard normal shaped like x. The number and order
-of noise draws are the original's, so a seed reproduces SAT's latents (spec 3.6 "RNG consumption").
+of noise draws are the original's (VPSDEDPMPP2MSampler: 1 at step 0, 2 per middle step, the first thrown away,
+none at the last), so a seed reproduces SAT's latents.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Prompt (and image) to video in SAT's order (spec 6.3): T5, the I2V image latent, sampling, then the chunked VAE
-decode.
+"""Prompt (and image) to video in SAT's order (`sample_video.py`): T5, the I2V image latent, sampling, then the
+chunked VAE decode.
 
 `VideoPipeline.from_config(cfg)` loads the DiT (`model.ckpt`), the VAE (`model.vae_ckpt`) and T5
 (`model.text_encoder.path`); `generate(...)` returns one video in [-1, 1] with its unscaled latents and timings.
@@ -122,7 +122,7 @@ class VideoPipeline:
 
     def image_conditioning(self, image, shape: VideoShape, generator: torch.Generator) -> ImageConditioning:
         """The I2V conditioning of a PIL image: concat (1, t, c, h, w), the image's latent in frame 0 and zeros
-        after (spec 6.3), and the 1.5-I2V ofs."""
+        after (as SAT), and the 1.5-I2V ofs."""
         m = self.model_cfg
         v1_5 = Generation(m.generation) is Generation.v1_5
         pixels = _fit_image(image, shape.height, shape.width, crop=not v1_5)  # (1, 3, 1, H, W) in [-1, 1]

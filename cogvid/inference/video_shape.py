@@ -79,8 +79,8 @@ def video_shape(model, num_frames: int | None, height: int | None, width: int | 
 
 
 def size_from_image_aspect(model, image_height: int, image_width: int) -> tuple[int, int]:
-    """1.5-I2V (SAT HEAD, spec 6.3): the short side is the variant's (768), the long side keeps the image's aspect,
-    rounded to the nearest multiple of 16 (ties up)."""
+    """1.5-I2V (SAT HEAD `sample_video.py`): the short side is the variant's (768), the long side keeps the image's
+    aspect, rounded to the nearest multiple of 16 (ties up)."""
     short_side = min(model.default_height, model.default_width)
 
     def round16(x: float) -> int:

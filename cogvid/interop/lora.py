@@ -1,4 +1,6 @@
-"""LoRA between SAT and diffusers, and merging a SAT LoRA into its base (spec 7.4, 9.4).
+"""LoRA between SAT and diffusers, and merging a SAT LoRA into its base.
+
+SAT `sat/model/finetune/lora2.py`; SAT's own one-way exporter is `tools/export_sat_lora_weight.py`.
 
 SAT's LoraMixin adapts every layer's attention.query_key_value (one A, B pair per Q, K, V) and attention.dense,
 scaled by alpha / r. In diffusers (PEFT) those are the to_q / to_k / to_v / to_out.0 adapters of each block,

@@ -5,7 +5,7 @@ Layout written (what `CogVideoXPipeline.from_pretrained(DIR)` reads):
     DIR/model_index.json
     DIR/transformer/config.json + diffusion_pytorch_model[-0000i-of-0000n].safetensors (+ .index.json)
     DIR/vae/config.json + diffusion_pytorch_model.safetensors          (float32)
-    DIR/scheduler/scheduler_config.json                                 (CogVideoXDDIMScheduler, spec 9.3)
+    DIR/scheduler/scheduler_config.json                                 (CogVideoXDDIMScheduler)
     DIR/text_encoder/config.json + weights                              (copied as they are)
     DIR/tokenizer/tokenizer.json + tokenizer_config.json                (model_max_length = model.text_length)
 
@@ -114,7 +114,7 @@ def export_vae(cfg, vae_ckpt: str | Path, folder: Path, max_shard_bytes: int) ->
 
 
 def scheduler_config(cfg) -> dict:
-    """CogVideoXDDIMScheduler as the converted checkpoints ship it (spec 9.3), with the variant's SNR shift."""
+    """CogVideoXDDIMScheduler as `tools/convert_weight_sat2hf.py` writes it, with the variant's SNR shift."""
     return {
         "_class_name": SCHEDULER_CLASS,
         "_diffusers_version": DIFFUSERS_VERSION,

@@ -1,10 +1,11 @@
 """The DiT's key map (SAT `model.diffusion_model.*` <-> diffusers `CogVideoXTransformer3DModel`) and its config.
 
-Spec 9.1, as rules (see `keymap`): SAT's fused query_key_value is diffusers' to_q / to_k / to_v; SAT's 12 adaLN
-chunks per layer (video shift/scale/gate for attention and MLP, then the same six for text) are diffusers'
-norm1.linear = chunks 0-2 + 6-8 and norm2.linear = chunks 3-5 + 9-11; the qk LayerNorm lists become per-block
-norm_q / norm_k. Tables diffusers computes itself (the 2B sin-cos table, v1.0's RoPE buffers) and SAT's unused
-`transformer.position_embeddings` are dropped on export and rebuilt from the config on import.
+SAT `tools/convert_weight_sat2hf.py`'s map, as rules (see `keymap`): SAT's fused query_key_value is diffusers'
+to_q / to_k / to_v; SAT's 12 adaLN chunks per layer (video shift/scale/gate for attention and MLP, then the same six
+for text) are diffusers' norm1.linear = chunks 0-2 + 6-8 and norm2.linear = chunks 3-5 + 9-11; the qk LayerNorm
+lists become per-block norm_q / norm_k. Tables diffusers computes itself (the 2B sin-cos table, v1.0's RoPE
+buffers) and SAT's unused `transformer.position_embeddings` are dropped on export and rebuilt from the config on
+import.
 
 Every value of the diffusers config comes from the composed model config; what diffusers cannot express
 (no qk-norm, another RoPE theta, different height and width interpolation) is refused rather than approximated.
@@ -22,7 +23,7 @@ DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose format is written (and teste
 TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
 WEIGHTS_STEM = "diffusion_pytorch_model"
 
-# Which of SAT's 12 adaLN chunks make diffusers' norm1.linear and norm2.linear (spec 2.3, 9.1).
+# Which of SAT's 12 adaLN chunks (`AdaLNMixin.layer_forward` order) make diffusers' norm1.linear and norm2.linear.
 ADALN_GROUPS = ((0, 1, 2, 6, 7, 8), (3, 4, 5, 9, 10, 11))
 
 TRANSFORMER_RULES = [
@@ -74,7 +75,7 @@ def transformer_key_map(cfg) -> KeyMap:
 
 
 def diffusers_transformer_config(cfg) -> dict:
-    """`transformer/config.json` for a composed `model` config (spec 9.1; no 2B default is assumed)."""
+    """`transformer/config.json` for a composed `model` config (no 2B default is assumed, unlike SAT's converter)."""
     generation = Generation(cfg.generation)
     heads, dim = cfg.num_attention_heads, cfg.hidden_size
     unsupported = []

@@ -1,9 +1,9 @@
-"""The VAE's key map (SAT `3d-vae.pt` <-> diffusers `AutoencoderKLCogVideoX`) and its config (spec 9.2).
+"""The VAE's key map (SAT `3d-vae.pt` <-> diffusers `AutoencoderKLCogVideoX`) and its config.
 
 SAT keeps the decoder's levels in resolution order (`up.0` is the finest) and runs them backwards; diffusers
 stores them in execution order, so `decoder.up.{u}` is `decoder.up_blocks.{n-1-u}`. Resnets are `block.{j}` vs
 `resnets.{j}`, the 1x1 shortcut is `nin_shortcut` vs `conv_shortcut`, the middle blocks `mid.block_{1,2}` vs
-`mid_block.resnets.{0,1}`. SAT's `loss.*` (the discriminator) is dropped.
+`mid_block.resnets.{0,1}`. SAT's `loss.*` (the discriminator) is dropped. As SAT `tools/convert_weight_sat2hf.py`.
 """
 
 from __future__ import annotations

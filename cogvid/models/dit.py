@@ -2,8 +2,8 @@
 
 Module names follow SAT's state dict, so `state_dict()` gives the keys after `model.diffusion_model.`:
 `mixins.{pos_embed,patch_embed,adaln_layer,final_layer}.*`, `transformer.layers.{i}.*`,
-`transformer.final_layernorm.*`, `time_embed.*` and, for 1.5-I2V, `ofs_embed.*` (spec 2.1).
-Building blocks first, the model last; `DiffusionTransformer.forward` is written in the numbered steps of spec 2.2.
+`transformer.final_layernorm.*`, `time_embed.*` and, for 1.5-I2V, `ofs_embed.*`.
+Building blocks first, the model last; `DiffusionTransformer.forward` is written as numbered steps, in SAT's order.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class DiffusionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Training-from-scratch init: zero adaLN linears, xavier patch proj and final linear (spec 2.3)."""
+        """Training-from-scratch init: zero adaLN linears, xavier patch proj and final linear (as SAT)."""
         if next(self.parameters()).device.type == "meta":
             return
         adaln = self.mixins["adaln_layer"]

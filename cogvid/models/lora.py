@@ -1,4 +1,4 @@
-"""LoRA as SAT's LoraMixin does it (sat/model/finetune/lora2.py, spec 7.4).
+"""LoRA as SAT's LoraMixin does it (sat/model/finetune/lora2.py).
 
 A target Linear becomes `LoraLinear` with the frozen layer under `original` and one (A, B) pair per output
 partition (3 for the fused query_key_value: Q, K, V; 1 for attention.dense), saved as `matrix_A.k` /

@@ -2,7 +2,7 @@
 
 Both are laid out over the token grid (t, row, col), row-major within a frame, frame-major overall. SAT slices
 its flattened tables with `[:seq_len]`, which is right only at the configured spatial size; here every table is
-sliced in 3-D, which gives the same numbers at that size and the right ones at any smaller one (spec 2.4, 10.10).
+sliced in 3-D, which gives the same numbers at that size and the right ones at any smaller one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The T5 text conditioner (SAT FrozenT5Embedder, spec 4): prompts to (b, text_length, 4096) contexts.
+"""The T5 text conditioner (SAT `encoders/modules.py`, `FrozenT5Embedder`): prompts to (b, text_length, 4096) contexts.
 
 As in the original: pad to max length, truncate, EOS appended by the tokenizer, and **no attention mask** (the padding
 positions are encoded and used as context). The unconditional context is decided by

@@ -1,8 +1,8 @@
-"""The CogVideoX 3-D causal VAE (SAT `vae_modules/cp_enc_dec.py` at cp_size 1), both code generations; spec 5, 6.4.
+"""The CogVideoX 3-D causal VAE (SAT `vae_modules/cp_enc_dec.py` at cp_size 1), both code generations.
 
 Module names follow SAT, so `state_dict()` gives the keys of the released `3d-vae.pt` exactly: `encoder.*` and
-`decoder.*` (spec 5.2, 5.3). Video and latents are in VAE layout `(b, c, t, h, w)` and unscaled: the engine
-multiplies by `scale_factor` after `encode` and divides before `decode`.
+`decoder.*`. Video and latents are in VAE layout `(b, c, t, h, w)` and unscaled: the callers (the inference
+pipeline, the training module) multiply by `scale_factor` after `encode` and divide before `decode`.
 
 Time is causal: pixel frame 0 becomes latent frame 0 alone, then every 4 frames become one latent frame
 (F = 1 + 4 (T - 1)). Which temporal lengths get that "first frame apart" treatment differs between the code
@@ -33,7 +33,7 @@ SAFE_CONV_BYTES = 2 * 1024**3  # SAT's SafeConv3d runs a larger input through th
 
 
 class FirstFrame(str, Enum):
-    """When down/up-sampling and SpatialNorm3D treat frame 0 apart from the others (spec 5.1)."""
+    """When down/up-sampling and SpatialNorm3D treat frame 0 apart from the others."""
 
     odd = "odd"  # v1.0 and diffusers: whenever the current length t is odd and > 1
     always = "always"  # HEAD with fake_cp on cp rank 0: whenever t > 1 (the encoder; 1.5's intended first chunk)
@@ -67,7 +67,7 @@ class CausalConv3d(nn.Module):
 
     Time padding prepends k - 1 frames: the cache (the last k - 1 frames of the previous call's time-padded input)
     when one is held, else k - 1 copies of frame 0. Every call empties the cache after reading it; a call with
-    `clear_cache=False` then stores its own last k - 1 padded frames for the next call (spec 5.1).
+    `clear_cache=False` then stores its own last k - 1 padded frames for the next call.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3):
@@ -217,7 +217,7 @@ class MidBlock(nn.Module):
 
 
 class Encoder3D(nn.Module):
-    """SAT `ContextParallelEncoder3D`: video (b, 3, F, H, W) -> moments (b, 2z, 1 + (F-1)/4, H/8, W/8) (spec 5.2)."""
+    """SAT `ContextParallelEncoder3D`: video (b, 3, F, H, W) -> moments (b, 2z, 1 + (F-1)/4, H/8, W/8)."""
 
     def __init__(
         self,
@@ -256,7 +256,7 @@ class Encoder3D(nn.Module):
 
 
 class Decoder3D(nn.Module):
-    """SAT `ContextParallelDecoder3D`: latents (b, z, T, h, w) -> video (b, 3, F, 8h, 8w) (spec 5.3).
+    """SAT `ContextParallelDecoder3D`: latents (b, z, T, h, w) -> video (b, 3, F, 8h, 8w).
 
     `up[i]` is resolution i (SAT's order), run from the coarsest `up[n-1]` down to `up[0]`; every norm is a
     SpatialNorm3D reading the latents of this call.
@@ -313,7 +313,7 @@ class Decoder3D(nn.Module):
 
 
 def decode_chunks(generation: Generation, t: int, head_frame_quirk: bool = False) -> list[tuple[int, int, FirstFrame]]:
-    """The latent chunks `(start, end, first-frame rule)` of SAT's chunked decode of t latent frames (spec 6.4).
+    """The latent chunks `(start, end, first-frame rule)` of SAT's chunked decode of t latent frames.
 
     v1.0 (`sample_video.py`): [0:3], then pairs [3:5], [5:7], ...; a chunk gets first-frame handling when its length
     is odd (so only the first). t must be odd: SAT would silently drop the last latent of an even t.
@@ -453,7 +453,7 @@ class CausalVideoVAE(nn.Module):
         noise: torch.Tensor | None = None,
         first_frame: FirstFrame = FirstFrame.odd,
     ) -> torch.Tensor:
-        """video (b, 3, F, H, W) -> unscaled latents (b, z, T, H/8, W/8): a posterior sample (as SAT, spec 5.2),
+        """video (b, 3, F, H, W) -> unscaled latents (b, z, T, H/8, W/8): a posterior sample (as SAT),
         or the mean with `sample=False`.
 
         sample = mean + exp(0.5 clamp(logvar, -30, 20)) * noise. The noise is `noise` if given, else
@@ -485,7 +485,7 @@ class CausalVideoVAE(nn.Module):
         tile_overlap: tuple[int, int] | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Unscaled latents (b, z, T, h, w) -> video, decoded chunk by chunk as SAT's sampling does (spec 6.4).
+        """Unscaled latents (b, z, T, h, w) -> video, decoded chunk by chunk as SAT's sampling does.
 
         Each chunk is one decoder call with its own GroupNorm statistics; the causal convs carry their last input
         frames into the next chunk, and the last chunk reads the carry and then clears it.

@@ -1,8 +1,8 @@
 """Import a CogVideoX SAT model YAML (`sat/configs/cogvideox_*.yaml`) as cogvid `model/` + `sampler/` configs.
 
 The YAML is read with `yaml.safe_load` and walked as plain data. Every `target:` is matched by its last dotted
-component against the SAT classes cogvid implements (spec sections 1-5, 7.4); no module named in the file is
-ever imported. Every key must be known, and each known key gets one of three treatments:
+component against the SAT classes cogvid implements; no module named in the file is ever imported. Every key
+must be known, and each known key gets one of three treatments:
 
 * mapped: it becomes a `ModelConfig` / `SamplerConfig` field (or a recorded text-encoder / VAE setting);
 * harmless: SAT reads it, but cogvid implements only one value of it (`_Node.harmless`, with the reason at
@@ -245,7 +245,7 @@ def _schema_default(schema: type, name: str) -> Any:
 
 
 def _read_network(model: _Node, out: dict) -> None:
-    """network_config: DiffusionTransformer and its mixins (spec 2.1, 2.4, 7.4)."""
+    """network_config: DiffusionTransformer and its mixins (SAT `dit_video_concat.py`, LoRA `lora2.py`)."""
     _, p = _component(model, "network_config", ("DiffusionTransformer",))
     hidden = p.integer("hidden_size", minimum=1)
     heads = p.integer("num_attention_heads", minimum=1)
@@ -340,7 +340,8 @@ def _read_modules(modules: _Node, out: dict, head_dim: int) -> None:
         out["rope_theta"] = pe.number("theta", 10000.0)
         out["learnable_pos_embed"] = pe.flag("learnable_pos_embed", False)
         pe.harmless("rot_v", False, why="values are not rotated")
-        # RoPE accepts the interpolation kwargs and ignores them (spec 2.4); the schema's values are written.
+        # SAT's Rotary3DPositionEmbeddingMixin accepts the interpolation kwargs and ignores them; the schema's values
+        # are written.
         pe.ignored("height_interpolation", "width_interpolation", "time_interpolation")
         for key in ("height_interpolation", "width_interpolation", "time_interpolation"):
             out[key] = _schema_default(ModelConfig, key)
@@ -378,7 +379,7 @@ def _read_modules(modules: _Node, out: dict, head_dim: int) -> None:
 
 
 def _read_discretization(parent: _Node, key: str) -> tuple[str, float]:
-    """A ZeroSNRDDPMDiscretization (spec 3.1): its shift_scale and where it was read."""
+    """A ZeroSNRDDPMDiscretization: its shift_scale and where it was read."""
     _, d = _component(parent, key, ("ZeroSNRDDPMDiscretization",))
     shift = d.number("shift_scale", 1.0, low=1e-12)
     d.harmless("linear_start", 0.00085, why="the scaled-linear betas of every CogVideoX model")
@@ -391,7 +392,7 @@ def _read_discretization(parent: _Node, key: str) -> tuple[str, float]:
 
 
 def _read_denoiser(model: _Node) -> tuple[str, float]:
-    """denoiser_config: DiscreteDenoiser with VideoScaling (v-prediction, spec 3.2, 3.3)."""
+    """denoiser_config: DiscreteDenoiser with VideoScaling (v-prediction)."""
     _, p = _component(model, "denoiser_config", ("DiscreteDenoiser",))
     num_idx = p.integer("num_idx")
     if num_idx != 1000:
@@ -401,7 +402,7 @@ def _read_denoiser(model: _Node) -> tuple[str, float]:
         raise CogvidError(f"{p.where('quantize_c_noise')} must be False: with VideoScaling c_noise is the timestep")
     p.harmless("do_append_zero", False, why="the denoiser table has no appended zero")
     p.harmless("flip", True, why="the table is indexed by timestep")
-    _paramless(p, "weighting_config", ("EpsWeighting",))  # configured, but the loss never uses it (spec 3.2)
+    _paramless(p, "weighting_config", ("EpsWeighting",))  # configured; the loss uses its own weight
     _paramless(p, "scaling_config", ("VideoScaling",))
     shift = _read_discretization(p, "discretization_config")
     p.finish()
@@ -409,7 +410,7 @@ def _read_denoiser(model: _Node) -> tuple[str, float]:
 
 
 def _read_sampler(model: _Node) -> tuple[dict, tuple[str, float]]:
-    """sampler_config: the solver, its step count and the guider (spec 3.6, 3.8)."""
+    """sampler_config: the solver, its step count and the guider."""
     name, p = _component(model, "sampler_config", SOLVERS)
     num_steps = p.integer("num_steps", minimum=1)
     shift = _read_discretization(p, "discretization_config")
@@ -436,17 +437,17 @@ def _read_sampler(model: _Node) -> tuple[dict, tuple[str, float]]:
         "num_steps": num_steps,
         "guidance_scale": scale,
         "guider": GUIDERS[guider_name],
-        "dynamic_schedule": DynamicSchedule.faithful,  # SAT's timestep-based schedule (spec 3.8)
+        "dynamic_schedule": DynamicSchedule.faithful,  # SAT's timestep-based schedule
         "dynamic_exp": exp,
         "dynamic_num_steps": guider_steps,
-        "uncond": Uncond.zeros,  # SAT's unconditional context is all zeros (spec 3.8)
-        "zero_snr_rescale": ZeroSnrRescale.subset,  # SAT rescales the selected steps (spec 3.1)
+        "uncond": Uncond.zeros,  # SAT's unconditional context is all zeros (force_uc_zero_embeddings)
+        "zero_snr_rescale": ZeroSnrRescale.subset,  # SAT rescales the selected steps
     }
     return sampler, shift
 
 
 def _read_loss(model: _Node, out: dict) -> tuple[str, float] | None:
-    """loss_fn_config: VideoDiffusionLoss with DiscreteSampling (spec 3.4, 3.5); optional, as in SAT."""
+    """loss_fn_config: VideoDiffusionLoss with DiscreteSampling; optional, as in SAT."""
     loss = _component(model, "loss_fn_config", ("VideoDiffusionLoss",), required=False)
     if loss is None:
         out["uniform_sampling"] = _schema_default(ModelConfig, "uniform_sampling")
@@ -476,7 +477,7 @@ def _read_loss(model: _Node, out: dict) -> tuple[str, float] | None:
 
 
 def _read_conditioner(model: _Node, text_length: int) -> dict:
-    """conditioner_config: one frozen T5 embedder whose max_length is the DiT's text_length (spec 4)."""
+    """conditioner_config: one frozen T5 embedder whose max_length is the DiT's text_length."""
     _, p = _component(model, "conditioner_config", ("GeneralConditioner",))
     models = p.value("emb_models")
     p.harmless("cor_embs", [], why="no correlated embedder dropout")
@@ -506,7 +507,7 @@ def _read_conditioner(model: _Node, text_length: int) -> dict:
 
 
 def _read_vae_half(parent: _Node, key: str, cls: str, model_out: dict) -> dict:
-    """encoder_config / decoder_config of the 3-D VAE (spec 5): validated, and the sizes recorded."""
+    """encoder_config / decoder_config of the 3-D VAE: validated, and the sizes recorded."""
     _, p = _component(parent, key, (cls,))
     half = {
         "ch": p.integer("ch", minimum=1),
@@ -545,14 +546,14 @@ def _read_vae_half(parent: _Node, key: str, cls: str, model_out: dict) -> dict:
         p.harmless("give_pre_end", False, why="the decoder runs to the RGB output")
         p.ignored("double_z")  # swallowed by the decoder's **kwargs
     # resolution only sizes attention, which there is none of; gather_norm only matters with context
-    # parallelism (cp_size 1, spec 5).
+    # parallelism (cp_size is 1 here).
     p.ignored("resolution", "gather_norm")
     p.finish()
     return half
 
 
 def _read_first_stage(model: _Node, model_out: dict) -> dict:
-    """first_stage_config: VideoAutoencoderInferenceWrapper around the context-parallel 3-D VAE (spec 5)."""
+    """first_stage_config: VideoAutoencoderInferenceWrapper around the context-parallel 3-D VAE."""
     _, p = _component(model, "first_stage_config", ("VideoAutoencoderInferenceWrapper",))
     p.harmless("cp_size", 0, 1, why="no context parallelism")
     p.harmless("ema_decay", None, why="no EMA weights")
@@ -562,7 +563,7 @@ def _read_first_stage(model: _Node, model_out: dict) -> dict:
     p.ignored("ignore_keys", "monitor", "input_key")
     _paramless(p, "loss_config", ("Identity",))  # torch.nn.Identity: no VAE training loss
     _, reg = _component(p, "regularizer_config", ("DiagonalGaussianRegularizer",))
-    reg.harmless("sample", True, why="latents are posterior samples, not the mode (spec 5.2)")
+    reg.harmless("sample", True, why="latents are posterior samples, not the mode")
     reg.finish()
     encoder = _read_vae_half(p, "encoder_config", "ContextParallelEncoder3D", model_out)
     decoder = _read_vae_half(p, "decoder_config", "ContextParallelDecoder3D", model_out)
@@ -601,8 +602,8 @@ def _read_model_scalars(model: _Node, out: dict) -> None:
             "(cogvid knows OpenAIWrapper)"
         )
     # log_keys: logging; input_key: the batch key of the video; disable_first_stage_autocast: no effect on
-    # the VAE's dtype in practice (spec 10.14); compile_model and en_and_decode_n_samples_a_time: speed and
-    # memory; augmentation_dropout: never read by SAT (spec 7.2).
+    # the VAE's dtype in practice (SAT casts the whole model); compile_model and en_and_decode_n_samples_a_time:
+    # speed and memory; augmentation_dropout: never read by SAT.
     model.ignored(
         "log_keys",
         "input_key",

@@ -1,4 +1,4 @@
-"""The LightningModule: SAT's training step (spec 7.2) around the diffusion model's DiT, denoiser and loss.
+"""The LightningModule: SAT's training step (`shared_step`) around the diffusion model's DiT, denoiser and loss.
 
 Only the DiT is a submodule (so only it is wrapped, sharded, saved and optimized); the VAE and T5 are held in a
 `FrozenParts` (a plain attribute Lightning does not register), and are not loaded at all when training from
@@ -107,8 +107,9 @@ class VideoDiffusionModule(L.LightningModule):
                 context = self.frozen.text_encoder.encode(list(batch["caption"]))
         z = to_dit_layout(z.to(self.device))  # (b, T, 16, h, w)
         if z.shape[1] % m.patch_size_t:
-            # 1.5: the DiT needs an even latent count (pitfall 7). Lead with a copy of the first latent, which is
-            # where sampling puts its extra (discarded) leading frame and the image latent.
+            # 1.5: the DiT needs an even latent count (SAT's 1.5 training fails on 81 frames -> 21 latents). Lead
+            # with a copy of the first latent, which is where sampling puts its extra (discarded) leading frame and
+            # the image latent.
             z = torch.cat([z[:, :1], z], dim=1)
         image: ImageConditioning | None = None
         if image_z is not None:

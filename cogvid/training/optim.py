@@ -1,5 +1,5 @@
 """What trains and how: SAT's trainable-parameter rule per mode, AdamW groups without decay for norms and biases,
-and SAT's linear warm-up + linear decay schedule (spec 7.3, 7.5)."""
+and SAT's linear warm-up + linear decay schedule (SAT `disable_untrainable_params`, `configs/sft.yaml`)."""
 
 from __future__ import annotations
 

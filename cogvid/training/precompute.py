@@ -12,8 +12,8 @@ On-disk layout (`data.cache`), version 1 — written here, read by `CachedLatent
       metadata: caption, source path
     skipped-rank<r>.txt             videos rank r could not use, one `path<TAB>reason` per line
 
-SAT's own pre-encoded 1.5 latents (pitfall 8) are one fixed posterior sample, stored unscaled as (c, t, h, w); a
-file with a `latent` tensor instead of mean/logvar is read as such a sample.
+SAT's own pre-encoded 1.5 latents (`latent_input: true`) are one fixed posterior sample, stored unscaled as
+(c, t, h, w); a file with a `latent` tensor instead of mean/logvar is read as such a sample.
 
 Ranks split the clips round-robin (clip i goes to rank i mod world); a sample file is written atomically and an
 existing one is kept, so an interrupted precompute continues where it stopped.
