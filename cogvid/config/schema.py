@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 
 class Generation(str, Enum):
-    """Which SAT code generation a variant was released with (spec, 'most important structural fact')."""
+    """Which SAT code generation a variant was released with: tag `v1.0` (the 1.0 family) or `main` (1.5 only)."""
 
     v1_0 = "v1_0"  # 2B, 5B, 5B-I2V: Conv2d patch embed, RoPE tables as state-dict buffers
     v1_5 = "v1_5"  # 1.5-5B, 1.5-5B-I2V: Linear 3-D patch embed, RoPE sliced in 3-D
@@ -43,7 +43,7 @@ class Guider(str, Enum):
 
 
 class DynamicSchedule(str, Enum):
-    faithful = "faithful"  # the original: k = num_steps - DDPM timestep (erratic scale, spec 3.8)
+    faithful = "faithful"  # the original: k = num_steps - DDPM timestep (erratic scale; SAT `guiders.py`, `DynamicCFG`)
     corrected = "corrected"  # k = step index + 1: the scale ramps from 1 up to 1 + guidance_scale
 
 
@@ -77,7 +77,7 @@ class VaeConfig:
 
 @dataclass
 class ModelConfig:
-    """One CogVideoX variant: the DiT, the diffusion schedule and the latent scale (spec section 1)."""
+    """One CogVideoX variant: the DiT, the diffusion schedule and the latent scale (SAT `configs/cogvideox*.yaml`)."""
 
     name: str = MISSING  # display name, e.g. cogvideox-2b
     generation: Generation = MISSING
@@ -161,7 +161,7 @@ class ModeConfig:
 
 
 class ImageLatentScaling(str, Enum):
-    """How the I2V conditioning latent is scaled (spec 6.3, pitfall 6)."""
+    """How the I2V conditioning latent is scaled; SAT's `sample_video.py` differs between v1.0 and HEAD."""
 
     auto = "auto"  # as the original per generation: scaled for v1.0, unscaled for 1.5
     scaled = "scaled"  # scale_factor * VAE latent (v1.0 sampling and all SAT training)
@@ -233,7 +233,8 @@ class ValidationConfig:
 
 @dataclass
 class DataConfig:
-    """Training clips: SAT's folder layout or a manifest, or latents precomputed from either (spec 7.1)."""
+    """Training clips: SAT's folder layout (`data_video.py`, `SFTDataset`) or a manifest, or latents precomputed from
+    either."""
 
     root: str | None = None  # SAT layout: root/videos/**.mp4 + root/labels/**.txt (first line = caption)
     manifest: str | None = None  # CSV (header path,caption) or JSONL ({"path": ..., "caption": ...})

@@ -1,4 +1,4 @@
-"""Training clips: SAT's folder layout or a CSV/JSONL manifest, read and cut as SAT's SFTDataset does (spec 7.1).
+"""Training clips: SAT's folder layout or a CSV/JSONL manifest, read and cut as SAT's SFTDataset does (`data_video.py`).
 
 Every item is addressed by a (dataset index, batch position) key that `StepBatchSampler` yields, so the whole data
 stream, and the randomness a training step draws, is a function of the step alone: a resumed run sees exactly the
@@ -187,7 +187,8 @@ def probe(path: Path) -> tuple[int, float]:
 
 
 def frame_indices(n: int, fps_src: float, spec: ClipSpec) -> list[int]:
-    """Which source frames make the clip, SAT's three cases (spec 7.1), with the crashes of pitfall 15 guarded.
+    """Which source frames make the clip, SAT's three cases (`SFTDataset`), with its crashes (stride 0, too short)
+    guarded.
 
     1. longer than max_num_frames at the target rate: resample by an integer stride fps_src / fps (>= 1),
        starting after skip_frms_num;
