@@ -200,6 +200,7 @@ class Strategy(str, Enum):
 class TrainTask(str, Enum):
     fit = "fit"  # train
     precompute = "precompute"  # encode data.root / data.manifest to latents + T5 embeddings in data.cache
+    vae = "vae"  # train the 3-D VAE (model.vae sizes) from scratch on data.root / data.manifest -> OUT/vae/3d-vae.pt
 
 
 @dataclass
@@ -231,6 +232,22 @@ class ValidationConfig:
     images: list[str] = field(default_factory=list)  # I2V: one first-frame image per prompt
 
 
+class VaeLoss(str, Enum):
+    l1 = "l1"  # mean |x - x_rec| (LDM's autoencoder pixel term)
+    mse = "mse"  # mean (x - x_rec)^2: the term PSNR measures
+
+
+@dataclass
+class VaeTrainConfig:
+    """task=vae: the VAE's objective and evaluation; optimizer, schedule, batch and checkpoint interval are train.*."""
+
+    loss: VaeLoss = VaeLoss.l1  # train.vae.loss=mse: the pixel reconstruction term, on pixels in [-1, 1]
+    kl_weight: float = 1e-6  # train.vae.kl_weight=1e-5: weight of the posterior's KL (LDM's scale, per pixel)
+    holdout: int = 16  # clips held out (evenly spaced, fixed) for reconstruction PSNR; never trained on
+    init: str | None = None  # train.vae.init=OUT/vae/3d-vae.pt: start from these weights (e.g. trained on 1 frame)
+    clips_in_memory: bool = True  # decode every clip once, keep it as uint8 (false: decode on the fly)
+
+
 @dataclass
 class DataConfig:
     """Training clips: SAT's folder layout (`data_video.py`, `SFTDataset`) or a manifest, or latents precomputed from
@@ -260,7 +277,7 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps (SAT train_iters)
     batch_size: int = 2  # clips per process and micro-batch (SAT train_micro_batch_size_per_gpu)
     accumulate_grad_batches: int = 1  # SAT gradient_accumulation_steps
-    lr: float | None = None  # null: 1e-5 for mode=sft, 1e-3 for mode=lora
+    lr: float | None = None  # null: 1e-5 for mode=sft, 1e-3 for mode=lora and task=vae
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 1e-4  # not applied to norms and biases
@@ -276,6 +293,7 @@ class TrainConfig:
     process_group_backend: str | None = None  # null: nccl on GPUs, gloo on the CPU
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    vae: VaeTrainConfig = field(default_factory=VaeTrainConfig)  # task=vae only
     callbacks: list = field(default_factory=list)  # extra Lightning callbacks as Hydra nodes with _target_
 
 
@@ -298,7 +316,7 @@ class TrainRunConfig:
     train: TrainConfig = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     infer: InferConfig = MISSING  # the shape of validation videos
-    task: TrainTask = TrainTask.fit  # task=precompute writes data.cache
+    task: TrainTask = TrainTask.fit  # task=precompute writes data.cache; task=vae trains the VAE
     device: str = "auto"  # auto | cpu | cuda
     dtype: Dtype | None = None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
@@ -294,6 +296,35 @@ class VideoClips(Dataset):
         index, batch_pos = key
         video, caption, skipped = self.load(index)
         return {"video": video, "caption": caption, "batch_pos": batch_pos, "skipped": skipped}
+
+
+class ClipsInMemory(Dataset):
+    """The clips of a `VideoClips`, each decoded once up front and kept as uint8 (n, F, 3, H, W): for small clips read
+    for many epochs (the VAE's). Items as `VideoClips`' (an unusable video is replaced as there)."""
+
+    def __init__(self, clips: VideoClips, threads: int = 4, progress: bool = True):
+        def load(index: int) -> tuple[torch.Tensor, str, list]:
+            video, caption, skipped = clips.load(index)  # (F, 3, H, W) in [-1, 1], exactly (u - 127.5) / 127.5
+            return (video * 127.5 + 127.5).round().to(torch.uint8), caption, skipped
+
+        bar = tqdm(total=len(clips), desc="decoding clips", unit="clip", leave=False, disable=not progress)
+        with bar, ThreadPoolExecutor(max_workers=threads) as pool:  # ffmpeg decodes in its own processes
+            loaded = []
+            for item in pool.map(load, range(len(clips))):
+                loaded.append(item)
+                bar.update()
+        self.videos = torch.stack([video for video, _, _ in loaded])  # (n, F, 3, H, W) uint8
+        self.captions = [caption for _, caption, _ in loaded]
+        self.skipped = [skipped for _, _, skipped in loaded]
+        log.info("%d clips in memory: %.1f MB", len(self), self.videos.numel() / 1e6)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, key):
+        index, batch_pos = key
+        video = (self.videos[index].float() - 127.5) / 127.5  # (F, 3, H, W) in [-1, 1]
+        return {"video": video, "caption": self.captions[index], "batch_pos": batch_pos, "skipped": self.skipped[index]}
 
 
 def collate(items: list[dict]) -> dict:

@@ -80,12 +80,17 @@ def check_train_config(cfg) -> None:
             )
 
 
-def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None = None) -> TrainResult | None:
-    """Fit (task=fit) or fill the latent cache (task=precompute); with train.devices > 1 and no launcher around,
+def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None = None):
+    """Fit (task=fit: a TrainResult), fill the latent cache (task=precompute: None) or train the VAE (task=vae: a
+    `cogvid.training.vae_module.VaeTrainResult`); with train.devices > 1 and no launcher around,
     this process starts the node's other ranks as `relaunch` + the job's overrides and is rank 0.
 
     `relaunch`: the command that runs this entry point again (cogvid-train passes `python -m` of its own module)."""
     task = TrainTask(cfg.task)
+    if task is TrainTask.vae:  # one process, no DiT
+        from cogvid.training.vae_module import fit_vae
+
+        return fit_vae(cfg, output_dir(cfg))
     processes = cfg.train.devices if (task is TrainTask.precompute or strategy_name(cfg) != "single") else 1
     if task is TrainTask.fit and externally_launched() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         if not cfg.train.output_dir:

@@ -1,0 +1,322 @@
+"""cogvid-train task=vae: the 3-D causal VAE trained from scratch (SAT ships its VAE and never trains it).
+
+Objective (LDM's autoencoder without its perceptual and GAN terms): pixel reconstruction (L1 or MSE, on pixels in
+[-1, 1]) of a posterior sample, plus kl_weight x KL(q(z|x) || N(0, I)) of the diagonal Gaussian posterior. Both
+terms are per pixel: LDM's sums over a clip divided by its 3 F H W pixel values, so `kl_weight` keeps LDM's scale
+(1e-6) and the loss stays O(1) for gradient clipping. L1 is the default, as in LDM: it keeps edges sharper than MSE,
+which averages uncertain edges into blur; MSE is the term PSNR measures (in short shapes runs the two rose alike).
+
+The VAE runs as inference runs it: `encode_moments` over the whole clip, and in training one whole-clip `decode`;
+the held-out evaluation decodes with `decode_chunked` (SAT v1.0 schedule), the path cogvid-sample takes. For 4k+1
+frames with k <= 2 (9 frames: 3 latents, one chunk) the two decodes are the same computation.
+
+Written to the output dir:
+
+    vae/3d-vae.pt     {"state_dict": {"encoder.*", "decoder.*"}} (SAT's file; model.vae_ckpt=OUT/vae/3d-vae.pt)
+    vae_eval.json     reconstruction PSNR of the held-out clips, per checkpoint; the latent std and scale estimate
+    train_log.jsonl   per-step loss (cogvid.training.metrics), TensorBoard under tensorboard/
+
+Both files are rewritten atomically every `train.checkpoint_every` steps and at the end. Resuming is not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from cogvid.config.schema import Generation, VaeLoss
+from cogvid.models.layout import to_vae_layout
+from cogvid.models.vae import CausalVideoVAE, sample_posterior
+from cogvid.sat.checkpoint import load_sat_vae, write_sat_model_states
+from cogvid.training.data import ClipsInMemory, TrainData, VideoClips, clip_spec, find_clips, step_generator
+from cogvid.training.metrics import TrainMetrics
+from cogvid.training.optim import linear_schedule, param_groups, warmup_steps
+from cogvid.training.strategies import accelerator, resolve_precision, strategy_name
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VAE_LR = 1e-3
+VAE_CKPT = Path("vae") / "3d-vae.pt"
+EVAL_FILE = "vae_eval.json"
+LOGVAR_RANGE = (-30.0, 20.0)  # SAT DiagonalGaussianDistribution clamps logvar to this
+
+
+# --- the objective and the measure -------------------------------------------------------------------------------
+
+
+def kl_per_clip(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed over each clip's latents: (b, z, T, h, w) -> (b,)."""
+    logvar = logvar.clamp(*LOGVAR_RANGE)
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(dim=1)
+
+
+def psnr_db(video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """PSNR per clip in dB over pixels scaled to [0, 255] (reconstruction clamped to the pixel range): (b, ...) ->
+    (b,)."""
+    x = (video.float() + 1.0) * 127.5
+    y = (reconstruction.float().clamp(-1.0, 1.0) + 1.0) * 127.5
+    mse = (x - y).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
+    return 10.0 * torch.log10(255.0**2 / mse)
+
+
+def holdout_indices(n: int, k: int) -> list[int]:
+    """k indices evenly spaced over n clips (the middle of each of k equal stretches): fixed, seed-free."""
+    return [(2 * i + 1) * n // (2 * k) for i in range(k)]
+
+
+# --- the Lightning module ----------------------------------------------------------------------------------------
+
+
+class VaeModule(L.LightningModule):
+    """Trains `CausalVideoVAE.from_config(cfg.model.vae)` from scratch: reconstruction + kl_weight x KL (LDM)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.vae = CausalVideoVAE.from_config(cfg.model.vae)
+        self.step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses (read by TrainMetrics)
+        self.skipped: list[tuple[str, str]] = []  # videos replaced in this step's batches
+        log.info("VAE: %d parameters (%s)", sum(p.numel() for p in self.vae.parameters()), dict(cfg.model.vae))
+
+    def losses(self, video: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """{"loss", "reconstruction", "kl"} of a batch of clips (b, 3, F, H, W) in [-1, 1], each a per-pixel mean
+        over the batch; the posterior noise is drawn from `generator` (on the CPU)."""
+        v = self.cfg.train.vae
+        # 1. encode the whole clip to [mean | logvar]: (b, 2z, T, h, w)
+        mean, logvar = self.vae.encode_moments(video).float().chunk(2, dim=1)
+        # 2. a posterior sample, decoded in one call: (b, z, T, h, w) -> (b, 3, F, H, W)
+        z = sample_posterior(mean, logvar, generator)
+        reconstruction = self.vae.decode(z.to(video.dtype)).float()
+        # 3. per-pixel reconstruction and KL
+        error = reconstruction - video.float()
+        reconstruction_loss = error.abs().mean() if VaeLoss(v.loss) is VaeLoss.l1 else error.pow(2).mean()
+        kl = kl_per_clip(mean, logvar).mean() / video[0].numel()
+        return {"loss": reconstruction_loss + v.kl_weight * kl, "reconstruction": reconstruction_loss, "kl": kl}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        video = to_vae_layout(batch["video"])  # (b, F, 3, H, W) -> (b, 3, F, H, W)
+        generator = step_generator(self.cfg.train.seed, self.global_rank, batch["batch_pos"])
+        losses = self.losses(video, generator)
+        self.step_losses.append(losses["loss"].detach())
+        self.skipped.extend(batch.get("skipped", []))
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False)
+        self.log_dict({f"vae/{k}": v.detach() for k, v in losses.items()}, logger=True, prog_bar=False)
+        return losses["loss"]
+
+    @torch.no_grad()
+    def reconstruct(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, posterior mean) of clips (b, 3, F, H, W) as inference decodes: the mean latents through
+        `decode_chunked` with SAT's v1.0 schedule (F = 8k + 1: an odd latent count), else in one `decode` call."""
+        mean, _ = self.vae.encode_moments(video).chunk(2, dim=1)
+        if mean.shape[2] % 2 == 0:  # v1.0 decodes odd latent counts only
+            return self.vae.decode(mean), mean
+        return self.vae.decode_chunked(mean, Generation.v1_0), mean
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        lr = float(t.lr) if t.lr is not None else DEFAULT_VAE_LR
+        groups = param_groups(self.vae, t.weight_decay)  # no decay for GroupNorm weights and biases
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(float(b) for b in t.betas), eps=t.eps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(t.max_steps, warmup_steps(self.cfg)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+# --- evaluation and checkpoints ----------------------------------------------------------------------------------
+
+
+@dataclass
+class HoldoutClips:
+    """The held-out clips, decoded: videos (k, F, 3, H, W) in [-1, 1] and their paths."""
+
+    videos: torch.Tensor
+    paths: list[str]
+
+
+class VaeCheckpoints(Callback):
+    """Every `every` steps and at the end: write `vae/3d-vae.pt` (SAT's file) and `vae_eval.json` (held-out PSNR);
+    the PSNR before training is measured too."""
+
+    def __init__(self, out_dir: Path, holdout: HoldoutClips, every: int, batch_size: int):
+        self.out_dir, self.holdout, self.every, self.batch_size = Path(out_dir), holdout, every, batch_size
+        self.history: list[dict] = []
+        self.saved: list[int] = []
+
+    def evaluate(self, module: VaeModule) -> dict:
+        """Held-out PSNR (mean over clips, dB) and the posterior means' statistics."""
+        was_training = module.training
+        module.eval()
+        psnrs, means = [], []
+        try:
+            for start in range(0, len(self.holdout.paths), self.batch_size):
+                video = to_vae_layout(self.holdout.videos[start : start + self.batch_size]).to(module.device)
+                reconstruction, mean = module.reconstruct(video)
+                psnrs.append(psnr_db(video, reconstruction).cpu())
+                means.append(mean.float().cpu().flatten())
+        finally:
+            module.train(was_training)
+        psnr, mean = torch.cat(psnrs), torch.cat(means)
+        std = float(mean.std())
+        return {
+            "psnr_db": float(psnr.mean()),
+            "psnr_db_per_clip": [round(float(p), 3) for p in psnr],
+            "latent_mean": float(mean.mean()),
+            "latent_std": std,
+            "scale_factor_estimate": 1.0 / std if std > 0 else None,  # LDM / SAT: scale_factor = 1 / std(latents)
+        }
+
+    def _measure(self, trainer: L.Trainer, module: VaeModule, save: bool) -> None:
+        step = trainer.global_step
+        result = self.evaluate(module)
+        self.history.append({"step": step, "psnr_db": result["psnr_db"]})
+        n = len(self.holdout.paths)
+        log.info("step %d: held-out reconstruction PSNR %.2f dB (%d clips)", step, result["psnr_db"], n)
+        writer = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
+        if writer is not None:
+            writer.add_scalar("vae/holdout_psnr_db", result["psnr_db"], step)
+            writer.flush()
+        if save:
+            write_sat_model_states(self.out_dir / VAE_CKPT, module.vae.state_dict(), wrapper="state_dict", desc="vae")
+            self.saved.append(step)
+        report = {
+            "step": step,
+            **result,
+            "vae_ckpt": str(VAE_CKPT) if self.saved else None,
+            "vae_ckpt_step": self.saved[-1] if self.saved else None,
+            "holdout_clips": self.holdout.paths,
+            "history": self.history,
+        }
+        text = json.dumps(report, indent=2).encode()
+        write_atomic(self.out_dir / EVAL_FILE, lambda f: f.write(text))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._measure(trainer, pl_module, save=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        due = (self.every > 0 and step % self.every == 0) or step >= trainer.max_steps
+        if trainer.is_global_zero and step > 0 and due and step not in self.saved:
+            self._measure(trainer, pl_module, save=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and trainer.global_step not in self.saved:
+            self._measure(trainer, pl_module, save=True)
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VaeTrainResult:
+    output_dir: Path
+    vae_ckpt: Path  # model.vae_ckpt=<vae_ckpt>
+    psnr_db: float  # held out, at the last step
+    final_step: int
+    checkpoints: list[int] = field(default_factory=list)
+    module: VaeModule | None = None
+    trainer: L.Trainer | None = None
+
+
+def check_vae_run(cfg) -> None:
+    """Everything task=vae can refuse before it reads a video or writes a file."""
+    t, v = cfg.train, cfg.train.vae
+    if strategy_name(cfg) != "single" or t.devices != 1 or t.num_nodes != 1:
+        raise CogvidError("task=vae trains in one process: use train=single train.devices=1 train.num_nodes=1")
+    if t.resume:
+        raise CogvidError(f"task=vae does not resume (train.resume={t.resume}): start the run again")
+    if cfg.data.cache:
+        raise CogvidError("task=vae trains on videos (data.root or data.manifest), not on data.cache latents")
+    for name in ("max_steps", "batch_size", "accumulate_grad_batches"):
+        if getattr(t, name) < 1:
+            raise CogvidError(f"train.{name}={getattr(t, name)} must be >= 1")
+    if v.holdout < 1:
+        raise CogvidError(f"train.vae.holdout={v.holdout} must be >= 1: the PSNR is measured on held-out clips")
+    if not (v.kl_weight >= 0 and math.isfinite(v.kl_weight)):
+        raise CogvidError(f"train.vae.kl_weight={v.kl_weight} must be a finite number >= 0")
+    if v.init and not Path(v.init).expanduser().is_file():
+        raise CogvidError(f"train.vae.init={v.init}: no such file (a 3d-vae.pt, e.g. OUT/vae/3d-vae.pt)")
+
+
+def fit_vae(cfg, out_dir: Path) -> VaeTrainResult:
+    """Train the VAE on data.root / data.manifest (minus `train.vae.holdout` clips) and write it to `out_dir`."""
+    check_vae_run(cfg)
+    t, v = cfg.train, cfg.train.vae
+    spec = clip_spec(cfg)
+    clips = find_clips(cfg)
+    if len(clips) <= v.holdout:
+        raise CogvidError(
+            f"{len(clips)} clips, train.vae.holdout={v.holdout}: hold out fewer, so that some are left to train on"
+        )
+    L.seed_everything(t.seed, workers=False, verbose=False)  # the same initial VAE every run
+    module = VaeModule(cfg)
+    if v.init:
+        load_sat_vae(Path(v.init).expanduser(), module.vae).train()  # strict: the same sizes
+        log.info("task=vae: starting from %s", v.init)
+    held = set(holdout_indices(len(clips), v.holdout))
+    train_clips = [c for i, c in enumerate(clips) if i not in held]
+    holdout_clips = [clips[i] for i in sorted(held)]
+    holdout_data = ClipsInMemory(VideoClips(holdout_clips, spec), progress=t.progress_bar)
+    holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in holdout_clips])
+    dataset = VideoClips(train_clips, spec)
+    workers = cfg.data.num_workers
+    if v.clips_in_memory:
+        dataset, workers = ClipsInMemory(dataset, progress=t.progress_bar), 0  # in memory: workers only copy
+    log.info(
+        "task=vae: %d training clips, %d held out (%d frames, %dx%d)",
+        len(dataset),
+        v.holdout,
+        spec.num_frames,
+        spec.height,
+        spec.width,
+    )
+
+    data = TrainData(dataset, t.batch_size, t.seed, workers, t.accumulate_grad_batches)
+    checkpoints = VaeCheckpoints(out_dir, holdout, t.checkpoint_every, t.batch_size)
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from cogvid.training.run import _user_callbacks as user_callbacks  # train.callbacks, as task=fit takes them
+
+    trainer = L.Trainer(
+        accelerator=accelerator(cfg),
+        devices=1,
+        strategy="auto",
+        precision=resolve_precision(cfg),
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip or None,
+        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version=""),
+        callbacks=[
+            TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches),
+            checkpoints,
+            *user_callbacks(cfg),
+        ],
+        enable_checkpointing=False,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, t.log_every),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out_dir),
+    )
+    log.info("training the VAE of %s for %d steps; output %s", cfg.model.name, t.max_steps, out_dir)
+    trainer.fit(module, datamodule=data)
+    return VaeTrainResult(
+        output_dir=out_dir,
+        vae_ckpt=out_dir / VAE_CKPT,
+        psnr_db=checkpoints.history[-1]["psnr_db"],
+        final_step=trainer.global_step,
+        checkpoints=list(checkpoints.saved),
+        module=module,
+        trainer=trainer,
+    )

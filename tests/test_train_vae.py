@@ -1,0 +1,154 @@
+"""cogvid-train task=vae on the CPU: a tiny VAE trained on generated shapes clips, written as SAT's 3d-vae.pt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from cogvid.config.compose import compose
+from cogvid.interop.run import run_export
+from cogvid.models.vae import CausalVideoVAE
+from cogvid.sat.checkpoint import load_sat_vae, safe_torch_load
+from cogvid.shapes.dataset import write_dataset
+from cogvid.training.data import VideoClips, clip_spec, collate, find_clips
+from cogvid.training.run import run_train
+from cogvid.training.vae_module import VaeModule, holdout_indices, kl_per_clip, psnr_db
+from cogvid.utils.errors import CogvidError
+
+TORCH_THREADS = 1  # tiny tensors: extra intra-op threads only spin
+
+TINY_VAE = ("model.vae.ch_mult=[1,1,1,1]", "model.vae.z_channels=4", "data.video_size=[32,32]")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    """6 shapes clips as the shapes model takes them: 9 frames of 64x64 at 8 fps."""
+    out = tmp_path_factory.mktemp("shapes")
+    write_dataset(out, 6, seed=0, progress=False)
+    return out
+
+
+def vae_overrides(data: Path | None, out: Path, *extra: str) -> list[str]:
+    return [
+        "model=shapes",
+        "task=vae",
+        *([f"data.root={data}"] if data else []),
+        f"train.output_dir={out}",
+        "device=cpu",
+        *TINY_VAE,
+        "train.batch_size=2",
+        "train.vae.holdout=2",
+        "train.progress_bar=false",
+        "train.log_every=1",
+        *extra,
+    ]
+
+
+def vae_cfg(data: Path | None, out: Path, *extra: str):
+    return compose(vae_overrides(data, out, *extra), config_name="train")
+
+
+def test_the_shapes_model_uses_a_shapes_clip_whole(shapes_dir):
+    cfg = compose(["model=shapes", f"data.root={shapes_dir}"], config_name="train")
+    m, d = cfg.model, cfg.data
+    assert (d.skip_frms_num, d.max_num_frames, d.fps, list(d.video_size)) == (0, 9, 8, [64, 64])
+    assert m.in_channels == m.out_channels == m.vae.z_channels
+    item = VideoClips(find_clips(cfg), clip_spec(cfg))[(0, 0)]
+    assert item["video"].shape == (9, 3, 64, 64) and -1.0 <= item["video"].min() < item["video"].max() <= 1.0
+    with torch.device("meta"):  # shapes only
+        latents = CausalVideoVAE.from_config(m.vae).encode_moments(torch.empty(1, 3, 9, 64, 64))
+    assert latents.shape == (1, 2 * m.vae.z_channels, 3, m.latent_height, m.latent_width) == (1, 32, 3, 8, 8)
+    assert compose(["model=tiny"], config_name="train").data.skip_frms_num == 3  # other models keep SAT's cut
+
+
+def test_objective_and_measure():
+    mean, logvar = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    posterior = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    expected = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
+    torch.testing.assert_close(kl_per_clip(mean, logvar), expected)
+    video = torch.zeros(2, 3, 1, 4, 4)
+    off = video.clone()
+    off[1] += 2 / 255  # one clip off by 1 of 255 everywhere: PSNR 20 log10(255) = 48.13 dB
+    psnr = psnr_db(video, off)
+    assert psnr[0] > 140 and abs(float(psnr[1]) - 48.1308) < 1e-3  # identical clips: capped, finite
+    assert holdout_indices(6, 2) == [1, 4] and holdout_indices(200, 4) == [25, 75, 125, 175]
+
+
+def test_vae_training_writes_a_sat_vae_that_loads_decodes_and_exports(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    cfg = vae_cfg(shapes_dir, out, "train.max_steps=8", "train.checkpoint_every=4", "train.lr=3e-3")
+    train_clips = [c for i, c in enumerate(find_clips(cfg)) if i not in holdout_indices(6, 2)]
+    videos = collate([VideoClips(train_clips, clip_spec(cfg))[(i, 0)] for i in range(4)])["video"]
+    batch = videos.permute(0, 2, 1, 3, 4)  # (4, 3, 9, 32, 32)
+
+    def reconstruction_loss(module: VaeModule) -> float:
+        with torch.no_grad():
+            return float(module.losses(batch, torch.Generator().manual_seed(0))["reconstruction"])
+
+    L.seed_everything(cfg.train.seed, verbose=False)  # as run_train does: the same initial VAE
+    before = reconstruction_loss(VaeModule(cfg))
+    result = run_train(cfg)
+    after = reconstruction_loss(result.module)
+    assert after < 0.8 * before, (before, after)
+    assert result.final_step == 8 and result.checkpoints == [4, 8]
+
+    # SAT's file, strictly loaded into the configured size: the trained weights
+    assert result.vae_ckpt == out / "vae" / "3d-vae.pt"
+    raw = safe_torch_load(result.vae_ckpt)
+    assert list(raw) == ["state_dict"] and {k.split(".")[0] for k in raw["state_dict"]} == {"encoder", "decoder"}
+    vae = load_sat_vae(result.vae_ckpt, CausalVideoVAE.from_config(cfg.model.vae))
+    trained = result.module.vae.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in vae.state_dict().items())
+
+    # the inference decode (SAT v1.0 chunks) is the training decode for 9 frames (3 latents, one chunk)
+    with torch.no_grad():
+        mean = vae.encode_moments(batch[:2]).chunk(2, dim=1)[0]
+        torch.testing.assert_close(vae.decode_chunked(mean, "v1_0"), vae.decode(mean), rtol=0, atol=1e-6)
+
+    report = json.loads((out / "vae_eval.json").read_text())
+    assert report["step"] == 8 and report["vae_ckpt"] == "vae/3d-vae.pt" and report["vae_ckpt_step"] == 8
+    assert [h["step"] for h in report["history"]] == [0, 4, 8] and report["psnr_db"] == result.psnr_db
+    assert len(report["psnr_db_per_clip"]) == len(report["holdout_clips"]) == 2
+    assert report["history"][-1]["psnr_db"] > report["history"][0]["psnr_db"]
+    assert report["latent_std"] > 0 and (out / "train_log.jsonl").is_file()
+
+    export = compose(
+        [
+            "model=shapes",
+            "task=to_diffusers",
+            *TINY_VAE[:2],
+            f"model.vae_ckpt={result.vae_ckpt}",
+            "parts=[vae]",
+            f"out={tmp_path / 'diffusers'}",
+        ],
+        config_name="export",
+    )
+    reports = run_export(export)
+    assert (tmp_path / "diffusers" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    config = json.loads((tmp_path / "diffusers" / "vae" / "config.json").read_text())
+    assert config["latent_channels"] == 4 and config["block_out_channels"] == [32, 32, 32, 32]
+    assert "vae" in reports
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ((), "exactly one of data.root"),
+        (("train.devices=2",), "task=vae trains in one process"),
+        (("train=ddp", "train.devices=2"), "task=vae trains in one process"),
+        (("train.resume=auto",), "task=vae does not resume"),
+        (("data.cache=/tmp/latents",), "not on data.cache latents"),
+        (("train.vae.holdout=6",), "6 clips, train.vae.holdout=6"),
+        (("train.vae.init=/nonexistent/3d-vae.pt",), "train.vae.init=/nonexistent/3d-vae.pt: no such file"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_file(tmp_path, shapes_dir, extra, message):
+    out = tmp_path / "out"
+    data = None if not extra else shapes_dir
+    with pytest.raises(CogvidError, match=message) as info:
+        run_train(vae_cfg(data, out, *extra))
+    assert "\n" not in str(info.value) and not out.exists()
