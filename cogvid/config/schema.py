@@ -110,6 +110,7 @@ class ModelConfig:
     lora_rank: int = 0  # 0: no adapters. SAT LoraMixin r
     lora_alpha: float = 1.0  # the LoRA branch is scaled by lora_alpha / lora_rank
     checkpoint_activations: bool = False  # gradient checkpointing per block
+    zero_final_linear: bool = False  # from-scratch init of the output projection: zeros (DiT) or xavier (SAT)
     # --- sampling defaults (what SAT's sample_video.py uses for this code generation)
     default_height: int = 480  # pixels; v1.0 hard-codes 480x720, 1.5 defaults to 768x1360
     default_width: int = 720

@@ -252,7 +252,8 @@ class DiffusionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Training-from-scratch init: zero adaLN linears, xavier patch proj and final linear (as SAT)."""
+        """Training-from-scratch init: zero adaLN linears, xavier patch proj; the final linear xavier as SAT, or zeros
+        with model.zero_final_linear."""
         if next(self.parameters()).device.type == "meta":
             return
         adaln = self.mixins["adaln_layer"]
@@ -262,7 +263,10 @@ class DiffusionTransformer(nn.Module):
         final = self.mixins["final_layer"]
         nn.init.zeros_(final.adaLN_modulation[1].weight)
         nn.init.zeros_(final.adaLN_modulation[1].bias)
-        nn.init.xavier_uniform_(final.linear.weight)
+        if self.cfg.zero_final_linear:  # DiT (Peebles & Xie): the untrained model predicts v = 0
+            nn.init.zeros_(final.linear.weight)
+        else:
+            nn.init.xavier_uniform_(final.linear.weight)
         nn.init.zeros_(final.linear.bias)
         proj = self.mixins["patch_embed"].proj
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))

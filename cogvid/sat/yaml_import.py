@@ -702,6 +702,7 @@ def convert_sat_config(
     else:
         out["dtype"] = args_dtype or _schema_default(ModelConfig, "dtype")
     out["checkpoint_activations"] = False  # a run choice, see _read_transformer_args
+    out["zero_final_linear"] = False  # SAT's from-scratch init: a xavier output projection
     out["ckpt"] = None  # weights come from model.ckpt=... at run time
     # SAT's model_dir is a path relative to where SAT ran; the user points at T5 with model.text_encoder.path=...
     out["text_encoder"] = {"path": None}
