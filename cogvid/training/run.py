@@ -32,6 +32,7 @@ from cogvid.training.strategies import (
     start_local_workers,
     strategy_name,
 )
+from cogvid.training.trainer import build_trainer
 from cogvid.training.validation import ValidationVideos
 from cogvid.utils.errors import CogvidError
 
@@ -135,30 +136,16 @@ def _fit(cfg, deepspeed_strategy_class=None) -> TrainResult:
         TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches * world_size),
         checkpoints,
         ValidationVideos(cfg, out_dir),
-        *_user_callbacks(cfg),
     ]
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    trainer = L.Trainer(
+    trainer = build_trainer(
+        cfg,
+        out_dir,
+        callbacks,
         accelerator=accelerator(cfg),
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(cfg, deepspeed_strategy_class),
         precision=precision,
-        max_steps=t.max_steps,
-        max_epochs=-1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip or None,
-        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version=""),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=t.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, t.log_every),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=str(out_dir),
     )
     if trainer.is_global_zero:
         log.info(
@@ -183,11 +170,3 @@ def _fit(cfg, deepspeed_strategy_class=None) -> TrainResult:
         module=module,
         trainer=trainer,
     )
-
-
-def _user_callbacks(cfg) -> list:
-    if not cfg.train.callbacks:
-        return []
-    from hydra.utils import instantiate
-
-    return [instantiate(node) for node in cfg.train.callbacks]

@@ -39,6 +39,7 @@ from cogvid.training.data import ClipsInMemory, TrainData, VideoClips, clip_spec
 from cogvid.training.metrics import TrainMetrics
 from cogvid.training.optim import linear_schedule, param_groups, warmup_steps
 from cogvid.training.strategies import accelerator, resolve_precision, strategy_name
+from cogvid.training.trainer import build_trainer
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_atomic
 
@@ -281,33 +282,15 @@ def fit_vae(cfg, out_dir: Path) -> VaeTrainResult:
 
     data = TrainData(dataset, t.batch_size, t.seed, workers, t.accumulate_grad_batches)
     checkpoints = VaeCheckpoints(out_dir, holdout, t.checkpoint_every, t.batch_size)
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from cogvid.training.run import _user_callbacks as user_callbacks  # train.callbacks, as task=fit takes them
-
-    trainer = L.Trainer(
+    metrics = TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches)
+    trainer = build_trainer(
+        cfg,
+        out_dir,
+        [metrics, checkpoints],
         accelerator=accelerator(cfg),
         devices=1,
         strategy="auto",
         precision=resolve_precision(cfg),
-        max_steps=t.max_steps,
-        max_epochs=-1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip or None,
-        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version=""),
-        callbacks=[
-            TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches),
-            checkpoints,
-            *user_callbacks(cfg),
-        ],
-        enable_checkpointing=False,
-        enable_progress_bar=t.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, t.log_every),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=str(out_dir),
     )
     log.info("training the VAE of %s for %d steps; output %s", cfg.model.name, t.max_steps, out_dir)
     trainer.fit(module, datamodule=data)
