@@ -20,6 +20,8 @@ I2V_OFS = 2.0
 
 # encode(prompts) -> (len(prompts), text_length, text_hidden_size): T5Conditioner.encode
 EncodeText = Callable[[list[str]], torch.Tensor]
+# network(x_t, timesteps, context) -> v: the DiT with the I2V inputs attached; all (b, ...) batches
+Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def unconditional_context(
@@ -63,3 +65,22 @@ def image_conditioning(image_latent: torch.Tensor, latent_frames: int, model) ->
     concat = torch.cat([image_latent, padding], dim=1)
     ofs = torch.full((b,), I2V_OFS, device=image_latent.device) if model.ofs_embed_dim else None
     return ImageConditioning(concat=concat, ofs=ofs)
+
+
+def image_network(backbone, concat: torch.Tensor | None, ofs: torch.Tensor | None) -> Network:
+    """The DiT with the I2V inputs: `concat` (b, t, c, h, w) joined on channels and `ofs` given at every call.
+
+    Both are repeated when x_t is a multiple of their batch (sampling's guidance batch [uncond ; cond] is twice it;
+    in training the batches match); an ofs of one value is left to the DiT to broadcast.
+    """
+
+    def network(x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        ofs_t = ofs
+        if concat is not None:
+            repeat = x_t.shape[0] // concat.shape[0]
+            x_t = torch.cat([x_t, concat.repeat(repeat, 1, 1, 1, 1).to(x_t.dtype)], dim=2)
+        if ofs_t is not None and ofs_t.shape[0] > 1:
+            ofs_t = ofs_t.repeat(x_t.shape[0] // ofs_t.shape[0])
+        return backbone(x_t, timesteps, context, ofs=ofs_t)
+
+    return network

@@ -14,14 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from cogvid.config.schema import Solver, ZeroSnrRescale
-from cogvid.diffusion.conditioning import unconditional_context
+from cogvid.diffusion.conditioning import Network, image_network, unconditional_context
 from cogvid.diffusion.guidance import guidance_scales, guided
 from cogvid.diffusion.model import DiffusionModel
 from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
-
-# network(x_t, timesteps, context) -> v: the DiT with the I2V inputs attached; all (b, ...) batches
-Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -45,25 +42,6 @@ def initial_noise(shape: tuple[int, ...], batch: int, generator: torch.Generator
     first draw of a run as in SAT. shape: (t, c, h, w) (batch prepended) or (b, t, c, h, w)."""
     shape = tuple(shape) if len(shape) == 5 else (batch, *shape)
     return torch.randn(shape, generator=generator)
-
-
-def image_network(backbone, concat: torch.Tensor | None, ofs: torch.Tensor | None) -> Network:
-    """The DiT with the I2V inputs: `concat` (b, t, c, h, w) joined on channels and `ofs` given at every call.
-
-    Both are repeated over the guidance batch ([uncond ; cond] is twice the batch); an ofs of one value is left to
-    the DiT to broadcast.
-    """
-
-    def network(x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        ofs_t = ofs
-        if concat is not None:
-            repeat = x_t.shape[0] // concat.shape[0]
-            x_t = torch.cat([x_t, concat.repeat(repeat, 1, 1, 1, 1).to(x_t.dtype)], dim=2)
-        if ofs_t is not None and ofs_t.shape[0] > 1:
-            ofs_t = ofs_t.repeat(x_t.shape[0] // ofs_t.shape[0])
-        return backbone(x_t, timesteps, context, ofs=ofs_t)
-
-    return network
 
 
 def guided_denoiser(

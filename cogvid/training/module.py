@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 from cogvid.config.schema import is_image_to_video
-from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning
+from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, image_network
 from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss
 from cogvid.diffusion.model import DiffusionModel, build_model
 from cogvid.models.frozen import FrozenParts, load_frozen_parts
@@ -127,12 +127,8 @@ class VideoDiffusionModule(L.LightningModule):
         if concat is not None and torch.rand((), generator=generator).item() < m.noised_image_dropout:
             concat = torch.zeros_like(concat)  # SAT: one draw per batch, the whole image latent dropped
 
-        def network(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            if concat is not None:
-                x_t = torch.cat([x_t, concat.to(x_t.dtype)], dim=2)
-            return self.backbone(x_t, timesteps, context, ofs=ofs)
-
-        return self.loss_fn(network, z, generator=generator).mean()
+        network = image_network(self.backbone, concat, ofs)
+        return self.loss_fn(lambda x_t, timesteps: network(x_t, timesteps, context), z, generator=generator).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         generator = step_generator(self.cfg.train.seed, self.global_rank, batch["batch_pos"])
