@@ -29,6 +29,7 @@ from cogvid.utils.errors import CogvidError
 
 GROUPS = 32  # SAT hard-codes GroupNorm(32, C): every width must be a multiple of 32
 NORM_EPS = 1e-6
+LOGVAR_RANGE = (-30.0, 20.0)  # SAT DiagonalGaussianDistribution clamps the posterior's logvar to this
 SAFE_CONV_BYTES = 2 * 1024**3  # SAT's SafeConv3d runs a larger input through the conv in time slices
 
 
@@ -361,7 +362,7 @@ def sample_posterior(
     The noise is `noise` if given, else drawn in float32 on the CPU from `generator` and then moved, so a seed
     reproduces on any device.
     """
-    std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+    std = torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE))
     if noise is None:
         noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32, device="cpu")
     elif noise.shape != mean.shape:

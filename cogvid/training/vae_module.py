@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cogvid.config.schema import Generation, VaeLoss
 from cogvid.models.layout import to_vae_layout
-from cogvid.models.vae import CausalVideoVAE, sample_posterior
+from cogvid.models.vae import LOGVAR_RANGE, CausalVideoVAE, sample_posterior
 from cogvid.sat.checkpoint import load_sat_vae, write_sat_model_states
 from cogvid.training.data import ClipsInMemory, TrainData, VideoClips, clip_spec, find_clips, step_generator
 from cogvid.training.metrics import TrainMetrics
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_VAE_LR = 1e-3
 VAE_CKPT = Path("vae") / "3d-vae.pt"
 EVAL_FILE = "vae_eval.json"
-LOGVAR_RANGE = (-30.0, 20.0)  # SAT DiagonalGaussianDistribution clamps logvar to this
 
 
 # --- the objective and the measure -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from cogvid.inference.outputs import slug
 from cogvid.models.frozen import load_frozen_parts
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames, write_mp4
+from cogvid.utils.runtime import PRECISION_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class ValidationVideos(Callback):
         from cogvid.inference.pipeline import VideoPipeline
 
         frozen = pl_module.frozen or load_frozen_parts(pl_module.cfg, pl_module.frozen_dtype, pl_module.device)
-        autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(pl_module.precision_name)
+        mixed = pl_module.precision_name != "32"  # Lightning's precision: sample under the autocast it trains in
+        autocast_dtype = PRECISION_DTYPES[pl_module.precision_name] if mixed else None
         model = pl_module.diffusion_model
         pipeline = VideoPipeline(
             pl_module.cfg,
