@@ -24,7 +24,7 @@ from enum import Enum
 
 import torch
 
-from cogvid.utils.errors import CogvidError
+from cogvid.utils.errors import CogvidError, first_few
 from cogvid.utils.lazy_tensors import TensorInfo, TensorSource, TensorTarget
 
 PLACEHOLDERS = {"i": r"\d+", "j": r"\d+", "u": r"\d+", "p": r"weight|bias", "rest": r"[\w.]+"}
@@ -103,16 +103,12 @@ class MappingReport:
     def summary(self) -> str:
         parts = [f"{self.mapped} tensors written"]
         if self.dropped:
-            parts.append(f"{len(self.dropped)} dropped ({_some([k for k, _ in self.dropped])})")
+            parts.append(f"{len(self.dropped)} dropped ({first_few([k for k, _ in self.dropped])})")
         if self.rebuilt:
-            parts.append(f"{len(self.rebuilt)} rebuilt ({_some([k for k, _ in self.rebuilt])})")
+            parts.append(f"{len(self.rebuilt)} rebuilt ({first_few([k for k, _ in self.rebuilt])})")
         if self.unmapped:
-            parts.append(f"{len(self.unmapped)} unmapped ({_some(self.unmapped)})")
+            parts.append(f"{len(self.unmapped)} unmapped ({first_few(self.unmapped)})")
         return "; ".join(parts)
-
-
-def _some(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
 def _fill(template: str, values: Mapping[str, str]) -> str:

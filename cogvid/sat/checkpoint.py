@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from cogvid.models.lora import is_adapter, is_lora_key, lora_rank
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.utils.errors import CogvidError
+from cogvid.utils.errors import CogvidError, first_few
 from cogvid.utils.files import atomic_path, write_atomic
 from cogvid.utils.lazy_tensors import TensorTarget
 from cogvid.utils.runtime import STORAGE_NAMES, dtype_name
@@ -265,11 +265,6 @@ def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def _some(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOW])
-    return shown + (", ..." if len(keys) > _SHOW else "")
-
-
 def describe_key_mismatch(
     own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], allowed_missing=()
 ) -> str | None:
@@ -282,7 +277,7 @@ def describe_key_mismatch(
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     problems = [
-        f"{len(keys)} {what} ({_some(keys)})"
+        f"{len(keys)} {what} ({first_few(keys, _SHOW)})"
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
         if keys
     ]

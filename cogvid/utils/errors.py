@@ -3,3 +3,8 @@
 
 class CogvidError(Exception):
     """A problem with the user's input (config, file, weights); never a bug in cogvid."""
+
+
+def first_few(items: list[str], n: int = 3) -> str:
+    """The first `n` items joined by commas, with ", ..." when there are more: key lists in one-line messages."""
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
