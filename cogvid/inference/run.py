@@ -1,8 +1,9 @@
 """`run_sample(cfg)`: prompts (and images) to MP4 videos and their JSON sidecars, the work of cogvid-sample.
 
 Everything that can be checked without the models is checked first (prompts, images, frame count and size, the
-output dir; `VideoPipeline.from_config` checks the weight paths before it loads anything), so a bad input costs a
-second, not a model load. Under torchrun the prompts are sharded across ranks (`cogvid.inference.prompts.shard`)
+weight paths, then the output dir, so a bad path writes nothing), so a bad input costs a second, not a model load.
+`VideoPipeline.from_config` checks the weight paths again for callers that use it directly (a few `stat` calls).
+Under torchrun the prompts are sharded across ranks (`cogvid.inference.prompts.shard`)
 and all ranks write into rank 0's output dir.
 """
 
