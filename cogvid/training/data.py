@@ -169,20 +169,37 @@ class BadVideo(Exception):
     """A video that cannot be used: unreadable, or too short."""
 
 
+def _av_errors(av) -> tuple[type[Exception], ...]:
+    """What PyAV raises on a missing, unreadable or corrupt file: its FFmpegError family (most of which are also
+    OSError or ValueError), and the plain Python errors of an odd container."""
+    return (av.error.FFmpegError, OSError, RuntimeError, ValueError, EOFError, MemoryError)
+
+
+def _bad(ex: Exception) -> BadVideo:
+    return BadVideo(" ".join(str(ex).split())[:160] or type(ex).__name__)
+
+
 def probe(path: Path) -> tuple[int, float]:
-    """(frame count, frames per second) of a video, from its container without decoding it."""
-    import imageio_ffmpeg
+    """(frame count, frames per second) of a video, from its container without decoding it.
+
+    The count is the container's when it states one, else the video packets counted by demuxing (no decoding).
+    """
+    import av
 
     if not path.is_file():
         raise BadVideo("no such file")
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-        meta = next(reader)
-        reader.close()
-        n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (OSError, RuntimeError, StopIteration, ValueError) as ex:
-        raise BadVideo(" ".join(str(ex).split())[:160] or type(ex).__name__) from ex
-    fps = float(meta.get("fps") or 0)
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise BadVideo("no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+            n = stream.frames
+            if n <= 0:
+                n = sum(1 for packet in container.demux(stream) if packet.size)
+    except _av_errors(av) as ex:
+        raise _bad(ex) from ex
     if n <= 0 or fps <= 0:
         raise BadVideo(f"no frames (count {n}, fps {fps})")
     return int(n), fps
@@ -218,27 +235,27 @@ def frame_indices(n: int, fps_src: float, spec: ClipSpec) -> list[int]:
 
 def read_frames(path: Path, indices: list[int]) -> np.ndarray:
     """The frames at `indices` (ascending, repeats allowed) as (f, h, w, 3) uint8, decoding only up to the last."""
-    import imageio_ffmpeg
+    import av
 
-    wanted = sorted(set(indices))
+    wanted = set(indices)
+    last = max(wanted)
     got: dict[int, np.ndarray] = {}
+    decoded = 0
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-        meta = next(reader)
-        w, h = meta["size"]
-        try:
-            for i, raw in enumerate(reader):
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise BadVideo("no video stream")
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                decoded = i + 1
                 if i in wanted:
-                    got[i] = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
-                if i >= wanted[-1]:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
                     break
-        finally:
-            reader.close()
-    except (OSError, RuntimeError, StopIteration, ValueError) as ex:
-        raise BadVideo(" ".join(str(ex).split())[:160] or type(ex).__name__) from ex
-    missing = [i for i in wanted if i not in got]
+    except _av_errors(av) as ex:
+        raise _bad(ex) from ex
+    missing = [i for i in sorted(wanted) if i not in got]
     if missing:
-        raise BadVideo(f"ends early: frame {missing[0]} of the {len(got)} decoded is missing")
+        raise BadVideo(f"ends early: frame {missing[0]} of the {decoded} decoded is missing")
     return np.stack([got[i] for i in indices])
 
 
@@ -308,7 +325,7 @@ class ClipsInMemory(Dataset):
             return (video * 127.5 + 127.5).round().to(torch.uint8), caption, skipped
 
         bar = tqdm(total=len(clips), desc="decoding clips", unit="clip", leave=False, disable=not progress)
-        with bar, ThreadPoolExecutor(max_workers=threads) as pool:  # ffmpeg decodes in its own processes
+        with bar, ThreadPoolExecutor(max_workers=threads) as pool:  # PyAV decodes without holding the GIL
             loaded = []
             for item in pool.map(load, range(len(clips))):
                 loaded.append(item)
