@@ -142,18 +142,19 @@ def _t5_weight_files(folder: Path) -> list[Path]:
 
 def export_text_encoder(cfg, t5_path: str, out: Path, parts: set[ExportPart]) -> None:
     """Copy T5's config and weights to `text_encoder/`, save its tokenizer to `tokenizer/` with the variant's
-    max length. `t5_path`: a SAT-release T5 folder (spiece.model + config + weights) or a diffusers pipeline."""
-    from cogvid.models.t5 import t5_folders
+    max length and no id the encoder cannot embed. `t5_path`: a SAT-release T5 folder (spiece.model + config +
+    weights) or a diffusers pipeline."""
+    from cogvid.models.t5 import load_t5_tokenizer, t5_folders
 
     path = Path(t5_path).expanduser()
     if not path.is_dir():
         raise CogvidError(f"model.text_encoder.path={t5_path} is not a folder (T5 folder or diffusers pipeline)")
     tokenizer_dir, encoder_dir = (Path(p) for p in t5_folders(str(path)))
+    config_file = encoder_dir / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     if ExportPart.text_encoder in parts:
-        config_file = encoder_dir / "config.json"
-        if not config_file.is_file():
+        if not config:
             raise CogvidError(f"{encoder_dir} has no config.json: not a T5 folder")
-        config = json.loads(config_file.read_text())
         if config.get("d_model") != cfg.text_hidden_size:
             raise CogvidError(
                 f"{encoder_dir}: T5 width d_model={config.get('d_model')}, but model={cfg.name} takes "
@@ -167,12 +168,17 @@ def export_text_encoder(cfg, t5_path: str, out: Path, parts: set[ExportPart]) ->
         for file in [config_file, *weights]:
             shutil.copyfile(file, target / file.name)
     if ExportPart.tokenizer in parts:
-        from transformers import T5Tokenizer
-
+        vocab_size = config.get("vocab_size")
         try:
-            tokenizer = T5Tokenizer.from_pretrained(str(tokenizer_dir), model_max_length=cfg.text_length)
+            # the ids T5Conditioner gives cogvid: the same loader, and sentinels past the encoder's rows dropped
+            tokenizer = load_t5_tokenizer(str(tokenizer_dir), vocab_size, model_max_length=cfg.text_length)
         except (OSError, ValueError) as ex:
             raise CogvidError(f"cannot load the T5 tokenizer from {tokenizer_dir} ({str(ex).splitlines()[0]})") from ex
+        if vocab_size is not None and len(tokenizer) > vocab_size:
+            raise CogvidError(
+                f"{tokenizer_dir}: the tokenizer has {len(tokenizer)} ids but the T5 encoder in {encoder_dir} embeds "
+                f"only {vocab_size}: not the tokenizer of this encoder?"
+            )
         tokenizer.save_pretrained(str(out / "tokenizer"))
 
 

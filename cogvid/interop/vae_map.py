@@ -45,7 +45,10 @@ def vae_key_map(levels: int) -> KeyMap:
 
 
 def diffusers_vae_config(cfg) -> dict:
-    """`vae/config.json` for a composed `model` config: sizes from model.vae, the latent scale from the model."""
+    """`vae/config.json` for a composed `model` config: sizes from model.vae, the latent scale from the model, the
+    norms as cogvid's VAE builds them (GroupNorm(32), eps 1e-6)."""
+    from cogvid.models.vae import GROUPS, NORM_EPS
+
     vae = cfg.vae
     levels = len(vae.ch_mult)
     return {
@@ -60,8 +63,8 @@ def diffusers_vae_config(cfg) -> dict:
         "latents_mean": None,
         "latents_std": None,
         "layers_per_block": vae.num_res_blocks,
-        "norm_eps": 1e-6,
-        "norm_num_groups": 32,
+        "norm_eps": NORM_EPS,
+        "norm_num_groups": GROUPS,
         "out_channels": 3,
         "sample_height": cfg.latent_height * 2 ** (levels - 1),
         "sample_width": cfg.latent_width * 2 ** (levels - 1),

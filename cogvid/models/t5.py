@@ -8,6 +8,7 @@ positions are encoded and used as context). The unconditional context is decided
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -32,6 +33,32 @@ def t5_folders(path: str) -> tuple[str, str]:
     return path, path  # a hub id such as google/t5-v1_1-xxl, for users with a network
 
 
+SENTINEL = re.compile(r"<extra_id_\d+>")  # T5's span-corruption tokens, appended after the sentencepiece pieces
+
+
+def load_t5_tokenizer(path: str, vocab_size: int | None = None, **kwargs):
+    """T5's tokenizer from `path` (spiece.model, or a saved tokenizer.json), with no more ids than `vocab_size`, the
+    encoder's embedding rows, where that can be had by dropping sentinels.
+
+    `T5Tokenizer` appends 100 sentinels (`<extra_id_N>`) after the sentencepiece pieces; t5-v1_1 has 128 spare rows
+    for them, a small T5 whose vocabulary is its own corpus's pieces (`cogvid.models.small_t5`) has none, so a prompt
+    holding "<extra_id_0>" would reach an id the encoder cannot embed. The sentinels that do not fit are dropped
+    (that text then tokenises as ordinary text); no other id changes. A saved tokenizer.json keeps the sentinels it
+    was saved with: the caller checks `len(tokenizer) <= vocab_size`. kwargs: `from_pretrained`'s, e.g.
+    model_max_length.
+    """
+    from transformers import T5Tokenizer
+
+    # from_pretrained, not T5Tokenizer(vocab_file=...): in transformers 5 the latter silently builds a dummy vocabulary
+    tokenizer = T5Tokenizer.from_pretrained(path, **kwargs)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        sentinels = sum(1 for token in tokenizer.get_vocab() if SENTINEL.fullmatch(token))
+        keep = sentinels - (len(tokenizer) - vocab_size)
+        if keep >= 0:
+            tokenizer = T5Tokenizer.from_pretrained(path, extra_ids=keep, **kwargs)
+    return tokenizer
+
+
 class T5Conditioner(nn.Module):
     """Frozen T5 encoder + its sentencepiece tokenizer; `encode(prompts)` gives (b, max_length, d_model)."""
 
@@ -41,19 +68,25 @@ class T5Conditioner(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, max_length: int, dtype: torch.dtype = torch.float32, device="cpu"):
-        from transformers import T5EncoderModel, T5Tokenizer
+        from transformers import T5Config, T5EncoderModel
 
         tokenizer_dir, encoder_dir = t5_folders(path)
         try:
-            # from_pretrained, not T5Tokenizer(vocab_file=...): in transformers 5 the latter silently builds a
-            # dummy vocabulary.
-            tokenizer = T5Tokenizer.from_pretrained(tokenizer_dir)
+            vocab_size = T5Config.from_pretrained(encoder_dir).vocab_size
+            tokenizer = load_t5_tokenizer(tokenizer_dir, vocab_size)
             encoder = T5EncoderModel.from_pretrained(encoder_dir, torch_dtype=dtype)
         except (OSError, ValueError) as ex:
             first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
             raise CogvidError(
                 f"model.text_encoder.path: cannot load T5 from {path} ({first}); expected {RELEASE_LAYOUT}"
             ) from ex
+        if len(tokenizer) > vocab_size:
+            log.warning(
+                "%s: the tokenizer has %d ids but the T5 encoder embeds %d; a prompt that reaches the others fails",
+                path,
+                len(tokenizer),
+                vocab_size,
+            )
         return cls(tokenizer, encoder.to(device), max_length)
 
     @property
