@@ -186,6 +186,7 @@ class InferConfig:
     num_videos_per_prompt: int = 1
     output_dir: str | None = None  # null: the Hydra run dir
     save_latents: bool = False  # also write the unscaled latents as safetensors beside each video
+    frame_strip: bool = False  # also write <stem>.png: the video's frames side by side under its prompt
     image_latent_scaling: ImageLatentScaling = ImageLatentScaling.auto
     image_posterior_sample: bool = True  # encode the I2V image as a posterior sample (SAT) or its mean
     head_frame_quirk: bool = False  # 1.5: decode every latent to 4 frames as SAT HEAD does (84 frames for 81)

@@ -1,4 +1,5 @@
-"""What `cogvid-sample` writes: `<out>/samples/<index>_<slug>.mp4` with a `.json` sidecar (and latents on request).
+"""What `cogvid-sample` writes: `<out>/samples/<index>_<slug>.mp4` with a `.json` sidecar (and latents and a PNG frame
+strip on request).
 
 The slug is made from the prompt with only `[a-z0-9_]`, so no prompt can name a path outside the output dir; the
 run-wide index in front keeps two videos of one prompt, or two prompts with the same slug, apart. Every file is
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
+from cogvid.inference.frame_strip import write_frame_strip
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_atomic
 from cogvid.utils.media import write_mp4
@@ -57,10 +59,19 @@ def check_writable(out_dir: Path) -> Path:
 
 
 def write_sample(
-    samples_dir: Path, stem: str, frames: np.ndarray, fps: int, sidecar: dict, latents: torch.Tensor | None = None
+    samples_dir: Path,
+    stem: str,
+    frames: np.ndarray,
+    fps: int,
+    sidecar: dict,
+    latents: torch.Tensor | None = None,
+    strip_caption: str | None = None,
 ) -> list[Path]:
-    """Write `<stem>.mp4`, optional `<stem>.latents.safetensors`, then `<stem>.json` (last: it marks completion)."""
+    """Write `<stem>.mp4`, optional `<stem>.latents.safetensors` and `<stem>.png` (a frame strip under
+    `strip_caption`), then `<stem>.json` (last: it marks completion)."""
     written = [write_mp4(samples_dir / f"{stem}.mp4", frames, fps)]
+    if strip_caption is not None:
+        written.append(write_frame_strip(samples_dir / f"{stem}.png", frames, strip_caption))
     if latents is not None:
         path = samples_dir / f"{stem}.latents.safetensors"
         tensors = {"latents": latents.detach().float().cpu().contiguous()}

@@ -154,13 +154,14 @@ def run_sample(cfg, stdin=None) -> list[Path]:
             )
             sidecar = _sidecar(cfg, job, index, rank, result, fps, pipeline)
             latents = result.latents if cfg.infer.save_latents else None
-            files = write_sample(
-                samples_dir, video_stem(index, job.prompt), to_uint8_frames(result.video), fps, sidecar, latents
-            )
+            caption = job.prompt if cfg.infer.frame_strip else None
+            stem = video_stem(index, job.prompt)
+            files = write_sample(samples_dir, stem, to_uint8_frames(result.video), fps, sidecar, latents, caption)
             t = result.timings
             log.info(
-                "%s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB (%d frames %dx%d, seed %d)",
-                files[0],
+                "wrote %s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB "
+                "(%d frames %dx%d, seed %d)",
+                " and ".join(str(f) for f in files if f.suffix in (".mp4", ".png")),
                 t["text_s"],
                 t["sampling_s"],
                 t["decoding_s"],
