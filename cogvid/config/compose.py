@@ -11,10 +11,26 @@ from omegaconf import DictConfig
 from cogvid.config.schema import ExportConfig, SampleConfig, TrainRunConfig
 from cogvid.utils.errors import CogvidError
 
+PACKAGE_RESOLVER = "cogvid.package"
+
+
+def package_path(relative: str) -> str:
+    """`relative` under the installed cogvid package (the folder of cogvid/__init__.py), as an absolute path.
+
+    Configs name shipped files with it, `${cogvid.package:weights/shapes/vae/3d-vae.pt}`, so they resolve the same
+    from a source checkout, an editable install and a wheel.
+    """
+    return str(Path(__file__).resolve().parents[1] / relative)
+
 
 def register_schemas() -> None:
-    """Put the schemas in Hydra's ConfigStore; primary configs list them first in their defaults."""
+    """Put the schemas in Hydra's ConfigStore (primary configs list them first in their defaults) and register the
+    `cogvid.package` resolver."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(PACKAGE_RESOLVER):
+        OmegaConf.register_new_resolver(PACKAGE_RESOLVER, package_path)
 
     cs = ConfigStore.instance()
     cs.store(name="sample_schema", node=SampleConfig)
