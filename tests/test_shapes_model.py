@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cogvid.config.compose import compose
 from cogvid.diffusion.model import build_model
+from cogvid.inference.frame_strip import CAPTION_HEIGHT, GAP
 from cogvid.inference.run import run_sample
 from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.shapes.dataset import write_dataset
@@ -51,6 +54,7 @@ def test_the_dit_trains_from_scratch_on_precomputed_shapes_latents(tmp_path, sha
     fit = [
         *common,
         "mode=sft",
+        "model.ckpt=null",  # model=shapes names the shipped weights
         f"data.cache={cache}",
         "train.max_steps=4",
         "train.batch_size=2",
@@ -82,8 +86,12 @@ def test_the_dit_trains_from_scratch_on_precomputed_shapes_latents(tmp_path, sha
             "sampler.num_steps=4",
             "infer.prompt=a red circle moving right",
             f"infer.output_dir={out}",
+            "infer.frame_strip=true",
         ]
     )
     written = run_sample(sample_cfg)
+    assert sorted(p.suffix for p in written) == [".json", ".mp4", ".png"]
     video = read_mp4(next(p for p in written if p.suffix == ".mp4"))
     assert video.shape == (9, 64, 64, 3)
+    strip = np.asarray(Image.open(next(p for p in written if p.suffix == ".png")).convert("RGB"))
+    assert strip.shape == (CAPTION_HEIGHT + 128 + GAP, GAP + 9 * (128 + GAP), 3)  # 9 frames, enlarged 2x

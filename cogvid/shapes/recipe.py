@@ -1,0 +1,263 @@
+"""`make shapes-model`: the shapes model from nothing, with fixed seeds, in stages on the CPU.
+
+    data        scripts/make_shapes_dataset.py       OUT/data       (videos/, labels/, dataset.json)
+    t5          cogvid.shapes.text_encoder           OUT/t5         (word-level sentencepiece + random small T5)
+    vae         cogvid-train model=shapes task=vae   OUT/vae        (vae/3d-vae.pt, vae_eval.json: held-out PSNR)
+    precompute  cogvid-train ... task=precompute     OUT/cache      (VAE posteriors + T5 embeddings per clip)
+    dit         cogvid-train model=shapes mode=sft   OUT/dit        (from no checkpoint; sat/<step>/...)
+    ship        the weights, in fp16, into cogvid/weights/shapes/ and the VAE's scale factor into
+                conf/model/shapes.yaml; cogvid/weights/shapes/recipe.json records every stage's time and result
+
+Each stage prints its progress bar and its time; `OUT/recipe.json` records a finished stage, and a rerun skips it
+(`--redo STAGE` runs it and every stage after it again). The settings below are the recipe: change them here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cogvid.config.compose import compose, package_path
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+STAGES = ("data", "t5", "vae", "precompute", "dit", "ship")
+NUM_CLIPS = 3000
+DATA_SEED = 0
+T5_SEED = 0
+# The VAE: 2000 steps of 2 clips in bf16 autocast (~0.65 s a step on 2 cores), L1 + 1e-6 KL, held-out PSNR.
+VAE = [
+    "task=vae",
+    "train.precision=bf16-mixed",
+    "train.max_steps=2000",
+    "train.batch_size=2",
+    "train.lr=1.5e-3",
+    "train.warmup_steps=50",
+    "train.gradient_clip=1.0",
+    "train.checkpoint_every=500",
+    "train.log_every=50",
+    "train.seed=0",
+]
+# The DiT from scratch on cached latents: SAT's v-prediction loss, caption dropout 0.1 (for guidance).
+DIT = [
+    "mode=sft",
+    "model.ckpt=null",  # from no checkpoint (model=shapes names the shipped weights)
+    "model.checkpoint_activations=false",
+    "train.precision=32",
+    "train.max_steps=5000",
+    "train.batch_size=16",
+    "train.lr=5e-4",
+    "train.warmup_steps=200",
+    "train.weight_decay=0.01",
+    "train.gradient_clip=1.0",
+    "train.checkpoint_every=1000",
+    "train.keep_last=1",
+    "train.log_every=100",
+    "train.seed=0",
+]
+WEIGHTS = "weights/shapes"  # under the cogvid package; conf/model/shapes.yaml points here
+SHIP_DTYPE = torch.float16  # halves the files; the model runs in fp32 (tensors are widened on load)
+
+
+def shipped_dir() -> Path:
+    return Path(package_path(WEIGHTS))
+
+
+def model_config_file() -> Path:
+    from cogvid.config.compose import conf_dir
+
+    return conf_dir() / "model" / "shapes.yaml"
+
+
+@dataclass
+class RecipeSettings:
+    """What the recipe makes and where it ships it (the defaults are `make shapes-model`; tests shrink them)."""
+
+    num_clips: int = NUM_CLIPS
+    vae: list[str] = field(default_factory=lambda: list(VAE))
+    dit: list[str] = field(default_factory=lambda: list(DIT))
+    model: list[str] = field(default_factory=list)  # extra model overrides for every stage (tests: smaller sizes)
+    ship_dir: Path = field(default_factory=shipped_dir)
+    model_config: Path = field(default_factory=model_config_file)
+
+
+class Recipe:
+    """The stages over one work folder; `OUT/recipe.json` holds each finished stage's time and result."""
+
+    def __init__(self, out: str | Path, workers: int = 2, settings: RecipeSettings | None = None):
+        self.out = Path(out).expanduser()
+        self.workers = workers
+        self.settings = settings or RecipeSettings()
+        self.record_file = self.out / "recipe.json"
+        self.record: dict = json.loads(self.record_file.read_text()) if self.record_file.is_file() else {}
+
+    # --- paths --------------------------------------------------------------------------------------------------
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def t5(self) -> Path:
+        return self.out / "t5"
+
+    @property
+    def vae_ckpt(self) -> Path:
+        return self.out / "vae" / "vae" / "3d-vae.pt"
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    def scale_factor(self) -> float:
+        """1 / std of the trained VAE's posterior means on held-out clips (LDM's and SAT's rule)."""
+        return float(json.loads((self.out / "vae" / "vae_eval.json").read_text())["scale_factor_estimate"])
+
+    def model_overrides(self) -> list[str]:
+        return [
+            "model=shapes",
+            *self.settings.model,
+            f"model.vae_ckpt={self.vae_ckpt}",
+            f"model.text_encoder.path={self.t5}",
+            f"model.scale_factor={self.scale_factor():.8f}",
+            "data.num_workers=0",
+            "device=cpu",
+        ]
+
+    # --- stages -------------------------------------------------------------------------------------------------
+
+    def stage_data(self) -> dict:
+        from cogvid.shapes.dataset import write_dataset
+
+        n = self.settings.num_clips
+        write_dataset(self.data, n, DATA_SEED, overwrite=True, workers=self.workers, progress=True)
+        return {"clips": n, "seed": DATA_SEED}
+
+    def stage_t5(self) -> dict:
+        from cogvid.shapes.text_encoder import build_shapes_t5
+
+        shutil.rmtree(self.t5, ignore_errors=True)
+        build_shapes_t5(self.t5, seed=T5_SEED)
+        return {"seed": T5_SEED}
+
+    def stage_vae(self) -> dict:
+        from cogvid.training.run import run_train
+
+        shutil.rmtree(self.out / "vae", ignore_errors=True)
+        overrides = [
+            "model=shapes",
+            *self.settings.model,
+            f"data.root={self.data}",
+            f"train.output_dir={self.out / 'vae'}",
+        ]
+        result = run_train(compose([*overrides, *self.settings.vae, "data.num_workers=0", "device=cpu"], "train"))
+        report = json.loads((self.out / "vae" / "vae_eval.json").read_text())
+        return {
+            "steps": result.final_step,
+            "holdout_psnr_db": round(result.psnr_db, 2),
+            "holdout_clips": len(report["holdout_clips"]),
+            "scale_factor": round(report["scale_factor_estimate"], 8),
+        }
+
+    def stage_precompute(self) -> dict:
+        from cogvid.training.run import run_train
+
+        shutil.rmtree(self.cache, ignore_errors=True)
+        overrides = [*self.model_overrides(), "task=precompute", f"data.root={self.data}", f"data.cache={self.cache}"]
+        run_train(compose(overrides, "train"))
+        return {"samples": len(list((self.cache / "samples").glob("*.safetensors")))}
+
+    def stage_dit(self) -> dict:
+        from cogvid.training.metrics import read_train_log
+        from cogvid.training.run import run_train
+
+        shutil.rmtree(self.out / "dit", ignore_errors=True)
+        out = self.out / "dit"
+        overrides = [*self.model_overrides(), *self.settings.dit, f"data.cache={self.cache}", f"train.output_dir={out}"]
+        result = run_train(compose(overrides, "train"))
+        losses = [row["loss"] for row in read_train_log(result.output_dir).values()]
+        tail = losses[-200:]
+        return {"steps": result.final_step, "final_loss_mean_200": round(sum(tail) / len(tail), 5)}
+
+    def stage_ship(self) -> dict:
+        from cogvid.sat.checkpoint import (
+            read_sat_state_dict,
+            read_sat_vae_state_dict,
+            save_sat_checkpoint,
+            write_sat_model_states,
+        )
+
+        target = self.settings.ship_dir
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        state, _ = read_sat_state_dict(self.out / "dit" / "sat")
+        dit = {k.removeprefix("model.diffusion_model."): _ship(v) for k, v in state.items()}
+        save_sat_checkpoint(dit, staging / "transformer", iteration=self.record["dit"]["steps"])
+        vae = {k: _ship(v) for k, v in read_sat_vae_state_dict(self.vae_ckpt).items()}
+        write_sat_model_states(staging / "vae" / "3d-vae.pt", vae, wrapper="state_dict", desc="vae")
+        shutil.copytree(self.t5, staging / "t5")
+        scale = self.scale_factor()
+        set_scale_factor(self.settings.model_config, scale)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        sizes = {p.relative_to(target).as_posix(): p.stat().st_size for p in sorted(target.rglob("*")) if p.is_file()}
+        return {"scale_factor": round(scale, 8), "files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
+
+    # --- running ------------------------------------------------------------------------------------------------
+
+    def run(self, redo: str | None = None, until: str | None = None) -> dict:
+        if redo is not None and redo not in STAGES:
+            raise CogvidError(f"--redo {redo}: expected one of {', '.join(STAGES)}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        stale = False
+        for name in STAGES:
+            stale = stale or name == redo
+            if name in self.record and not stale:
+                log.info("stage %s: done before (%.0f s), skipped", name, self.record[name]["seconds"])
+            else:
+                stale = True  # a stage run again makes every later stage stale
+                self._run_stage(name, getattr(self, f"stage_{name}"))
+            if name == until:
+                break
+        total = sum(v["seconds"] for k, v in self.record.items() if k in STAGES)
+        done = [f"{k} {self.record[k]['seconds']:.0f} s" for k in STAGES if k in self.record]
+        log.info("shapes model: %s", ", ".join(done))
+        log.info("total %.1f min", total / 60)
+        return self.record
+
+    def _run_stage(self, name: str, stage: Callable[[], dict]) -> None:
+        log.info("stage %s ...", name)
+        start = time.perf_counter()
+        result = stage()
+        seconds = time.perf_counter() - start
+        self.record[name] = {"seconds": round(seconds, 1), **result}
+        for later in STAGES[STAGES.index(name) + 1 :]:
+            self.record.pop(later, None)
+        text = json.dumps(self.record, indent=2).encode()
+        write_atomic(self.record_file, lambda f: f.write(text))
+        if name == "ship":  # the shipped model carries its own recipe record
+            write_atomic(self.settings.ship_dir / "recipe.json", lambda f: f.write(text))
+        log.info("stage %s: %.0f s (%s)", name, seconds, json.dumps(result)[:200])
+
+
+def _ship(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(SHIP_DTYPE) if tensor.is_floating_point() else tensor
+
+
+def set_scale_factor(config_file: Path, scale: float) -> None:
+    """Rewrite the `scale_factor:` line of a model config (its comment kept)."""
+    text = config_file.read_text()
+    new, count = re.subn(r"^scale_factor: [0-9.eE+-]+", f"scale_factor: {scale:.8f}", text, flags=re.M)
+    if count != 1:
+        raise CogvidError(f"{config_file}: expected one `scale_factor:` line, found {count}")
+    write_atomic(config_file, lambda f: f.write(new.encode()))
