@@ -1,0 +1,205 @@
+"""Prompt adherence of the shapes model, measured from the pixels of the videos it makes.
+
+    .venv/bin/python benchmarks/shapes_adherence.py                       # cogvid, the shipped model
+    .venv/bin/python benchmarks/shapes_adherence.py --seeds 8 sampler=ddim sampler.num_steps=20
+    .venv/bin/python benchmarks/shapes_adherence.py --diffusers outputs/shapes-diffusers   # an exported pipeline
+
+Prompts: the plain caption ("a red square moving up") of every held-out (colour, shape, direction) combination, and
+of as many seen ones, drawn once from the training combinations with a fixed rng; each with `--seeds` seeds starting
+at `--first-seed` (far from the seeds the recipe trains with). Every video is read by `cogvid.shapes.measure`:
+colour, direction, shape and flicker; the script prints the accuracy of each, for held-out and seen prompts apart,
+and writes JSON and a markdown table to benchmarks/results/ (device, torch version, command, date).
+
+Extra `key=value` arguments are cogvid-sample overrides (model=shapes is implied). With `--diffusers FOLDER` the
+videos come from diffusers' CogVideoXPipeline loaded from FOLDER (`cogvid-export task=to_diffusers model=shapes
+out=FOLDER`), with CogVideoXDDIMScheduler, constant guidance and the negative prompt "": the same videos (to float32
+rounding, tests/test_shapes_interop.py) as cogvid with
+`sampler=ddim sampler.zero_snr_rescale=full sampler.uncond=negative_prompt sampler.guider=constant` and the same
+`sampler.num_steps` (= --steps, a divisor of 1000) and `sampler.guidance_scale` (= --guidance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cogvid.shapes.dataset import HELD_OUT, training_combinations
+from cogvid.shapes.measure import measure_video, score
+
+RESULTS = Path(__file__).parent / "results"
+ATTRIBUTES = ("colour", "direction", "shape", "all", "found")
+SEEN_RNG = 20261201
+
+
+def prompt_sets() -> dict[str, list[tuple[str, str, str]]]:
+    """{"held_out": HELD_OUT, "seen": as many training combinations, drawn with a fixed rng}."""
+    seen = training_combinations()
+    picks = np.random.default_rng(SEEN_RNG).choice(len(seen), size=len(HELD_OUT), replace=False)
+    return {"held_out": list(HELD_OUT), "seen": [seen[i] for i in sorted(picks)]}
+
+
+def plain_prompt(combination: tuple[str, str, str]) -> str:
+    colour, shape, direction = combination
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {shape} moving {direction}"
+
+
+class CogvidVideos:
+    """Videos from cogvid's pipeline (loaded once) for a composed sample config."""
+
+    def __init__(self, overrides: list[str]):
+        from cogvid.config.compose import compose
+        from cogvid.inference.pipeline import VideoPipeline
+
+        self.cfg = compose(["model=shapes", *overrides])
+        self.pipeline = VideoPipeline.from_config(self.cfg)
+        self.shape = self.pipeline.shape_for(None)
+        self.settings = {
+            "sampler": self.cfg.sampler.name if "name" in self.cfg.sampler else None,
+            "num_steps": self.cfg.sampler.num_steps,
+            "guidance_scale": self.cfg.sampler.guidance_scale,
+        }
+
+    def __call__(self, prompt: str, seed: int) -> np.ndarray:
+        from cogvid.utils.media import to_uint8_frames
+
+        result = self.pipeline.generate(prompt, seed=seed, shape=self.shape, progress=False)
+        return to_uint8_frames(result.video)
+
+
+class DiffusersVideos:
+    """Videos from diffusers' CogVideoXPipeline with CogVideoXDDIMScheduler, loaded from an exported folder."""
+
+    def __init__(self, folder: str, num_steps: int, guidance_scale: float):
+        from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+
+        self.pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        self.pipe.scheduler = CogVideoXDDIMScheduler.from_config(self.pipe.scheduler.config)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.num_steps, self.guidance_scale = num_steps, guidance_scale
+        self.settings = {"sampler": "diffusers-ddim", "num_steps": num_steps, "guidance_scale": guidance_scale}
+
+    def __call__(self, prompt: str, seed: int) -> np.ndarray:
+        out = self.pipe(
+            prompt=prompt,
+            negative_prompt="",  # cogvid's sampler.uncond=negative_prompt with infer.negative_prompt's default
+            num_frames=9,
+            height=64,
+            width=64,
+            num_inference_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            use_dynamic_cfg=False,  # sampler.guider=constant
+            generator=torch.Generator().manual_seed(seed),  # the initial noise cogvid draws for infer.seed=seed
+            output_type="np",
+            max_sequence_length=self.pipe.transformer.config.max_text_seq_length,  # the 2B layout needs it exact
+        )
+        frames = np.asarray(out.frames[0])  # (f, h, w, 3) floats in [0, 1]
+        return np.round(frames.clip(0, 1) * 255).astype(np.uint8)
+
+
+def run(make_video, seeds: list[int]) -> dict:
+    rows = []
+    for split, combinations in prompt_sets().items():
+        for combination in combinations:
+            prompt = plain_prompt(combination)
+            for seed in seeds:
+                start = time.perf_counter()
+                frames = make_video(prompt, seed)
+                seconds = time.perf_counter() - start
+                reading = measure_video(frames)
+                rows.append(
+                    {
+                        "split": split,
+                        "prompt": prompt,
+                        "seed": seed,
+                        "seconds": round(seconds, 3),
+                        "read": {"colour": reading.colour, "direction": reading.direction, "shape": reading.shape},
+                        "flicker": reading.flicker,
+                        **score(reading, combination),
+                    }
+                )
+                marks = "".join("+" if rows[-1][a] else "-" for a in ("colour", "direction", "shape"))
+                print(f"{split:8s} {prompt:36s} seed {seed:5d}  {marks}  ({seconds:.1f} s)", flush=True)
+    return {"rows": rows, "summary": summarise(rows)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    summary = {}
+    for split in ("held_out", "seen"):
+        mine = [r for r in rows if r["split"] == split]
+        flicker = [r["flicker"] for r in mine if r["flicker"] is not None]
+        summary[split] = {
+            "videos": len(mine),
+            **{a: round(100.0 * sum(r[a] for r in mine) / len(mine), 1) for a in ATTRIBUTES},
+            "flicker": round(float(np.mean(flicker)), 2) if flicker else None,
+            "seconds_per_video": round(float(np.median([r["seconds"] for r in mine])), 3),
+        }
+    return summary
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    lines = [
+        f"# Shapes model prompt adherence ({meta['backend']})",
+        "",
+        f"- date: {meta['date']}",
+        f"- device: {meta['device']}; torch {meta['torch']}",
+        f"- command: `{meta['command']}`",
+        f"- settings: {json.dumps(meta['settings'])}; seeds {meta['seeds'][0]}..{meta['seeds'][-1]}",
+        "",
+        "| prompts | videos | colour % | direction % | shape % | all three % | object found % | flicker | s/video |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split, s in summary.items():
+        lines.append(
+            f"| {split.replace('_', '-')} | {s['videos']} | {s['colour']} | {s['direction']} | {s['shape']} | "
+            f"{s['all']} | {s['found']} | {s['flicker']} | {s['seconds_per_video']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
+    parser.add_argument("--first-seed", type=int, default=5000, help="the first seed (default 5000)")
+    parser.add_argument("--diffusers", metavar="FOLDER", help="score diffusers' CogVideoXPipeline from this folder")
+    parser.add_argument("--steps", type=int, default=50, help="--diffusers: inference steps (default 50)")
+    parser.add_argument("--guidance", type=float, default=6.0, help="--diffusers: guidance scale (default 6)")
+    parser.add_argument("--name", default=None, help="results file stem (default shapes_adherence[_diffusers])")
+    parser.add_argument("overrides", nargs="*", help="cogvid-sample key=value overrides")
+    args = parser.parse_args(argv)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.diffusers:
+        make_video, backend = DiffusersVideos(args.diffusers, args.steps, args.guidance), "diffusers"
+    else:
+        make_video, backend = CogvidVideos(args.overrides), "cogvid"
+    result = run(make_video, seeds)
+    meta = {
+        "backend": backend,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "settings": {**make_video.settings, "overrides": args.overrides},
+        "seeds": seeds,
+    }
+    table = markdown(result["summary"], meta)
+    print(table)
+    stem = args.name or ("shapes_adherence_diffusers" if args.diffusers else "shapes_adherence")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, **result}, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(table)
+    print(f"wrote {RESULTS / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
