@@ -169,6 +169,27 @@ def test_negative_prompt_is_the_unconditional_context_when_asked(tmp_path, tiny_
     assert meta["negative_prompt"] == "blurry" and meta["uncond"] == "negative_prompt"
 
 
+def test_a_second_run_into_the_same_dir_keeps_every_earlier_video(tmp_path, tiny_t5_dir):
+    def run(seed: int, n: int = 1) -> list[Path]:
+        overrides = [
+            "sampler.num_steps=1",
+            "infer.prompt=a cat",
+            f"infer.seed={seed}",
+            f"infer.num_videos_per_prompt={n}",
+        ]
+        return [p for p in sample(tiny(tmp_path, tiny_t5_dir, *overrides)) if p.suffix == ".mp4"]
+
+    first = run(7, n=2)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in first}
+    second = run(8)
+    assert [p.name for p in first] == ["0000_a_cat.mp4", "0001_a_cat.mp4"]
+    assert [p.name for p in second] == ["0002_a_cat.mp4"]  # numbered after the highest index already there
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in first} == before  # untouched
+    assert json.loads(second[0].with_suffix(".json").read_text())["seed"] == 8  # the seed is its own run's
+    third = run(7)
+    assert third[0].name == "0003_a_cat.mp4" and third[0].read_bytes() == first[0].read_bytes()  # same seed, same video
+
+
 def test_prompts_cannot_escape_the_output_dir_or_collide(tmp_path, tiny_t5_dir):
     prompts = tmp_path / "p.txt"
     long = "a very long prompt " * 27  # 500+ characters

@@ -2,7 +2,9 @@
 strip on request).
 
 The slug is made from the prompt with only `[a-z0-9_]`, so no prompt can name a path outside the output dir; the
-run-wide index in front keeps two videos of one prompt, or two prompts with the same slug, apart. Every file is
+index in front keeps two videos of one prompt, or two prompts with the same slug, apart. A run into a dir that
+already holds videos numbers its own after the highest index there (`next_free_index`), so no finished video is
+ever replaced; the seed of a video still depends only on its position in its own run (`infer.seed + i`). Every file is
 written under a temporary name and renamed, so an interrupted run leaves no half video.
 """
 
@@ -37,6 +39,15 @@ def slug(prompt: str, max_length: int = SLUG_LENGTH) -> str:
 
 def video_stem(index: int, prompt: str) -> str:
     return f"{index:04d}_{slug(prompt)}"
+
+
+STEM_INDEX = re.compile(r"^(\d{4,})_")
+
+
+def next_free_index(samples_dir: Path) -> int:
+    """1 + the highest `<index>_` prefix among the files in `samples_dir` (0 when it holds none)."""
+    found = [int(m.group(1)) for p in samples_dir.iterdir() if (m := STEM_INDEX.match(p.name))]
+    return max(found) + 1 if found else 0
 
 
 def config_hash(resolved: dict) -> str:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cogvid.config.schema import Generation, Uncond, is_image_to_video
-from cogvid.inference.outputs import check_writable, config_hash, video_stem, write_sample
+from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
 from cogvid.inference.pipeline import VideoPipeline, check_weight_paths
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import video_shape
@@ -131,6 +131,11 @@ def run_sample(cfg, stdin=None) -> list[Path]:
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo")
     samples_dir = check_writable(output_dir(cfg, world))
+    first_index = next_free_index(samples_dir)  # after any earlier run's videos: nothing is overwritten
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has read the dir before any rank writes into it
 
     device = None
     if world > 1 and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
@@ -155,7 +160,7 @@ def run_sample(cfg, stdin=None) -> list[Path]:
             sidecar = _sidecar(cfg, job, index, rank, result, fps, pipeline)
             latents = result.latents if cfg.infer.save_latents else None
             caption = job.prompt if cfg.infer.frame_strip else None
-            stem = video_stem(index, job.prompt)
+            stem = video_stem(first_index + index, job.prompt)
             files = write_sample(samples_dir, stem, to_uint8_frames(result.video), fps, sidecar, latents, caption)
             t = result.timings
             log.info(
