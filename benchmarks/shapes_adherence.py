@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvid.shapes.dataset import HELD_OUT, training_combinations
+from cogvid.shapes.dataset import HELD_OUT, plain_caption, training_combinations
 from cogvid.shapes.measure import measure_video, score
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,12 +45,6 @@ def prompt_sets() -> dict[str, list[tuple[str, str, str]]]:
     seen = training_combinations()
     picks = np.random.default_rng(SEEN_RNG).choice(len(seen), size=len(HELD_OUT), replace=False)
     return {"held_out": list(HELD_OUT), "seen": [seen[i] for i in sorted(picks)]}
-
-
-def plain_prompt(combination: tuple[str, str, str]) -> str:
-    colour, shape, direction = combination
-    article = "an" if colour[0] in "aeiou" else "a"
-    return f"{article} {colour} {shape} moving {direction}"
 
 
 class CogvidVideos:
@@ -110,7 +104,7 @@ def run(make_video, seeds: list[int]) -> dict:
     rows = []
     for split, combinations in prompt_sets().items():
         for combination in combinations:
-            prompt = plain_prompt(combination)
+            prompt = plain_caption(*combination)
             for seed in seeds:
                 start = time.perf_counter()
                 frames = make_video(prompt, seed)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 from cogvid.config.compose import compose, package_path
+from cogvid.training.resume import SAT_DIR
+from cogvid.training.vae_module import EVAL_FILE, VAE_CKPT
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_atomic
 
@@ -112,8 +114,16 @@ class Recipe:
         return self.out / "t5"
 
     @property
+    def vae_dir(self) -> Path:
+        return self.out / "vae"
+
+    @property
     def vae_ckpt(self) -> Path:
-        return self.out / "vae" / "vae" / "3d-vae.pt"
+        return self.vae_dir / VAE_CKPT
+
+    @property
+    def dit_dir(self) -> Path:
+        return self.out / "dit"
 
     @property
     def cache(self) -> Path:
@@ -121,17 +131,22 @@ class Recipe:
 
     def scale_factor(self) -> float:
         """1 / std of the trained VAE's posterior means on held-out clips (LDM's and SAT's rule)."""
-        return float(json.loads((self.out / "vae" / "vae_eval.json").read_text())["scale_factor_estimate"])
+        return float(self.vae_report()["scale_factor_estimate"])
+
+    def vae_report(self) -> dict:
+        return json.loads((self.vae_dir / EVAL_FILE).read_text())
+
+    def base_overrides(self) -> list[str]:
+        """Every stage's: the model (and the settings' size overrides), in this process, on the CPU."""
+        return ["model=shapes", *self.settings.model, "data.num_workers=0", "device=cpu"]
 
     def model_overrides(self) -> list[str]:
+        """The stages after the VAE's: the base plus the trained VAE, its scale factor and the T5."""
         return [
-            "model=shapes",
-            *self.settings.model,
+            *self.base_overrides(),
             f"model.vae_ckpt={self.vae_ckpt}",
             f"model.text_encoder.path={self.t5}",
             f"model.scale_factor={self.scale_factor():.8f}",
-            "data.num_workers=0",
-            "device=cpu",
         ]
 
     # --- stages -------------------------------------------------------------------------------------------------
@@ -153,15 +168,10 @@ class Recipe:
     def stage_vae(self) -> dict:
         from cogvid.training.run import run_train
 
-        shutil.rmtree(self.out / "vae", ignore_errors=True)
-        overrides = [
-            "model=shapes",
-            *self.settings.model,
-            f"data.root={self.data}",
-            f"train.output_dir={self.out / 'vae'}",
-        ]
-        result = run_train(compose([*overrides, *self.settings.vae, "data.num_workers=0", "device=cpu"], "train"))
-        report = json.loads((self.out / "vae" / "vae_eval.json").read_text())
+        shutil.rmtree(self.vae_dir, ignore_errors=True)
+        paths = [f"data.root={self.data}", f"train.output_dir={self.vae_dir}"]
+        result = run_train(compose([*self.base_overrides(), *paths, *self.settings.vae], "train"))
+        report = self.vae_report()
         return {
             "steps": result.final_step,
             "holdout_psnr_db": round(result.psnr_db, 2),
@@ -181,9 +191,9 @@ class Recipe:
         from cogvid.training.metrics import read_train_log
         from cogvid.training.run import run_train
 
-        shutil.rmtree(self.out / "dit", ignore_errors=True)
-        out = self.out / "dit"
-        overrides = [*self.model_overrides(), *self.settings.dit, f"data.cache={self.cache}", f"train.output_dir={out}"]
+        shutil.rmtree(self.dit_dir, ignore_errors=True)
+        paths = [f"data.cache={self.cache}", f"train.output_dir={self.dit_dir}"]
+        overrides = [*self.model_overrides(), *self.settings.dit, *paths]
         result = run_train(compose(overrides, "train"))
         losses = [row["loss"] for row in read_train_log(result.output_dir).values()]
         tail = losses[-200:]
@@ -191,6 +201,7 @@ class Recipe:
 
     def stage_ship(self) -> dict:
         from cogvid.sat.checkpoint import (
+            DIT_PREFIX,
             read_sat_state_dict,
             read_sat_vae_state_dict,
             save_sat_checkpoint,
@@ -200,8 +211,8 @@ class Recipe:
         target = self.settings.ship_dir
         staging = target.with_name(target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        state, _ = read_sat_state_dict(self.out / "dit" / "sat")
-        dit = {k.removeprefix("model.diffusion_model."): _ship(v) for k, v in state.items()}
+        state, _ = read_sat_state_dict(self.dit_dir / SAT_DIR)  # the DiT run's latest checkpoint
+        dit = {k.removeprefix(DIT_PREFIX): _ship(v) for k, v in state.items()}
         save_sat_checkpoint(dit, staging / "transformer", iteration=self.record["dit"]["steps"])
         vae = {k: _ship(v) for k, v in read_sat_vae_state_dict(self.vae_ckpt).items()}
         write_sat_model_states(staging / "vae" / "3d-vae.pt", vae, wrapper="state_dict", desc="vae")
