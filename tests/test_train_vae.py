@@ -16,7 +16,14 @@ from cogvid.sat.checkpoint import load_sat_vae, safe_torch_load
 from cogvid.shapes.dataset import write_dataset
 from cogvid.training.data import VideoClips, clip_spec, collate, find_clips
 from cogvid.training.run import run_train
-from cogvid.training.vae_module import VaeModule, holdout_indices, kl_per_clip, psnr_db
+from cogvid.training.vae_module import (
+    VaeModule,
+    foreground_mask,
+    foreground_psnr_db,
+    holdout_indices,
+    kl_per_clip,
+    psnr_db,
+)
 from cogvid.utils.errors import CogvidError
 
 TORCH_THREADS = 1  # tiny tensors: extra intra-op threads only spin
@@ -76,6 +83,44 @@ def test_objective_and_measure():
     psnr = psnr_db(video, off)
     assert psnr[0] > 140 and abs(float(psnr[1]) - 48.1308) < 1e-3  # identical clips: capped, finite
     assert holdout_indices(6, 2) == [1, 4] and holdout_indices(200, 4) == [25, 75, 125, 175]
+
+
+def square_on_grey() -> torch.Tensor:
+    """One clip (1, 3, 2, 32, 32): a grey frame with an 8x8 red square, which moves 4 pixels right in frame 1."""
+    video = torch.full((1, 3, 2, 32, 32), -0.2)
+    red = torch.tensor([0.8, -0.7, -0.7])[:, None, None]
+    video[0, :, 0, 10:18, 6:14] = red
+    video[0, :, 1, 10:18, 10:18] = red
+    return video
+
+
+def test_the_foreground_is_the_shape_and_its_psnr_sees_a_lost_shape():
+    video = square_on_grey()
+    mask = foreground_mask(video)
+    assert mask.shape == (1, 1, 2, 32, 32) and mask.sum() == 2 * 64
+    assert mask[0, 0, 0, 10:18, 6:14].all() and mask[0, 0, 1, 10:18, 10:18].all()
+    lost = torch.full_like(video, -0.2)  # the background kept, the shape lost
+    assert psnr_db(video, lost) > 20.0 > 12.0 > foreground_psnr_db(video, lost)
+    assert foreground_psnr_db(video, video) > 100.0
+    assert foreground_psnr_db(torch.zeros(1, 3, 1, 8, 8), torch.zeros(1, 3, 1, 8, 8)).isnan().all()  # no shape
+
+
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_foreground_weight_weighs_the_shape_pixels(tmp_path, loss):
+    """The reconstruction term with train.vae.foreground_weight=w is the mean of the per-pixel error weighted by
+    1 + w on the shape's pixels, over the mean weight; w = 0 is the plain mean."""
+    video = square_on_grey()
+    lost = torch.full_like(video, -0.2)
+    error = (lost - video).abs() if loss == "l1" else (lost - video).pow(2)
+    fraction = 2 * 64 / (2 * 32 * 32)  # of the pixels that are the shape's
+    for w in (0.0, 10.0):
+        module = VaeModule(vae_cfg(None, tmp_path, f"train.vae.loss={loss}", f"train.vae.foreground_weight={w}"))
+        module.vae.encode_moments = lambda x: torch.zeros(x.shape[0], 8, 1, 4, 4)  # noqa: B023
+        module.vae.decode = lambda z: lost  # noqa: B023
+        got = module.losses(video, torch.Generator().manual_seed(0))["reconstruction"]
+        weight = 1.0 + w * foreground_mask(video)
+        torch.testing.assert_close(got, (error * weight).mean() / weight.mean())
+        assert abs(float(got) - float(error.sum(1).mean()) / 3 * (1 + w) / (1 + w * fraction)) < 1e-5
 
 
 def test_vae_training_writes_a_sat_vae_that_loads_decodes_and_exports(tmp_path, shapes_dir):
@@ -144,6 +189,7 @@ def test_vae_training_writes_a_sat_vae_that_loads_decodes_and_exports(tmp_path, 
         (("data.cache=/tmp/latents",), "not on data.cache latents"),
         (("train.vae.holdout=6",), "6 clips, train.vae.holdout=6"),
         (("train.vae.init=/nonexistent/3d-vae.pt",), "train.vae.init=/nonexistent/3d-vae.pt: no such file"),
+        (("train.vae.foreground_weight=-1",), "train.vae.foreground_weight=-1.0 must be a finite number >= 0"),
     ],
 )
 def test_bad_input_is_one_line_before_any_file(tmp_path, shapes_dir, extra, message):

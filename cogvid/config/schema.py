@@ -245,6 +245,9 @@ class VaeTrainConfig:
 
     loss: VaeLoss = VaeLoss.l1  # train.vae.loss=mse: the pixel reconstruction term, on pixels in [-1, 1]
     kl_weight: float = 1e-6  # train.vae.kl_weight=1e-5: weight of the posterior's KL (LDM's scale, per pixel)
+    # train.vae.foreground_weight=10: pixels away from their frame's background (the median of its border) weigh
+    # 1 + this in the reconstruction term; 0 = the plain mean. For clips with flat backgrounds (the shapes data).
+    foreground_weight: float = 0.0
     holdout: int = 16  # clips held out (evenly spaced, fixed) for reconstruction PSNR; never trained on
     init: str | None = None  # train.vae.init=OUT/vae/3d-vae.pt: start from these weights (e.g. trained on 1 frame)
     clips_in_memory: bool = True  # decode every clip once, keep it as uint8 (false: decode on the fly)

@@ -37,18 +37,24 @@ STAGES = ("data", "t5", "vae", "precompute", "dit", "ship")
 NUM_CLIPS = 3000
 DATA_SEED = 0
 T5_SEED = 0
-# The VAE: 2000 steps of 2 clips in bf16 autocast (~0.65 s a step on 2 cores), L1 + 1e-6 KL, held-out PSNR.
+# The VAE: 2400 steps of 2 clips in fp32 (~0.7 s a step on 2 cores), MSE + 1e-6 KL, the shape's pixels weighted 11x
+# against the background's. Measured on the held-out clips (foreground PSNR: the shape's pixels only), 300 steps:
+#   L1, bf16-mixed: 20 dB overall, foreground 11 dB (the shape is lost: the VAE keeps only the background)
+#   MSE, fp32, train.vae.foreground_weight=10: foreground 15 dB and rising (the shape kept, its colour right)
+# (bf16 autocast also stalls: GroupNorm at one channel per group amplifies bf16 rounding on flat frames.)
 VAE = [
     "task=vae",
-    "train.precision=bf16-mixed",
-    "train.max_steps=2000",
+    "train.precision=32",
+    "train.max_steps=2400",
     "train.batch_size=2",
-    "train.lr=1.5e-3",
+    "train.lr=1e-3",
     "train.warmup_steps=50",
-    "train.gradient_clip=1.0",
-    "train.checkpoint_every=500",
+    "train.gradient_clip=5.0",
+    "train.checkpoint_every=400",
     "train.log_every=50",
     "train.seed=0",
+    "train.vae.loss=mse",
+    "train.vae.foreground_weight=10",
 ]
 # The DiT from scratch on cached latents: SAT's v-prediction loss, caption dropout 0.1 (for guidance).
 DIT = [
