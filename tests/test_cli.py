@@ -1,5 +1,6 @@
 """The command lines as a user runs them: bad input is one line on stderr, exit code 2, no traceback."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,6 +49,19 @@ def sample(tmp_path, tiny_t5_dir):
         )
 
     return run_sample
+
+
+def test_a_prompt_with_punctuation_works_as_typed(tmp_path, sample):
+    """The shell passes these characters to Hydra as they are; the video's sidecar holds the prompt unchanged."""
+    prompt = 'a fox\'s tail, "fast" = [1] (2) {3} costs $5 ${x} \\ à 日本'
+    result = sample(f"model.ckpt={FIXTURE / 'dit_ckpt'}", f"infer.prompt={prompt}", f"infer.negative_prompt={prompt}")
+    assert result.returncode == 0, result.stderr
+    (sidecar,) = (tmp_path / "out" / "samples").glob("*.json")
+    assert json.loads(sidecar.read_text())["prompt"] == prompt
+
+
+def test_an_unquoted_value_of_another_key_says_how_to_quote(sample):
+    assert_one_line_error(sample("infer.image=the fox's photo.png"), "must be quoted, e.g.")
 
 
 def test_misspelt_config_key(sample):
@@ -144,6 +158,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
     wheel = next(tmp_path.glob("cogvid-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "cogvid/conf/sample.yaml" in names and "cogvid/conf/model/cogvideox1.5_5b_i2v.yaml" in names
+    assert "cogvid/weights/shapes/vae/3d-vae.pt" in names and "cogvid/weights/shapes/t5/spiece.model" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
@@ -156,7 +171,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
             sys.executable,
             "-c",
             "import cogvid, cogvid.config.compose as c; print(cogvid.__file__); print(c.conf_dir());"
-            "print(cogvid.compose(['model=5b']).model.hidden_size)",
+            "print(cogvid.compose(['model=5b']).model.hidden_size); print(cogvid.compose(['model=shapes']).model.ckpt)",
         ],
         capture_output=True,
         text=True,
@@ -165,5 +180,6 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         timeout=120,
     )
     assert probe.returncode == 0, probe.stderr
-    module_file, conf, hidden = probe.stdout.split()
+    module_file, conf, hidden, shapes_ckpt = probe.stdout.split()
     assert module_file.startswith(str(target)) and conf.startswith(str(target)) and hidden == "3072"
+    assert shapes_ckpt.startswith(str(target)) and (Path(shapes_ckpt) / "latest").is_file()  # the shipped weights

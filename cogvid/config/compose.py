@@ -83,6 +83,13 @@ def describe_config_error(ex: BaseException) -> str:
     omegaconf_lines = [line for e, line in zip(chain, lines, strict=True) if isinstance(e, OmegaConfBaseException)]
     detail = omegaconf_lines[0] if omegaconf_lines else lines[0]
     where = lines[0]
+    from hydra.errors import OverrideParseException
+
+    unparsed = next((e.override for e in chain if isinstance(e, OverrideParseException)), None)
+    if unparsed is not None or where.startswith("Ambiguous value"):
+        # Hydra's own advice is on its later lines: keep the part about quoting
+        what = f"cannot parse the override {unparsed!r}" if unparsed is not None else where
+        return f"{what}: a value with commas, quotes, brackets or '=' must be quoted, e.g. \"key='a, b'\""
     if where == detail:
         return detail
     if match := re.match(r"(?:Error merging override|Could not override) '?([^']*)'?", where):
