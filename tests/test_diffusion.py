@@ -17,13 +17,18 @@ from cogvid.diffusion.schedules import sampling_schedule, shifted_alphas_cumprod
 from cogvid.diffusion.solvers import SOLVERS, sample_ddim, sample_dpmpp2m_ode, sample_dpmpp2m_sde
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 
+# Within float32's epsilon (2**-23) absolutely: on the machines the tables were first checked on they are bit-exact
+# to the original's; on others (an AVX-512 Xeon with numpy 2.4.6 and torch 2.13.0) 164 of the 1000 entries differ
+# by up to 2**-23, the rounding of sqrt(alpha_bar) near 1 carried through the zero-terminal shift.
+ULP = {"rtol": 0.0, "atol": 2.0**-23}
 
-def test_schedule_tables_are_bit_exact_to_sat():
+
+def test_schedule_tables_match_sat_to_float32_epsilon():
     ref = reference("schedule")
-    assert torch.equal(training_table(3.0), ref["denoiser_sigmas_1000"])
+    torch.testing.assert_close(training_table(3.0), ref["denoiser_sigmas_1000"], **ULP)
     for n in (5, 50, 1000):
         s = sampling_schedule(n, 3.0)
-        assert torch.equal(s.alphas[:-1], ref[f"sampler_alpha_cumprod_sqrt_{n}"]), n
+        torch.testing.assert_close(s.alphas[:-1], ref[f"sampler_alpha_cumprod_sqrt_{n}"], **ULP, msg=str(n))
         assert s.alphas[0] == 0 and s.alphas[-1] == 1
     for n in (5, 50):
         assert torch.equal(sampling_schedule(n, 3.0).timesteps.flip(0), ref[f"sampler_timesteps_{n}"])
