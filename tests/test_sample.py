@@ -396,8 +396,8 @@ BAD = {
     "two prompt sources": (lambda t: [f"infer.prompts_file={text_file(t, 'x')}"], "exactly one prompt source"),
     "no prompt source": (lambda t: ["infer.prompt=null"], "exactly one prompt source"),
     "empty prompt": (lambda t: ["infer.prompt=' '"], "infer.prompt is empty"),
-    "output dir under a file": (lambda t: [f"infer.output_dir={text_file(t, 'x', 'f')}/sub"], "cannot write"),
-    "zero videos per prompt": (lambda t: ["infer.num_videos_per_prompt=0"], "at least 1"),
+    "output dir under a file": (lambda t: [f"infer.output_dir={text_file(t, 'x', 'f')}/sub"], "lies under a file"),
+    "zero videos per prompt": (lambda t: ["infer.num_videos_per_prompt=0"], "must be >= 1"),
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cogvid.config.checks import check_values
 from cogvid.config.schema import Generation, ImageLatentScaling, is_image_to_video
 from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, unconditional_context
 from cogvid.diffusion.model import DiffusionModel, build_model
@@ -93,6 +94,7 @@ class VideoPipeline:
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | None = None) -> VideoPipeline:
+        check_values(cfg)
         check_weight_paths(cfg)
         resolved_device, dtype = resolve_device_dtype(cfg)
         device = device or resolved_device
@@ -139,9 +141,7 @@ class VideoPipeline:
         """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes."""
         m, infer = self.model_cfg, self.infer_cfg
         z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
-        tile = tuple(infer.vae_tile) if infer.vae_tile else None
-        if tile is not None and len(tile) != 2:
-            raise CogvidError(f"infer.vae_tile={list(tile)} must be [h, w] in latents")
+        tile = tuple(infer.vae_tile) if infer.vae_tile else None  # [h, w] >= 1: cogvid.config.checks
         video = self.vae.decode_chunked(
             z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from cogvid.config.checks import check_values
 from cogvid.config.schema import Generation, Uncond, is_image_to_video
 from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
 from cogvid.inference.pipeline import VideoPipeline, check_weight_paths
@@ -70,16 +71,6 @@ def _image_for(job: PromptJob, cfg):
     return None
 
 
-def _check_run_options(cfg) -> None:
-    infer = cfg.infer
-    if infer.num_videos_per_prompt < 1:
-        raise CogvidError(f"infer.num_videos_per_prompt={infer.num_videos_per_prompt} must be at least 1")
-    if infer.fps is not None and infer.fps < 1:
-        raise CogvidError(f"infer.fps={infer.fps} must be at least 1")
-    if cfg.sampler.num_steps < 1:
-        raise CogvidError(f"sampler.num_steps={cfg.sampler.num_steps} must be at least 1")
-
-
 def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipeline: VideoPipeline) -> dict:
     hc = _hydra_config()
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -113,7 +104,7 @@ def run_sample(cfg, stdin=None) -> list[Path]:
 
     `stdin`: where infer.interactive=true reads prompts (default sys.stdin)."""
     rank, world, local_rank = dist_env()
-    _check_run_options(cfg)
+    check_values(cfg)  # every option's value, before any weights load or file is written
     if cfg.infer.interactive and world > 1:
         raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
     jobs = prompt_jobs(cfg.infer, stdin)

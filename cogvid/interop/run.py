@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from cogvid.config.checks import check_values
 from cogvid.config.schema import ExportPart, ExportTask
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.runtime import torch_dtype
@@ -18,6 +19,7 @@ from cogvid.utils.runtime import torch_dtype
 
 def run_export(cfg) -> dict:
     """Run one export task; returns the mapping reports by part (empty for sat_config)."""
+    check_values(cfg)  # `out` is not a file nor under one
     task = ExportTask(cfg.task)
     if task is ExportTask.sat_config:
         return _sat_config(cfg)

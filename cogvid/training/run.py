@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 
+from cogvid.config.checks import check_values
 from cogvid.config.schema import TrainTask
 from cogvid.training.data import TrainData, VideoClips, clip_spec, find_clips
 from cogvid.training.metrics import TrainMetrics
@@ -87,6 +88,7 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
     this process starts the node's other ranks as `relaunch` + the job's overrides and is rank 0.
 
     `relaunch`: the command that runs this entry point again (cogvid-train passes `python -m` of its own module)."""
+    check_values(cfg)  # every option's value, before any data is read or file written
     task = TrainTask(cfg.task)
     if task is TrainTask.vae:  # one process, no DiT
         from cogvid.training.vae_module import fit_vae

@@ -1,0 +1,108 @@
+"""Option values checked as soon as a config is composed: before any weights load, any video is read or any file
+is written. Each error is one line that names the option (`sampler.guidance_scale=nan must be ...`).
+
+`check_values(cfg)` checks whichever of the sections infer, sampler, train, data and the export's `out` the config
+has; the commands call it first. Checks that need the model or the files (frame counts, weight paths, the data)
+stay with the code that knows them, but run before work starts too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from cogvid.utils.errors import CogvidError
+
+# torch.Generator.manual_seed takes [-2**63, 2**64); video i of a run uses seed + i, so seeds stay in int64's
+# non-negative half, and seed + i cannot leave the generator's range for any count of videos.
+MAX_SEED = 2**63 - 1
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_seed(option: str, seed) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise CogvidError(f"{option}={seed} must be an integer in [0, 2**63 - 1]")
+
+
+def check_at_least(option: str, value, minimum: int) -> None:
+    if not _number(value) or value < minimum:
+        raise CogvidError(f"{option}={value} must be >= {minimum}")
+
+
+def check_finite(option: str, value, minimum: float | None = None, strict: bool = False) -> None:
+    """A finite number, and above `minimum` (strict) or at least it."""
+    if not _number(value) or not math.isfinite(value):
+        raise CogvidError(f"{option}={value} must be a finite number")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise CogvidError(f"{option}={value} must be {'>' if strict else '>='} {minimum:g}")
+
+
+def check_folder_path(option: str, path) -> None:
+    """A folder to create or write into: neither it nor any folder above it may be an existing file."""
+    if path is None or str(path) == "":
+        return
+    p = Path(str(path)).expanduser()
+    for candidate in (p, *p.parents):
+        if candidate.exists() or candidate.is_symlink():
+            if not candidate.is_dir():
+                where = "" if candidate == p else f" ({candidate} is one)"
+                raise CogvidError(f"{option}={path} lies under a file, not a folder{where}")
+            return
+
+
+def _check_infer(infer) -> None:
+    check_seed("infer.seed", infer.seed)
+    check_at_least("infer.num_videos_per_prompt", infer.num_videos_per_prompt, 1)
+    if infer.fps is not None:
+        check_at_least("infer.fps", infer.fps, 1)
+    # num_frames, height and width: cogvid.inference.video_shape (it knows the model and names the nearest value)
+    if infer.vae_tile is not None:
+        tile = list(infer.vae_tile)
+        if len(tile) != 2 or not all(_number(t) and t >= 1 for t in tile):
+            raise CogvidError(f"infer.vae_tile={tile} must be [h, w] in latents, both >= 1")
+    check_folder_path("infer.output_dir", infer.output_dir)
+
+
+def _check_sampler(sampler) -> None:
+    check_at_least("sampler.num_steps", sampler.num_steps, 1)
+    check_finite("sampler.guidance_scale", sampler.guidance_scale)
+    check_finite("sampler.dynamic_exp", sampler.dynamic_exp)
+    check_at_least("sampler.dynamic_num_steps", sampler.dynamic_num_steps, 1)
+
+
+def _check_train(train) -> None:
+    check_seed("train.seed", train.seed)
+    if train.lr is not None:
+        check_finite("train.lr", train.lr, 0.0, strict=True)
+    check_finite("train.eps", train.eps, 0.0, strict=True)
+    check_finite("train.weight_decay", train.weight_decay, 0.0)
+    check_finite("train.gradient_clip", train.gradient_clip, 0.0)
+    betas = list(train.betas)
+    if len(betas) != 2 or not all(_number(b) and 0.0 <= b < 1.0 for b in betas):
+        raise CogvidError(f"train.betas={betas} must be two numbers in [0, 1)")
+    if train.warmup_steps is not None:
+        check_at_least("train.warmup_steps", train.warmup_steps, 0)
+    for name in ("checkpoint_every", "log_every"):
+        check_at_least(f"train.{name}", train.get(name), 0)
+    for i, seed in enumerate(train.validation.seeds):
+        check_seed(f"train.validation.seeds[{i}]", seed)
+    check_folder_path("train.output_dir", train.output_dir)
+
+
+def _check_data(data) -> None:
+    check_at_least("data.num_workers", data.num_workers, 0)
+    check_at_least("data.fps", data.fps, 1)
+    check_folder_path("data.cache", data.cache)
+
+
+def check_values(cfg) -> None:
+    """Refuse out-of-range option values in every section `cfg` has (see the module doc)."""
+    sections = {"infer": _check_infer, "sampler": _check_sampler, "train": _check_train, "data": _check_data}
+    for name, check in sections.items():
+        if name in cfg and cfg.get(name) is not None:
+            check(cfg.get(name))
+    if "out" in cfg and isinstance(cfg.get("out"), str):
+        check_folder_path("out", cfg.get("out"))
