@@ -76,7 +76,9 @@ def read_interactive(stream: TextIO) -> Iterator[PromptJob]:
             print("prompt (Ctrl-D to finish)> ", end="", file=sys.stderr, flush=True)
         try:
             line = stream.readline()
-        except UnicodeDecodeError as ex:
+            # under a C/POSIX locale Python reads stdin with surrogateescape: bad bytes become lone surrogates
+            line.encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError) as ex:
             raise CogvidError(f"standard input line {number + 1} is not UTF-8 text ({ex.reason})") from None
         if not line:
             return

@@ -94,14 +94,8 @@ def _first_line(path: Path) -> str:
     return text.splitlines()[0].strip() if text else ""
 
 
-def manifest_clips(manifest: str | Path) -> tuple[list[Clip], list[Path]]:
-    """(clips, videos without a caption) from a CSV (header with `path` and `caption`) or JSONL manifest.
-
-    Relative paths are relative to the manifest's folder.
-    """
-    manifest = Path(manifest).expanduser()
-    if not manifest.is_file():
-        raise CogvidError(f"data.manifest={manifest}: no such file")
+def _manifest_rows(manifest: Path) -> list[dict]:
+    """The entries of a JSONL or CSV manifest (UnicodeDecodeError for bytes that are not UTF-8)."""
     rows: list[dict] = []
     if manifest.suffix.lower() in (".jsonl", ".json"):
         for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
@@ -123,6 +117,21 @@ def manifest_clips(manifest: str | Path) -> tuple[list[Clip], list[Path]]:
                     f"(found {reader.fieldnames})"
                 )
             rows = list(reader)
+    return rows
+
+
+def manifest_clips(manifest: str | Path) -> tuple[list[Clip], list[Path]]:
+    """(clips, videos without a caption) from a CSV (header with `path` and `caption`) or JSONL manifest.
+
+    Relative paths are relative to the manifest's folder.
+    """
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise CogvidError(f"data.manifest={manifest}: no such file")
+    try:
+        rows = _manifest_rows(manifest)
+    except UnicodeDecodeError as ex:
+        raise CogvidError(f"data.manifest={manifest} is not UTF-8 text (byte {ex.start}: {ex.reason})") from None
     clips, uncaptioned = [], []
     for n, row in enumerate(rows, start=1):
         if not row.get("path"):

@@ -102,7 +102,7 @@ def run_precompute(cfg) -> PrecomputeReport:
     meta = cache_meta(cfg)
     existing = root / "meta.json"
     if existing.is_file():
-        old = json.loads(existing.read_text())
+        old = read_cache_meta(root)
         differ = [k for k in meta if k != "source" and old.get(k) != meta[k]]
         if differ:
             raise CogvidError(
@@ -159,6 +159,21 @@ def run_precompute(cfg) -> PrecomputeReport:
     return PrecomputeReport(written, kept, len(skipped))
 
 
+def read_cache_meta(root: Path) -> dict:
+    """`root/meta.json` as a dict, or one line saying that it is damaged (cut off, not JSON, not UTF-8)."""
+    try:
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as ex:
+        reason = ex.msg if isinstance(ex, json.JSONDecodeError) else ex.reason
+        raise CogvidError(
+            f"data.cache={root}: meta.json is damaged ({reason}); write the cache again with task=precompute "
+            "into a new folder"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CogvidError(f"data.cache={root}: meta.json is not a JSON object; write the cache again")
+    return meta
+
+
 class CachedLatents(Dataset):
     """Samples of a `data.cache` folder: item {"mean", "logvar" | "latent", "crossattn", ["image_mean", ...],
     "batch_pos", "skipped"}."""
@@ -168,7 +183,7 @@ class CachedLatents(Dataset):
         meta_file = root / "meta.json"
         if not meta_file.is_file():
             raise CogvidError(f"data.cache={root} is not a latent cache (no meta.json); write one with task=precompute")
-        meta = json.loads(meta_file.read_text())
+        meta = read_cache_meta(root)
         if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
             raise CogvidError(f"data.cache={root}: meta.json is not a {CACHE_FORMAT} v{CACHE_VERSION} file")
         m = cfg.model

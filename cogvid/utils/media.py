@@ -101,5 +101,7 @@ def read_image(path: str | os.PathLike):
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError as ex:  # more pixels than Image.MAX_IMAGE_PIXELS allows twice over
+        raise CogvidError(f"{path} is too large an image to read safely ({' '.join(str(ex).split())[:160]})") from ex
     except (UnidentifiedImageError, OSError, ValueError) as ex:
         raise CogvidError(f"{path} is not a readable image ({' '.join(str(ex).split())[:160]})") from ex
