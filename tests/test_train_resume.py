@@ -3,6 +3,8 @@ per-step losses and final weights of an uninterrupted run, bit for bit (CPU, mod
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ from train_helpers import make_sat_dataset, tiny_overrides
 from cogvid.config.compose import compose
 from cogvid.sat.checkpoint import read_sat_state_dict
 from cogvid.training.metrics import read_train_log
-from cogvid.training.resume import complete_checkpoints, resolve_resume
+from cogvid.training.resume import complete_checkpoints, damage, resolve_resume
 from cogvid.training.run import run_train
 from cogvid.utils.errors import CogvidError
 
@@ -103,3 +105,33 @@ def test_resuming_another_model_or_mode_is_one_line(runs, tiny_t5_dir, tmp_path)
     cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, f"train.resume={tmp_path / 'nothing'}"), "train")
     with pytest.raises(CogvidError, match="no such checkpoint"):
         run_train(cfg)
+
+
+def test_a_damaged_checkpoint_is_never_resumed(runs, tmp_path, caplog):
+    """Size and SHA-256 of state.ckpt are recorded in meta.json: a checkpoint truncated or changed after it was
+    written is skipped by train.resume=auto with one warning line, and refused when named or when none is intact."""
+    _, resumed, _ = runs
+    shutil.copytree(resumed / "checkpoints", tmp_path / "checkpoints")
+    newest, older = (tmp_path / "checkpoints" / f"step-0000000{s}" for s in (7, 6))
+    meta = json.loads((newest / "meta.json").read_text())
+    assert meta["state_files"]["state.ckpt"]["size"] == (newest / "state.ckpt").stat().st_size
+    assert resolve_resume("auto", tmp_path) == newest  # intact
+
+    data = (newest / "state.ckpt").read_bytes()
+    (newest / "state.ckpt").write_bytes(data[: len(data) // 2])  # cut off, meta.json intact
+    with caplog.at_level(logging.WARNING, logger="cogvid.training.resume"):
+        assert resolve_resume("auto", tmp_path) == older
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1 and "step-00000007 damaged" in warnings[0] and "resuming from step-00000006" in warnings[0]
+    )
+    with pytest.raises(CogvidError, match="is damaged .*state.ckpt has .* bytes"):
+        resolve_resume(str(newest), tmp_path)
+
+    flipped = bytearray((older / "state.ckpt").read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # same size, other bytes
+    (older / "state.ckpt").write_bytes(bytes(flipped))
+    with pytest.raises(CogvidError, match="no intact checkpoint; the newest, .*step-00000007, is damaged") as info:
+        resolve_resume("auto", tmp_path)
+    assert "\n" not in str(info.value)
+    assert damage(older) == "a state file's SHA-256 differs from the one recorded when it was written"

@@ -4,14 +4,16 @@ Layout under the run's output dir:
 
     checkpoints/step-00000500/state.ckpt      Lightning checkpoint: weights, optimizer, LR schedule, step, loops
                                                (a folder of shards under DeepSpeed)
-    checkpoints/step-00000500/meta.json       written last: model, mode, strategy, world size, step
+    checkpoints/step-00000500/meta.json       written last: model, mode, strategy, world size, step, and the size and
+                                               SHA-256 of every file of state.ckpt (checked before resuming)
     checkpoints/latest                        "step-00000500"
     sat/500/mp_rank_00_model_states.pt        SAT layout (`cogvid-sample model.ckpt=<out>/sat`); LoRA runs hold the
     sat/latest, sat/model_config.json         LoRA-structured dict (`.original.` + matrix_A/matrix_B)
 
 A checkpoint is written into `checkpoints/.step-00000500.tmp/` and renamed into place only when every rank has
 finished writing it; `meta.json` inside marks it complete. Resuming considers complete folders only, so a checkpoint
-cut off while being written is never picked.
+cut off while being written is never picked; one damaged later (truncated, changed) fails its size or hash, and
+`train.resume=auto` falls back to the newest intact checkpoint with one warning line.
 
 The data position and every random draw of a step are functions of the step (see `cogvid.training.data`), so the
 step restored from `state.ckpt` is all a run needs to continue exactly; RNG states are saved too (Lightning) for
@@ -20,6 +22,7 @@ anything else that draws.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -76,6 +79,63 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def state_files(step_dir: Path) -> dict[str, dict]:
+    """{path under the step folder: {"size", "sha256"}} of every file of its state.ckpt (a file, or DeepSpeed's
+    folder of shards)."""
+    state = step_dir / STATE
+    files = sorted(p for p in state.rglob("*") if p.is_file()) if state.is_dir() else [state]
+    found = {}
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 22), b""):  # noqa: B023
+                digest.update(block)
+        found[f.relative_to(step_dir).as_posix()] = {"size": f.stat().st_size, "sha256": digest.hexdigest()}
+    return found
+
+
+def damage(step_dir: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed (its meta.json unreadable, a state file missing, cut off or
+    changed since it was written), or None if it is intact. Checkpoints from before sizes and hashes were recorded
+    are taken as they are."""
+    try:
+        meta = json.loads((step_dir / META).read_text(encoding="utf-8"))
+        recorded = meta.get("state_files") if isinstance(meta, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as ex:
+        return f"{META} unreadable ({type(ex).__name__})"
+    if recorded is None:
+        return None
+    for name, want in recorded.items():
+        f = step_dir / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["size"]:
+            return f"{name} has {f.stat().st_size} bytes, {want['size']} were written"
+    if state_files(step_dir) != recorded:
+        return "a state file's SHA-256 differs from the one recorded when it was written"
+    return None
+
+
+def newest_intact(found: list[tuple[int, Path]], where: str) -> Path:
+    """The newest intact checkpoint of `found` (oldest first); one warning line if newer ones are damaged, one error
+    line if none is intact."""
+    damaged = []
+    for _, folder in reversed(found):
+        reason = damage(folder)
+        if reason is None:
+            if damaged:
+                log.warning(
+                    "%s: %s damaged (%s); resuming from %s",
+                    where,
+                    ", ".join(d.name for d, _ in damaged),
+                    damaged[0][1],
+                    folder.name,
+                )
+            return folder
+        damaged.append((folder, reason))
+    raise CogvidError(f"{where}: no intact checkpoint; the newest, {damaged[0][0]}, is damaged ({damaged[0][1]})")
+
+
 def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     """The checkpoint folder to continue: None, `auto` (the latest complete one in out_dir, or None), or a path to a
     step folder, a `checkpoints/` folder or a run's output dir."""
@@ -86,18 +146,21 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
         if not found:
             log.info("train.resume=auto: no complete checkpoint in %s; starting from step 0", out_dir / CHECKPOINTS)
             return None
-        return found[-1][1]
+        return newest_intact(found, "train.resume=auto")
     path = Path(resume).expanduser()
     if not path.exists():
         raise CogvidError(f"train.resume={resume}: no such checkpoint")
     if (path / META).is_file() and (path / STATE).exists():
+        reason = damage(path)
+        if reason is not None:
+            raise CogvidError(f"train.resume={resume} is damaged ({reason}); resume from an earlier checkpoint")
         return path
     if _STEP_DIR.fullmatch(path.name) and path.is_dir():
         raise CogvidError(f"train.resume={resume} is an incomplete checkpoint (no {META}): it was cut off while saving")
     for root in (path, path.parent):
         found = complete_checkpoints(root)
         if found:
-            return found[-1][1]
+            return newest_intact(found, f"train.resume={resume}")
     raise CogvidError(f"train.resume={resume} holds no complete checkpoint (expected {CHECKPOINTS}/step-*/{META})")
 
 
@@ -208,6 +271,7 @@ class ResumableCheckpoints(Callback):
         del state
         trainer.strategy.barrier("cogvid-checkpoint-written")
         if trainer.is_global_zero:
+            meta["state_files"] = state_files(tmp)  # every rank's shards are written: the barrier above
             write_atomic(tmp / META, lambda f: f.write(json.dumps(meta, indent=2).encode()))
             publish_folder(tmp, final)
             write_atomic(root / "latest", lambda f: f.write(final.name.encode()))
