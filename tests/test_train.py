@@ -372,6 +372,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     import sys
 
     (tmp_path / "empty").mkdir()
+    (tmp_path / "3d-vae.pt").write_bytes(b"")  # a file, never loaded: the data error comes first
     for override, message in (
         (f"data.root={tmp_path / 'empty'}", "holds no .mp4 video"),
         ("train.precision=bf16", "train.precision=bf16: expected one of"),
@@ -387,7 +388,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
                 f"train.output_dir={tmp_path / 'out'}",
                 f"hydra.run.dir={tmp_path / 'run'}",
                 "data.cache=null",
-                "model.vae_ckpt=x",
+                f"model.vae_ckpt={tmp_path / '3d-vae.pt'}",
                 "model.text_encoder.path=y",
                 override,
             ],

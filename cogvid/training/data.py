@@ -318,6 +318,12 @@ class VideoClips(Dataset):
             skipped.append((str(clip.path), self._bad[i]))
         raise CogvidError(f"none of the {len(self.clips)} videos is readable (first: {skipped[0][0]}: {skipped[0][1]})")
 
+    def check_readable(self) -> None:
+        """Decode clips until one gives enough frames, before any training starts; one line if none does."""
+        if not self.clips:
+            raise CogvidError("no videos to train on")
+        self.load(0)
+
     def __getitem__(self, key):
         index, batch_pos = key
         video, caption, skipped = self.load(index)

@@ -80,6 +80,10 @@ def check_train_config(cfg) -> None:
                 "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
                 "or data.cache=<latents from task=precompute>"
             )
+        if not Path(cfg.model.vae_ckpt).expanduser().is_file():
+            raise CogvidError(f"model.vae_ckpt={cfg.model.vae_ckpt}: no such file; expected SAT's vae/3d-vae.pt")
+    if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
+        raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
 
 
 def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None = None):
@@ -128,6 +132,8 @@ def _fit(cfg, deepspeed_strategy_class=None) -> TrainResult:
     start_step = check_resumable(resume_dir, signature) if resume_dir is not None else 0
 
     dataset = CachedLatents(cfg) if cfg.data.cache else VideoClips(find_clips(cfg), clip_spec(cfg))
+    if isinstance(dataset, VideoClips):
+        dataset.check_readable()  # before the Trainer prints its banner or writes tensorboard/ and hparams.yaml
     L.seed_everything(t.seed, workers=False, verbose=False)  # the same LoRA init on every rank and every run
     module = VideoDiffusionModule(cfg, precision=precision)
     data = TrainData(dataset, t.batch_size, t.seed, cfg.data.num_workers, t.accumulate_grad_batches)

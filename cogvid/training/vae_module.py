@@ -318,6 +318,7 @@ def fit_vae(cfg, out_dir: Path) -> VaeTrainResult:
     holdout_data = ClipsInMemory(VideoClips(holdout_clips, spec), progress=t.progress_bar)
     holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in holdout_clips])
     dataset = VideoClips(train_clips, spec)
+    dataset.check_readable()  # before the Trainer starts (the held-out clips above may all be readable)
     workers = cfg.data.num_workers
     if v.clips_in_memory:
         dataset, workers = ClipsInMemory(dataset, progress=t.progress_bar), 0  # in memory: workers only copy
