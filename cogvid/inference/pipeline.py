@@ -21,7 +21,7 @@ from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning,
 from cogvid.diffusion.model import DiffusionModel, build_model
 from cogvid.diffusion.sampling import sample_latents
 from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
-from cogvid.models.frozen import load_vae
+from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder
 from cogvid.models.vae import CausalVideoVAE
@@ -48,8 +48,7 @@ def check_weight_paths(cfg) -> None:
         raise CogvidError(
             f"model.vae_ckpt is not set: give SAT's VAE file, e.g. model.vae_ckpt=/weights/{m.name}-sat/vae/3d-vae.pt"
         )
-    if not Path(m.vae_ckpt).expanduser().is_file():
-        raise CogvidError(f"model.vae_ckpt={m.vae_ckpt}: no such file; expected SAT's vae/3d-vae.pt ({SAT_LAYOUT})")
+    check_vae_file(m.vae_ckpt)
     if not m.text_encoder.path:
         raise CogvidError(
             "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"

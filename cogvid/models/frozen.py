@@ -7,6 +7,7 @@ Neither is ever trained: both are loaded with requires_grad off and held apart f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,15 @@ from cogvid.models.t5 import T5Conditioner, load_text_encoder
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.sat.checkpoint import load_sat_vae
 from cogvid.utils.errors import CogvidError
+
+
+def check_vae_file(path) -> None:
+    """One line unless `model.vae_ckpt` names an existing file; nothing is loaded (callers check it before work)."""
+    if not Path(str(path)).expanduser().is_file():
+        raise CogvidError(
+            f"model.vae_ckpt={path}: no such file; expected SAT's vae/3d-vae.pt "
+            "(release layout: <variant>-sat/vae/3d-vae.pt)"
+        )
 
 
 def load_vae(cfg, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> CausalVideoVAE:

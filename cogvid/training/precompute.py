@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from cogvid.config.schema import is_image_to_video
+from cogvid.models.frozen import check_vae_file
 from cogvid.models.layout import to_vae_layout
 from cogvid.training.data import BadVideo, VideoClips, clip_spec, find_clips, latent_frames, load_clip
 from cogvid.utils.errors import CogvidError
@@ -97,8 +98,7 @@ def run_precompute(cfg) -> PrecomputeReport:
     if not cfg.model.text_encoder.path:
         raise CogvidError("task=precompute needs model.text_encoder.path (the T5 folder)")
     rank, world, local_rank = dist_env()
-    if not Path(cfg.model.vae_ckpt).expanduser().is_file():
-        raise CogvidError(f"model.vae_ckpt={cfg.model.vae_ckpt}: no such file; expected SAT's vae/3d-vae.pt")
+    check_vae_file(cfg.model.vae_ckpt)
     clips, spec = find_clips(cfg), clip_spec(cfg)
     VideoClips(clips, spec).check_readable()  # one clip decodes to enough frames, before meta.json is written
     root = Path(cfg.data.cache).expanduser()

@@ -12,6 +12,7 @@ import lightning as L
 
 from cogvid.config.checks import check_values
 from cogvid.config.schema import TrainTask
+from cogvid.models.frozen import check_vae_file
 from cogvid.training.data import TrainData, VideoClips, clip_spec, find_clips
 from cogvid.training.metrics import TrainMetrics
 from cogvid.training.module import PRECISION_DTYPES, VideoDiffusionModule
@@ -80,8 +81,7 @@ def check_train_config(cfg) -> None:
                 "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
                 "or data.cache=<latents from task=precompute>"
             )
-        if not Path(cfg.model.vae_ckpt).expanduser().is_file():
-            raise CogvidError(f"model.vae_ckpt={cfg.model.vae_ckpt}: no such file; expected SAT's vae/3d-vae.pt")
+        check_vae_file(cfg.model.vae_ckpt)
     if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
         raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
 
@@ -131,8 +131,10 @@ def _fit(cfg, deepspeed_strategy_class=None) -> TrainResult:
     resume_dir = resolve_resume(t.resume, out_dir)
     start_step = check_resumable(resume_dir, signature) if resume_dir is not None else 0
 
-    dataset = CachedLatents(cfg) if cfg.data.cache else VideoClips(find_clips(cfg), clip_spec(cfg))
-    if isinstance(dataset, VideoClips):
+    if cfg.data.cache:
+        dataset = CachedLatents(cfg)
+    else:
+        dataset = VideoClips(find_clips(cfg), clip_spec(cfg))
         dataset.check_readable()  # before the Trainer prints its banner or writes tensorboard/ and hparams.yaml
     L.seed_everything(t.seed, workers=False, verbose=False)  # the same LoRA init on every rank and every run
     module = VideoDiffusionModule(cfg, precision=precision)
