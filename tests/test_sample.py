@@ -437,22 +437,26 @@ def test_nan_latents_stop_with_advice_and_no_file(tmp_path, tiny_t5_dir, monkeyp
 
 
 def test_an_interrupted_write_leaves_no_half_video(tmp_path, tiny_t5_dir, monkeypatch):
-    import imageio.v2 as imageio
+    import av
 
-    real = imageio.get_writer
+    real = av.VideoFrame
 
     class Interrupted(Exception):
         pass
 
-    def interrupt(frame):
-        raise Interrupted()
+    class FramesThatStop:
+        """av.VideoFrame whose third frame never arrives: the encoder has begun writing the MP4's temp file."""
 
-    def failing_writer(*args, **kwargs):
-        writer = real(*args, **kwargs)
-        writer.append_data = interrupt
-        return writer
+        calls = 0
 
-    monkeypatch.setattr(imageio, "get_writer", failing_writer)
+        @classmethod
+        def from_ndarray(cls, array, format):
+            cls.calls += 1
+            if cls.calls == 3:
+                raise Interrupted()
+            return real.from_ndarray(array, format=format)
+
+    monkeypatch.setattr(av, "VideoFrame", FramesThatStop)
     with pytest.raises(Interrupted):
         sample(tiny(tmp_path, tiny_t5_dir, STEPS, "infer.prompt=a fox"))
     assert all_files(tmp_path / "out") == []

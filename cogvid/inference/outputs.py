@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import unicodedata
 from pathlib import Path
@@ -23,7 +22,7 @@ from safetensors.torch import save
 
 from cogvid.inference.frame_strip import write_frame_strip
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import write_atomic
+from cogvid.utils.files import clean_stale, owner_tag, write_atomic
 from cogvid.utils.media import write_mp4
 
 SLUG_LENGTH = 60
@@ -57,11 +56,13 @@ def config_hash(resolved: dict) -> str:
 
 
 def check_writable(out_dir: Path) -> Path:
-    """Create `out_dir/samples` and prove a file can be written there, before any model is loaded."""
+    """Create `out_dir/samples` and prove a file can be written there, before any model is loaded; the temp files of
+    runs that were killed there are removed."""
     samples = out_dir / SAMPLES_DIR
     try:
         samples.mkdir(parents=True, exist_ok=True)
-        probe = samples / f".write-test-{os.getpid()}"
+        clean_stale(samples)
+        probe = samples / f".write-test.tmp-{owner_tag()}"  # a killed run's probe is a leftover clean_stale knows
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as ex:

@@ -16,7 +16,8 @@ SAT's own pre-encoded 1.5 latents (`latent_input: true`) are one fixed posterior
 (c, t, h, w); a file with a `latent` tensor instead of mean/logvar is read as such a sample.
 
 Ranks split the clips round-robin (clip i goes to rank i mod world); a sample file is written atomically and an
-existing one is kept, so an interrupted precompute continues where it stopped.
+existing one is kept, so an interrupted precompute continues where it stopped. The temp files of a killed run are
+removed when the next one starts, and a reader takes only finished sample names (no leading dot).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from cogvid.models.frozen import check_vae_file
 from cogvid.models.layout import to_vae_layout
 from cogvid.training.data import BadVideo, VideoClips, clip_spec, find_clips, latent_frames, load_clip
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import write_atomic
+from cogvid.utils.files import clean_stale, write_atomic
 from cogvid.utils.runtime import TORCH_DTYPES, dist_env
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ def run_precompute(cfg) -> PrecomputeReport:
             )
     elif rank == 0:
         write_atomic(existing, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    for folder in (root, root / "samples"):
+        if folder.is_dir():
+            clean_stale(folder)  # temp files of a killed precompute
 
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else torch.float32
@@ -199,7 +203,7 @@ class CachedLatents(Dataset):
         if is_image_to_video(m) and not meta.get("image_latents"):
             raise CogvidError(f"data.cache={root} has no I2V image latents; precompute again with model={m.name}")
         self.meta = meta
-        self.files = sorted((root / "samples").glob("*.safetensors"))
+        self.files = sorted(p for p in (root / "samples").glob("*.safetensors") if not p.name.startswith("."))
         if not self.files:
             raise CogvidError(f"data.cache={root} holds no samples (samples/*.safetensors); run task=precompute first")
 
