@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from cogvid.utils.errors import CogvidError
@@ -408,26 +407,3 @@ def step_generator(seed: int, rank: int, batch_pos: int) -> torch.Generator:
 
 def latent_frames(num_frames: int, time_compressed_rate: int) -> int:
     return (num_frames - 1) // time_compressed_rate + 1
-
-
-class TrainData(L.LightningDataModule):
-    """The training DataLoader: built when the fit starts, so it knows the rank and the step it resumes at."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int, accumulate: int = 1):
-        super().__init__()
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.num_workers, self.accumulate = num_workers, accumulate
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        start = trainer.global_step * self.accumulate  # batches already trained (restored when resuming)
-        sampler = StepBatchSampler(
-            len(self.dataset), self.batch_size, self.seed, trainer.global_rank, trainer.world_size, start
-        )
-        return DataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )

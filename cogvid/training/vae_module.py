@@ -35,7 +35,8 @@ from cogvid.config.schema import Generation, VaeLoss
 from cogvid.models.layout import to_vae_layout
 from cogvid.models.vae import LOGVAR_RANGE, CausalVideoVAE, sample_posterior
 from cogvid.sat.checkpoint import load_sat_vae, write_sat_model_states
-from cogvid.training.data import ClipsInMemory, TrainData, VideoClips, clip_spec, find_clips, step_generator
+from cogvid.training.data import ClipsInMemory, VideoClips, clip_spec, find_clips, step_generator
+from cogvid.training.datamodule import TrainData
 from cogvid.training.metrics import TrainMetrics
 from cogvid.training.optim import linear_schedule, param_groups, warmup_steps
 from cogvid.training.strategies import accelerator, resolve_precision, strategy_name
