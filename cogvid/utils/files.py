@@ -18,6 +18,7 @@ machines that share the folder keep their files.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -120,11 +121,30 @@ def check_output_free(out: str | os.PathLike | None, overwrite: bool) -> Path:
     return path
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the system or the file system
+    cannot, so the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h> AT_FDCWD, <linux/fs.h> RENAME_EXCHANGE
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def publish_folder(staged: Path, out: Path) -> None:
-    """Rename the finished folder `staged` onto `out`. An existing `out` is moved aside first and deleted after the
-    rename, so a failure in between leaves one of the two whole."""
+    """Rename the finished folder `staged` onto `out`. An existing `out` is swapped with it in one step where the
+    system can (then deleted); elsewhere it is moved aside first and deleted after the rename, and a kill in between
+    leaves it as `.NAME.old-OWNER`, which `clean_stale` puts back."""
     _fsync(staged)
-    if out.exists():
+    if out.exists() and _exchange(staged, out):
+        shutil.rmtree(staged, ignore_errors=True)  # now the old folder
+    elif out.exists():
         old = out.parent / f".{out.name}.old-{owner_tag()}"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
