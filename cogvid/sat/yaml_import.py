@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -100,6 +101,8 @@ def read_sat_yaml(path: str | os.PathLike) -> dict:
         raise CogvidError(f"cannot read SAT config {p}: {ex}") from None
     try:
         doc = yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes nodes recursively: a few thousand nested brackets
+        raise CogvidError(f"SAT config {p} is not plain YAML: it is nested too deeply") from None
     except yaml.YAMLError as ex:
         problem = getattr(ex, "problem", None) or str(ex).strip().splitlines()[0]
         mark = getattr(ex, "problem_mark", None)
@@ -110,8 +113,18 @@ def read_sat_yaml(path: str | os.PathLike) -> dict:
     return doc
 
 
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = 60
+    return shown
+
+
+# repr with a bounded depth and length: YAML aliases can nest a list of 2**40 references in a few lines
+_REPR = _bounded_repr()
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -120,7 +133,10 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+        try:
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+        except OverflowError:  # an int beyond float range: no value cogvid implements
+            return False
     return type(a) is type(b) and a == b
 
 
@@ -159,9 +175,13 @@ class _Node:
             v = float(v)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise CogvidError(f"{self.where(key)} must be a number, got {_show(v)}")
+        try:
+            v = float(v)
+        except OverflowError:
+            raise CogvidError(f"{self.where(key)} = {_show(v)} is too large for a number") from None
         if (low is not None and v < low) or (high is not None and v > high):
             raise CogvidError(f"{self.where(key)} must lie in [{low}, {high}], got {v}")
-        return float(v)
+        return v
 
     def flag(self, key: str, default: Any = _REQUIRED) -> bool:
         v = self.value(key, default)
@@ -200,9 +220,8 @@ class _Node:
     def finish(self) -> None:
         unknown = [k for k in self.data if k not in self._read]
         if unknown:
-            raise CogvidError(
-                f"unknown SAT key {self.where(unknown[0])}: cogvid cannot tell what it changes, so refuses it"
-            )
+            key = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else _show(unknown[0])
+            raise CogvidError(f"unknown SAT key {self.where(key)}: cogvid cannot tell what it changes, so refuses it")
 
 
 def _target(node: _Node, known: tuple[str, ...] | Mapping[str, Any]) -> tuple[str, _Node]:
@@ -636,6 +655,8 @@ def _read_args(top: _Node, out_channels: int) -> tuple[Dtype | None, list[str]]:
         )
     notes = []
     load = args.value("load", None)
+    if load is not None and not isinstance(load, str):
+        raise CogvidError(f"{args.where('load')} must be a path, got {_show(load)}")
     if load is not None:
         notes.append(f"the SAT run loaded weights from args.load = {load!r}: pass model.ckpt=<that folder>")
     return dtype, notes
