@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import re
+import reprlib
 import struct
 import sys
 from collections.abc import Iterable, Mapping
@@ -64,6 +65,7 @@ _STATE_DICT_WRAPPERS = ("module", "model", "state_dict")
 _DIT_KEY_STARTS = ("transformer.layers.", "transformer.final_layernorm.", "mixins.", "time_embed.")
 _SHOW = 3  # keys listed per category in a load error
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_LATEST = 64  # bytes of DIR/latest read: an iteration number or "release"
 
 
 def _numpy_safe_globals() -> list[tuple[object, str]]:
@@ -166,6 +168,13 @@ def safe_torch_load(path: str | os.PathLike) -> dict:
     return obj
 
 
+def _check_names(file: str | os.PathLike, mapping: Mapping, where: str) -> None:
+    """Refuse a key that is not a printable string: checkpoint entries and tensors are named, and errors list names."""
+    for key in mapping:
+        if not isinstance(key, str) or not key.isprintable():
+            raise CogvidError(f"{file} is not a SAT checkpoint: {where} has the key {reprlib.repr(key)}, not a name")
+
+
 def _listing(directory: Path, limit: int = 8) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
     if not names:
@@ -189,10 +198,15 @@ def resolve_sat_checkpoint(path: str | os.PathLike) -> Path:
         nested = [p.name for p in sorted(path.iterdir()) if (p / "latest").is_file()]
         hint = f"; did you mean {path / nested[0]}?" if nested else ""
         raise CogvidError(f"{path} is not a SAT checkpoint folder: {expected}, found {_listing(path)}{hint}")
-    tag = latest.read_text(errors="replace").strip()
+    try:
+        with open(latest, "rb") as f:
+            tag = f.read(_MAX_LATEST + 1).decode(errors="replace").strip()  # a few bytes, however large the file
+    except OSError as ex:
+        raise CogvidError(f"cannot read {latest} ({ex.strerror or ex})") from None
     if tag != "release":
-        if not re.fullmatch(r"\d+", tag) or int(tag) <= 0:
-            raise CogvidError(f"{latest} holds {tag!r}: expected an iteration number > 0 or 'release'")
+        # at most 18 digits: int() refuses strings of more than 4300, and no run has 10**18 iterations
+        if not re.fullmatch(r"\d{1,18}", tag) or int(tag) <= 0:
+            raise CogvidError(f"{latest} holds {tag[:40]!r}: expected an iteration number > 0 or 'release'")
         tag = str(int(tag))
     weights = path / tag / MODEL_STATES
     if not weights.is_file():
@@ -210,6 +224,7 @@ def read_sat_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     """
     file = resolve_sat_checkpoint(path)
     ckpt = safe_torch_load(file)
+    _check_names(file, ckpt, "its top level")
     wrapper = next((k for k in _STATE_DICT_WRAPPERS if isinstance(ckpt.get(k), Mapping)), None)
     if wrapper is not None:
         full = dict(ckpt[wrapper])
@@ -221,6 +236,7 @@ def read_sat_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
             f"{file} holds no state dict: expected a top-level 'module' (or 'model' / 'state_dict') entry, "
             f"found {sorted(ckpt)[:8]}"
         )
+    _check_names(file, full, f"its {wrapper!r} entry" if wrapper else "its state dict")
     state: dict[str, torch.Tensor] = {}
     if any(k.startswith(DIT_PREFIX) for k in full):
         for k, v in full.items():
@@ -359,8 +375,10 @@ def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Also takes a bare state dict, a `module`/`model` wrapper, or a full engine state dict (`first_stage_model.*`).
     """
     ckpt = safe_torch_load(path)
+    _check_names(path, ckpt, "its top level")
     wrapper = next((k for k in ("state_dict", "module", "model") if isinstance(ckpt.get(k), Mapping)), None)
     state = dict(ckpt[wrapper]) if wrapper is not None else dict(ckpt)
+    _check_names(path, state, f"its {wrapper!r} entry" if wrapper else "its state dict")
     if any(k.startswith(VAE_PREFIX) for k in state):
         state = {k[len(VAE_PREFIX) :]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
