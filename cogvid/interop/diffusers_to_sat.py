@@ -40,15 +40,23 @@ log = logging.getLogger(__name__)
 T5_FOLDER = "t5-v1_1-xxl"
 
 
+def _read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object (diffusers' config.json)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as ex:  # RecursionError: arrays nested thousands deep
+        raise CogvidError(f"{path} is not valid JSON ({ex})") from ex
+    if not isinstance(data, dict):
+        raise CogvidError(f"{path} holds a JSON {type(data).__name__}, not an object (a diffusers config)")
+    return data
+
+
 def read_diffusers_component(folder: Path) -> tuple[dict, TensorSource]:
     """(config.json, lazy weights) of a diffusers model folder (transformer/ or vae/)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CogvidError(f"{folder} has no config.json: not a diffusers model folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as ex:
-        raise CogvidError(f"{config_file} is not valid JSON ({ex})") from ex
+    config = _read_json_object(config_file)
     source, _ = read_safetensors(find_weight_files(folder, WEIGHTS_STEM))
     source.origin = str(folder)
     return config, source
@@ -69,15 +77,13 @@ def source_folders(source: str | Path) -> dict[str, Path]:
         return parts
     config_file = path / "config.json"
     if config_file.is_file():
-        try:
-            cls = json.loads(config_file.read_text()).get("_class_name", "")
-        except ValueError as ex:
-            raise CogvidError(f"{config_file} is not valid JSON ({ex})") from ex
+        cls = _read_json_object(config_file).get("_class_name", "")
         if cls == "CogVideoXTransformer3DModel":
             return {"transformer": path}
         if cls == "AutoencoderKLCogVideoX":
             return {"vae": path}
-        raise CogvidError(f"{path} holds a {cls or 'model without _class_name'}, not a CogVideoX transformer or VAE")
+        shown = cls if isinstance(cls, str) and cls.isprintable() and cls else "model without a _class_name name"
+        raise CogvidError(f"{path} holds a {shown}, not a CogVideoX transformer or VAE")
     if (path / "pytorch_lora_weights.safetensors").is_file():
         raise CogvidError(f"source={source} is a LoRA folder: convert it with task=lora_to_sat")
     raise CogvidError(f"source={source} is not a diffusers folder (no model_index.json or config.json)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,8 +33,13 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 # Reading
 
 
+def _naturals(value: object) -> bool:
+    """A JSON list of integers >= 0 (JSON's true/false are not sizes)."""
+    return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)
+
+
 class _SafetensorsFile:
-    """One .safetensors file: its header parsed here, each tensor read with pread."""
+    """One .safetensors file: its header parsed and checked here, each tensor read with pread."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -45,22 +51,42 @@ class _SafetensorsFile:
                 (size,) = struct.unpack("<Q", head)
                 if size > _MAX_HEADER:
                     raise CogvidError(f"{path} is not a safetensors file (header size {size})")
-                header = json.loads(f.read(size))
+                text = f.read(size)
+                if len(text) < size:
+                    raise CogvidError(f"{path} is truncated (its header of {size} bytes runs past the end)")
+                header = json.loads(text)
                 file_size = os.fstat(f.fileno()).st_size
-        except (OSError, ValueError) as ex:
+        except (OSError, ValueError, RecursionError) as ex:  # RecursionError: JSON nested thousands deep
             raise CogvidError(f"{path} is not a readable safetensors file ({type(ex).__name__}: {ex})") from ex
+        if not isinstance(header, dict):
+            raise CogvidError(f"{path} is not a safetensors file (its header is a JSON {type(header).__name__})")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
+            raise CogvidError(f"{path} is corrupt (__metadata__ is not a map of strings)")
         self.data_start = 8 + size
-        self.entries: dict[str, tuple[TensorInfo, int, int]] = {}
-        for name, entry in header.items():
-            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
-            if dtype is None:
-                raise CogvidError(f"{path}: tensor {name} has dtype {entry.get('dtype')}, which cogvid does not read")
-            begin, end = entry["data_offsets"]
-            info = TensorInfo(tuple(entry["shape"]), dtype)
-            if end - begin != nbytes(info.shape, dtype) or self.data_start + end > file_size:
-                raise CogvidError(f"{path} is truncated or corrupt (tensor {name} lies outside the file)")
-            self.entries[name] = (info, begin, end)
+        self.entries = {name: self._entry(name, entry, file_size - self.data_start) for name, entry in header.items()}
+
+    def _entry(self, name: str, entry: object, data_size: int) -> tuple[TensorInfo, int, int]:
+        """(info, begin, end) of one header entry, after checking it describes bytes inside the file."""
+        if not name.isprintable():
+            raise CogvidError(f"{self.path} is corrupt (tensor name {name[:60]!r} has control characters)")
+        if not isinstance(entry, dict):
+            raise CogvidError(f"{self.path} is corrupt (tensor {name}: {type(entry).__name__}, not an entry)")
+        code = entry.get("dtype")
+        dtype = SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+        if dtype is None:
+            raise CogvidError(f"{self.path}: tensor {name} has dtype {str(code)[:20]!r}, which cogvid does not read")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not _naturals(shape) or not _naturals(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+            raise CogvidError(
+                f"{self.path} is corrupt (tensor {name}: shape and data_offsets must be non-negative integers, "
+                "data_offsets [begin, end] with begin <= end)"
+            )
+        begin, end = offsets
+        info = TensorInfo(tuple(shape), dtype)
+        if end - begin != nbytes(info.shape, dtype) or end > data_size:
+            raise CogvidError(f"{self.path} is truncated or corrupt (tensor {name} lies outside the file)")
+        return info, begin, end
 
     def load(self, name: str) -> torch.Tensor:
         info, begin, end = self.entries[name]
@@ -89,6 +115,10 @@ def read_safetensors(paths: Path | Iterable[Path]) -> tuple[TensorSource, dict[s
     return TensorSource(infos, lambda k: owner[k].load(k), origin), (files[0].metadata if files else {})
 
 
+def _is_file_name(name: str) -> bool:
+    return name.isprintable() and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
 def find_weight_files(folder: Path, stem: str) -> list[Path]:
     """`stem.safetensors`, or the shards its `stem.safetensors.index.json` names, in `folder`."""
     single = folder / f"{stem}.safetensors"
@@ -96,8 +126,14 @@ def find_weight_files(folder: Path, stem: str) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as ex:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as ex:
             raise CogvidError(f"{index} is not a safetensors index (no weight_map)") from ex
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CogvidError(f"{index} is not a safetensors index (weight_map is not a non-empty object)")
+        # A shard is a file of this folder: a path elsewhere ("../x", "/etc/x") is refused, not read.
+        for name in weight_map.values():
+            if not isinstance(name, str) or not _is_file_name(name):
+                raise CogvidError(f"{index} names a shard {reprlib.repr(name)} that is not a file name in {folder}")
         shards = [folder / name for name in dict.fromkeys(weight_map.values())]
         absent = [p.name for p in shards if not p.is_file()]
         if absent:

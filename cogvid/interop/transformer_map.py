@@ -13,6 +13,8 @@ Every value of the diffusers config comes from the composed model config; what d
 
 from __future__ import annotations
 
+import reprlib
+
 import torch
 
 from cogvid.config.schema import Generation, PosEmbed
@@ -146,11 +148,11 @@ STRUCTURAL_FIELDS = (
 def check_transformer_config(found: dict, cfg, where: str) -> None:
     """Refuse a diffusers transformer config that describes another variant than the composed model."""
     if found.get("_class_name", TRANSFORMER_CLASS) != TRANSFORMER_CLASS:
-        raise CogvidError(f"{where} is a {found.get('_class_name')}, not a {TRANSFORMER_CLASS}")
+        raise CogvidError(f"{where} is a {reprlib.repr(found.get('_class_name'))}, not a {TRANSFORMER_CLASS}")
     expected = diffusers_transformer_config(cfg)
     defaults = {"patch_size_t": None, "ofs_embed_dim": None, "use_learned_positional_embeddings": False}
     differ = [
-        f"{k}={found.get(k, defaults.get(k))} (model={cfg.name} has {expected[k]})"
+        f"{k}={reprlib.repr(found.get(k, defaults.get(k)))} (model={cfg.name} has {expected[k]})"  # bounded, one line
         for k in STRUCTURAL_FIELDS
         if found.get(k, defaults.get(k)) != expected[k]
     ]

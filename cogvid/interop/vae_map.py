@@ -8,6 +8,9 @@ stores them in execution order, so `decoder.up.{u}` is `decoder.up_blocks.{n-1-u
 
 from __future__ import annotations
 
+import math
+import reprlib
+
 import torch
 
 from cogvid.config.schema import Generation
@@ -87,22 +90,35 @@ def check_vae_config(found: dict, cfg, where: str) -> list[str]:
     from cogvid.utils.errors import CogvidError
 
     if found.get("_class_name", VAE_CLASS) != VAE_CLASS:
-        raise CogvidError(f"{where} is a {found.get('_class_name')}, not a {VAE_CLASS}")
+        raise CogvidError(f"{where} is a {reprlib.repr(found.get('_class_name'))}, not a {VAE_CLASS}")
     expected = diffusers_vae_config(cfg)
     differ = [
-        f"{k}={found.get(k)} (model.vae gives {expected[k]})"
+        f"{k}={reprlib.repr(found.get(k))} (model.vae gives {expected[k]})"  # bounded, one line
         for k in VAE_STRUCTURAL_FIELDS
         if k in found and _norm(found[k]) != _norm(expected[k])
     ]
     if differ:
         raise CogvidError(f"{where} is a VAE of another size: {', '.join(differ)}; set model.vae.* to match")
     notes = []
-    if "scaling_factor" in found and abs(float(found["scaling_factor"]) - cfg.scale_factor) > 1e-9:
+    scaling = found.get("scaling_factor", cfg.scale_factor)
+    if not _finite_number(scaling):
+        raise CogvidError(f"{where}: scaling_factor {reprlib.repr(scaling)} is not a number")
+    if abs(float(scaling) - cfg.scale_factor) > 1e-9:
         notes.append(
             f"{where}: scaling_factor {found['scaling_factor']} differs from model.scale_factor {cfg.scale_factor} "
             "(SAT keeps the scale in the model config, not with the VAE weights)"
         )
     return notes
+
+
+def _finite_number(value) -> bool:
+    """A JSON number that fits a float (not true/false, a string, a list, inf, nor an int beyond float range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _norm(value):
