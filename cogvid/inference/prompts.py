@@ -26,13 +26,23 @@ class PromptJob:
     source: str  # where it came from, for messages: "infer.prompt", "prompts.txt:3", "stdin:2"
 
 
+def _exists(path: str) -> bool:
+    """Path(path).exists(), False for a name the OS refuses (too long: ENAMETOOLONG) as for a missing file."""
+    try:
+        return Path(path).exists()
+    except OSError:
+        return False
+
+
 def _job(index: int, text: str, source: str, base_dir: Path | None) -> PromptJob:
     prompt, image = text, None
     if IMAGE_SEPARATOR in text:
         prompt, image = (part.strip() for part in text.split(IMAGE_SEPARATOR, 1))
         if not image:
             raise CogvidError(f"{source}: nothing after '{IMAGE_SEPARATOR}' (expected prompt@@image_path)")
-        if base_dir is not None and not Path(image).is_absolute() and not Path(image).exists():
+        if "\0" in image:  # no file name holds one, and os.stat refuses it with ValueError
+            raise CogvidError(f"{source}: the image path after '{IMAGE_SEPARATOR}' holds a NUL character")
+        if base_dir is not None and not Path(image).is_absolute() and not _exists(image):
             image = str(base_dir / image)  # relative to the prompts file when not relative to the working dir
     if not prompt:
         raise CogvidError(f"{source}: the prompt is empty")
