@@ -6,7 +6,8 @@ POINT picks the moment, counted over the whole process (Hydra's files included):
   fsync    just before the Nth fsync: a temp file or staged folder is complete but not yet renamed;
   replace  just before the Nth os.replace: some files of a run are in place, others not;
   rmtree   just before the Nth shutil.rmtree (e.g. after a folder swap, before the old folder is deleted);
-  write    halfway through the Nth write() to a file that Python opened for writing: a temp file is cut off;
+  write    halfway through the Nth write() to a binary file that Python opened for writing (open, io.open,
+           pathlib): a temp file is cut off;
   never    no kill (the command runs to its end).
 The kill is a real SIGKILL of this process: no finally block, atexit hook or signal handler runs.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import io
 import os
 import shutil
 import signal
@@ -85,7 +87,7 @@ def kill_in_nth_write(n: int) -> None:
         f = real_open(file, mode, *args, **kwargs)
         return HalfWriteFile(f, is_nth) if "b" in mode and any(c in mode for c in "wax+") else f
 
-    builtins.open = open_
+    builtins.open = io.open = open_  # pathlib's write_bytes opens through io.open
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ written under a temporary name and renamed, so an interrupted run leaves no half
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
-from cogvid.inference.frame_strip import write_frame_strip
+from cogvid.inference.frame_strip import frame_strip
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import clean_stale, owner_tag, write_atomic
-from cogvid.utils.media import write_mp4
+from cogvid.utils.files import atomic_path, clean_stale, owner_tag
+from cogvid.utils.media import encode_mp4
 
 SLUG_LENGTH = 60
 SAMPLES_DIR = "samples"
@@ -80,17 +81,27 @@ def write_sample(
     strip_caption: str | None = None,
 ) -> list[Path]:
     """Write `<stem>.mp4`, optional `<stem>.latents.safetensors` and `<stem>.png` (a frame strip under
-    `strip_caption`), then `<stem>.json` (last: it marks completion)."""
-    written = [write_mp4(samples_dir / f"{stem}.mp4", frames, fps)]
-    if strip_caption is not None:
-        written.append(write_frame_strip(samples_dir / f"{stem}.png", frames, strip_caption))
-    if latents is not None:
-        path = samples_dir / f"{stem}.latents.safetensors"
-        tensors = {"latents": latents.detach().float().cpu().contiguous()}
-        write_atomic(path, lambda f: f.write(save(tensors, metadata={"layout": "b c t h w", "scaled": "false"})))
-        written.append(path)
-    path = samples_dir / f"{stem}.json"
+    `strip_caption`), and `<stem>.json`, as one step: every file is written under its temp name first and renamed
+    only when all are written (the JSON last: it marks completion), so a failed write (disk full) leaves none."""
+    from PIL import Image
+
     text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str) + "\n"
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-    written.append(path)
-    return written
+    with contextlib.ExitStack() as stack:
+
+        def staged(suffix: str) -> Path:
+            return stack.enter_context(atomic_path(samples_dir / f"{stem}{suffix}"))
+
+        sidecar_tmp = staged(".json")  # entered first, so renamed last
+        encode_mp4(staged(".mp4"), frames, fps)
+        written = [samples_dir / f"{stem}.mp4"]
+        if strip_caption is not None:
+            Image.fromarray(frame_strip(frames, strip_caption)).save(staged(".png"), format="PNG")
+            written.append(samples_dir / f"{stem}.png")
+        if latents is not None:
+            tensors = {"latents": latents.detach().float().cpu().contiguous()}
+            staged(".latents.safetensors").write_bytes(
+                save(tensors, metadata={"layout": "b c t h w", "scaled": "false"})
+            )
+            written.append(samples_dir / f"{stem}.latents.safetensors")
+        sidecar_tmp.write_bytes(text.encode("utf-8"))
+    return [*written, samples_dir / f"{stem}.json"]

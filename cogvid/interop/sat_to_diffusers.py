@@ -37,6 +37,7 @@ from cogvid.interop.vae_map import VAE_CLASS, diffusers_vae_config, sat_vae_shap
 from cogvid.models.lora import is_lora_key, lora_rank
 from cogvid.sat.checkpoint import read_sat_state_dict, read_sat_vae_state_dict
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import writing
 from cogvid.utils.lazy_tensors import TensorSource, mapped_source
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def pipeline_class(cfg) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with writing(path):
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_sat_transformer(cfg, path: str | Path) -> TensorSource:

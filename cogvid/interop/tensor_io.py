@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import writing
 from cogvid.utils.lazy_tensors import TensorInfo, TensorSource, TensorTarget, nbytes
 from cogvid.utils.runtime import SAFETENSORS_DTYPES, SAFETENSORS_NAMES
 
@@ -194,7 +195,7 @@ def _write_safetensors_file(path: Path, targets: list[TensorTarget], metadata: d
         offset += t.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    with open(path, "wb") as f:
+    with writing(path), open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for t in targets:
@@ -234,5 +235,7 @@ def write_safetensors_shards(
             "metadata": {"total_size": sum(t.nbytes for t in targets)},
             "weight_map": {t.name: name for name, shard in zip(names, shards, strict=True) for t in shard},
         }
-        (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        index_file = folder / f"{stem}.safetensors.index.json"
+        with writing(index_file):
+            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return [folder / n for n in names]

@@ -45,7 +45,15 @@ def resize_cover_center_crop(frames: torch.Tensor, height: int, width: int) -> t
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
-    """Write (f, h, w, 3) uint8 frames as H.264 / yuv420p MP4 at `fps`; the file appears only when complete.
+    """Write (f, h, w, 3) uint8 frames as H.264 / yuv420p MP4 at `fps`; the file appears only when complete."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        encode_mp4(tmp, frames, fps)
+    return path
+
+
+def encode_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
+    """Encode (f, h, w, 3) uint8 frames as H.264 / yuv420p MP4 at `fps` into `path` (not atomically: see write_mp4).
 
     Encoded in this process with PyAV's libx264 (its defaults: CRF 23, preset medium), so a failed write (disk full,
     file size limit) raises here instead of an ffmpeg child leaving a cut-off file. Bytes are reproducible: one encoder
@@ -54,19 +62,17 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
     """
     import av
 
-    path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (f, h, w, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"H.264 yuv420p needs even sizes, got {frames.shape[1]}x{frames.shape[2]}")
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+    with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=int(fps), options={"flags": "+bitexact"})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.thread_count = 1
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush the encoder's delayed frames
-    return path
 
 
 def read_mp4(path: str | os.PathLike) -> np.ndarray:
