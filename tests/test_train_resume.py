@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,36 @@ def test_a_damaged_checkpoint_is_never_resumed(runs, tmp_path, caplog):
         resolve_resume("auto", tmp_path)
     assert "\n" not in str(info.value)
     assert damage(older) == "a state file's SHA-256 differs from the one recorded when it was written"
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_older_checkpoints(runs, tiny_t5_dir, tmp_path):
+    """A checkpoint that the storage refuses (here RLIMIT_FSIZE: EFBIG) ends the run with one line naming the file;
+    the checkpoints already written, and `latest`, stay as they were, and no temp folder is left."""
+    whole, _, _ = runs
+    out = tmp_path / "out"
+    shutil.copytree(whole, out)
+    checkpoints = out / "checkpoints"
+    before = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
+    limit = (checkpoints / "step-00000007" / "state.ckpt").stat().st_size // 2
+    common = (f"data.root={whole.parent / 'data'}", f"train.max_steps={STEPS + 2}", f"train.checkpoint_every={EVERY}")
+    overrides = [*tiny_overrides(tiny_t5_dir, out, *common, "train.keep_last=2", mode="sft"), "train.resume=auto"]
+
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "cogvid.cli.train", *overrides, f"hydra.run.dir={out}/hydra"],
+        env=env,
+        preexec_fn=set_limit,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cogvid-train: error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert errors == [
+        f"cogvid-train: error: cannot write {checkpoints / 'step-00000009' / 'state.ckpt'}: File too large"
+    ]
+    assert {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()} == before
+    assert resolve_resume("auto", out).name == "step-00000007"

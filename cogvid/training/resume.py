@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cogvid.sat.checkpoint import save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import publish_folder, write_atomic
+from cogvid.utils.files import publish_folder, write_atomic, writing
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,12 @@ class ResumableCheckpoints(Callback):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         trainer.strategy.barrier("cogvid-checkpoint-begin")
-        trainer.save_checkpoint(tmp / STATE, weights_only=False)  # the full training state
+        try:
+            with writing(final / STATE):  # a full disk is one line naming the file; older checkpoints stay as they are
+                trainer.save_checkpoint(tmp / STATE, weights_only=False)  # the full training state
+        except CogvidError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         state = full_state_dict(pl_module.backbone, self.sat_dtype)
         meta = {"step": step, "signature": self.signature}
         if trainer.is_global_zero:  # `<out>/sat/<step>/...`, as `cogvid-sample model.ckpt=<out>/sat` reads it
