@@ -79,7 +79,7 @@ SAMPLE = [
     "infer.num_videos_per_prompt=2",
     "infer.frame_strip=true",
     "infer.save_latents=true",
-    "sampler.num_steps=8",
+    "sampler.num_steps=4",
     "device=cpu",
 ]
 
@@ -87,15 +87,10 @@ SAMPLE = [
 def test_cogvid_sample_killed_anywhere_keeps_every_video_whole(tmp_path):
     samples = tmp_path / "out" / "samples"
     args = [*SAMPLE, f"infer.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
-    code, log, seconds = run("never", 0, "cogvid-sample", *args, cwd=tmp_path)
-    assert code == 0, log
-    kept = finished(samples)
-    assert len([p for p in kept if p.suffix == ".mp4"]) == 2
-
-    # fsync 1: the first MP4 is encoded, not yet renamed; write 1: half of the frame strip PNG;
-    # replace 3 / 6: some files of the run in place, others not; then a kill from outside at a random moment.
-    points = [("fsync", 1, None), ("write", 1, None), ("replace", 3, None), ("replace", 6, None)]
-    points.append(("never", 0, RANDOM.uniform(0.3, 0.9) * seconds))
+    kept: dict[Path, str] = {}
+    # fsync 1: the first MP4 is encoded, not yet renamed; write 1: half of the first latents file; replace 6: the
+    # first video's files are in place, the second's are not; then a kill from outside at a random moment.
+    points = [("fsync", 1, None), ("write", 1, None), ("replace", 6, None), ("never", 0, RANDOM.uniform(1.0, 4.0))]
     for point, n, after in points:
         code, log, _ = run(point, n, "cogvid-sample", *args, cwd=tmp_path, kill_after=after)
         assert code == KILLED, f"{point} {n}: exit code {code}; {log[-2000:]}"
@@ -104,6 +99,7 @@ def test_cogvid_sample_killed_anywhere_keeps_every_video_whole(tmp_path):
         if point in ("fsync", "write"):
             assert leftovers(samples), "the kill should have left a temp file behind"
         kept = now
+    assert len([p for p in kept if p.suffix == ".json"]) >= 1  # replace 6: one whole video came before the kill
 
     code, log, _ = run("never", 0, "cogvid-sample", *args, cwd=tmp_path)
     assert code == 0, log
@@ -155,9 +151,9 @@ def test_precompute_killed_anywhere_resumes_and_keeps_what_was_encoded(tmp_path,
     args = ["model=shapes", "task=precompute", f"data.root={shapes_clips}", f"data.cache={cache}", "device=cpu"]
     args.append(f"hydra.run.dir={tmp_path / 'hydra'}")
     kept: dict[Path, str] = {}
-    # replace 1: meta.json written, not in place; write 2: half of a sample; replace 4: a few samples in place;
+    # write 2: meta.json is in place, the first sample half written; replace 4: a few samples in place;
     # then a kill from outside at a random moment.
-    for point, n, after in [("replace", 1, None), ("write", 2, None), ("replace", 4, None), ("never", 0, 4.0)]:
+    for point, n, after in [("write", 2, None), ("replace", 4, None), ("never", 0, 4.0)]:
         if after is not None:
             after = RANDOM.uniform(0.6, 1.0) * after
         code, log, _ = run(point, n, "cogvid-train", *args, cwd=tmp_path, kill_after=after)
