@@ -11,8 +11,11 @@ import argparse
 import logging
 import re
 import sys
+from typing import NoReturn
 
+from cogvid.cli.common import fail
 from cogvid.cli.hydra_app import run_hydra_app
+from cogvid.config.checks import check_values
 
 PROG = "cogvid-export"
 
@@ -36,9 +39,16 @@ weights (Hydra-style, key=value; `cogvid-export model=tiny task=to_sat --help` l
 """
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with cogvid's error contract: a usage error is one line and exit code 2, not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(PROG, f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=PROG,
         description="Convert CogVideoX weights between SAT and diffusers, and SAT YAMLs to cogvid configs.",
         epilog=SAT_CONFIG_EXAMPLE + "\n" + WEIGHTS_EXAMPLE,
@@ -68,6 +78,13 @@ def _quoted(value: str) -> str:
     return "'" + re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
 
 
+def _task(cfg):
+    check_values(cfg)  # before torch is imported: a refused option value costs a fraction of a second
+    from cogvid.interop.run import run_export
+
+    return run_export(cfg)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("sat-config", "-h", "--help"):
@@ -75,11 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         given = {"source": args.path, "name": args.name, "out": args.out_dir}
         argv = ["task=sat_config", *(f"{key}={_quoted(value)}" for key, value in given.items())]
         argv += [f"dtype={args.dtype}"] if args.dtype else []
-    from cogvid.interop.run import run_export
-
     logging.getLogger("cogvid").setLevel(logging.INFO)
     sys.argv = [sys.argv[0] if sys.argv else PROG, *argv]
-    run_hydra_app(PROG, "export", run_export)
+    run_hydra_app(PROG, "export", _task)
 
 
 if __name__ == "__main__":

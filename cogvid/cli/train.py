@@ -9,9 +9,11 @@ from __future__ import annotations
 import sys
 
 from cogvid.cli.hydra_app import run_hydra_app
+from cogvid.config.checks import check_values
 
 
 def _task(cfg):
+    check_values(cfg)  # before torch and Lightning are imported: a refused option value costs a fraction of a second
     from cogvid.training.run import run_train
 
     run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"])

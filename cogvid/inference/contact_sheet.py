@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 from hydra.experimental.callback import Callback
 
-from cogvid.inference.outputs import SAMPLES_DIR
 from cogvid.utils.files import write_atomic
-from cogvid.utils.media import read_mp4
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,8 @@ def _parse_override(text: str) -> tuple[str, str] | None:
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
     """Every job dir under `sweep_dir` with its first video and overrides, in job order."""
+    from cogvid.inference.outputs import SAMPLES_DIR  # here, not above: Hydra builds the callback before every run
+
     jobs = []
     for job_dir in sorted(
         (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
@@ -56,6 +56,8 @@ def swept_keys(jobs: list[dict]) -> list[str]:
 
 
 def _cell_frames(video: Path, height: int | None = None) -> np.ndarray:
+    from cogvid.utils.media import read_mp4  # imports torch: only when a sweep ends
+
     frames = read_mp4(video)
     picks = sorted({0, len(frames) // 2, len(frames) - 1})
     strip = np.concatenate([frames[i] for i in picks], axis=1)
