@@ -86,6 +86,8 @@ def describe_config_error(ex: BaseException) -> str:
     from hydra.errors import OverrideParseException
 
     unparsed = next((e.override for e in chain if isinstance(e, OverrideParseException)), None)
+    if unparsed is not None and "=" not in unparsed and not unparsed.startswith("~"):
+        return f"cannot parse the override {unparsed!r}: an override is key=value (or +key=value, ~key)"
     if unparsed is not None or where.startswith("Ambiguous value"):
         # Hydra's own advice is on its later lines: keep the part about quoting
         what = f"cannot parse the override {unparsed!r}" if unparsed is not None else where
