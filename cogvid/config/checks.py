@@ -1,15 +1,18 @@
 """Option values checked as soon as a config is composed: before any weights load, any video is read or any file
 is written. Each error is one line that names the option (`sampler.guidance_scale=nan must be ...`).
 
-`check_values(cfg)` checks whichever of the sections infer, sampler, train, data and the export's `out` the config
-has; the commands call it first. Checks that need the model or the files (frame counts, weight paths, the data)
-stay with the code that knows them, but run before work starts too.
+`check_values(cfg)` checks whichever of the sections model (its LoRA settings), infer, sampler, train, data and the
+export's `out` the config has; the commands call it first, before torch is even imported, so this module imports
+nothing heavy. Checks that need the model or the files (frame counts, weight paths, the data) stay with the code
+that knows them, but run before work starts too.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from cogvid.utils.errors import CogvidError
 
@@ -51,6 +54,13 @@ def check_folder_path(option: str, path) -> None:
                 where = "" if candidate == p else f" ({candidate} is one)"
                 raise CogvidError(f"{option}={path} lies under a file, not a folder{where}")
             return
+
+
+def _check_model(model, mode) -> None:
+    check_at_least("model.lora_rank", model.lora_rank, 0)
+    check_finite("model.lora_alpha", model.lora_alpha)
+    if mode is not None and mode.name == "lora" and model.lora_rank < 1:
+        raise CogvidError(f"mode=lora needs model.lora_rank >= 1 (got {model.lora_rank}): the rank of the adapters")
 
 
 def _check_infer(infer) -> None:
@@ -100,6 +110,8 @@ def _check_data(data) -> None:
 
 def check_values(cfg) -> None:
     """Refuse out-of-range option values in every section `cfg` has (see the module doc)."""
+    if "model" in cfg and not OmegaConf.is_missing(cfg, "model") and cfg.model is not None:
+        _check_model(cfg.model, cfg.get("mode"))
     sections = {"infer": _check_infer, "sampler": _check_sampler, "train": _check_train, "data": _check_data}
     for name, check in sections.items():
         if name in cfg and cfg.get(name) is not None:
