@@ -1,5 +1,7 @@
 """Shared test helpers: the SAT reference fixture and tiny configs composed from the real config tree."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from build_tiny_t5 import build_tiny_t5  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"
+BIN = Path(sys.executable).parent  # the environment's console scripts: cogvid-sample, cogvid-train, cogvid-export
+
+
+def run_cli(
+    prog: str,
+    *args: str,
+    cwd: Path | None = None,
+    stdin: bytes | str | None = None,
+    text: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run an installed command as a user does: its console script, in a subprocess, without the test
+    environment's HYDRA_FULL_ERROR (plus `env`); stdout and stderr captured."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [str(BIN / prog), *args], input=stdin, capture_output=True, text=text, cwd=cwd, env=env, timeout=120
+    )
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FIXTURE
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
-    )
+from conftest import run_cli as run
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
