@@ -155,7 +155,7 @@ def test_bad_data_is_one_line(tmp_path, tiny_t5_dir):
     (tmp_path / "bad.csv").write_text("file,text\nx.mp4,a cat\n")
     with pytest.raises(CogvidError, match="header with `path` and `caption`"):
         run_train(train_cfg(tiny_t5_dir, tmp_path / "o", f"data.manifest={tmp_path / 'bad.csv'}"))
-    with pytest.raises(CogvidError, match="model.lora_rank > 0"):
+    with pytest.raises(CogvidError, match="mode=lora needs model.lora_rank >= 1"):
         run_train(train_cfg(tiny_t5_dir, tmp_path / "o", f"data.root={tmp_path}", "model.lora_rank=0"))
 
 

@@ -97,6 +97,16 @@ def _check_train(train) -> None:
         check_at_least("train.warmup_steps", train.warmup_steps, 0)
     for name in ("checkpoint_every", "log_every"):
         check_at_least(f"train.{name}", train.get(name), 0)
+    for name in ("max_steps", "batch_size", "accumulate_grad_batches", "devices", "num_nodes", "keep_last"):
+        check_at_least(f"train.{name}", train.get(name), 1)  # keep_last: the latest checkpoint is always kept
+    check_finite("train.ucg_rate", train.ucg_rate, 0.0)
+    if train.ucg_rate > 1.0:
+        raise CogvidError(f"train.ucg_rate={train.ucg_rate} must lie in [0, 1]")
+    vae = train.get("vae")
+    if vae is not None:  # task=vae's settings
+        check_at_least("train.vae.holdout", vae.holdout, 1)  # the PSNR is measured on held-out clips
+        for name in ("kl_weight", "foreground_weight"):
+            check_finite(f"train.vae.{name}", vae.get(name), 0.0)
     for i, seed in enumerate(train.validation.seeds):
         check_seed(f"train.validation.seeds[{i}]", seed)
     check_folder_path("train.output_dir", train.output_dir)

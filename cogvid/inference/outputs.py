@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -46,6 +47,8 @@ STEM_INDEX = re.compile(r"^(\d{4,})_")
 
 def next_free_index(samples_dir: Path) -> int:
     """1 + the highest `<index>_` prefix among the files in `samples_dir` (0 when it holds none)."""
+    if not samples_dir.is_dir():
+        return 0
     found = [int(m.group(1)) for p in samples_dir.iterdir() if (m := STEM_INDEX.match(p.name))]
     return max(found) + 1 if found else 0
 
@@ -57,17 +60,21 @@ def config_hash(resolved: dict) -> str:
 
 
 def check_writable(out_dir: Path) -> Path:
-    """Create `out_dir/samples` and prove a file can be written there, before any model is loaded; the temp files of
-    runs that were killed there are removed."""
+    """`out_dir/samples`, proved writable before any model is loaded but not created (the first video makes it, so a
+    run refused later leaves no empty folder): the nearest folder on the way that exists must be writable. In an
+    existing samples folder the temp files of killed runs are removed and a probe file is written."""
     samples = out_dir / SAMPLES_DIR
-    try:
-        samples.mkdir(parents=True, exist_ok=True)
-        clean_stale(samples)
-        probe = samples / f".write-test.tmp-{owner_tag()}"  # a killed run's probe is a leftover clean_stale knows
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as ex:
-        raise CogvidError(f"infer.output_dir: cannot write to {samples} ({ex.strerror or ex})") from None
+    existing = next(p for p in (samples, *samples.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CogvidError(f"infer.output_dir: cannot write to {samples} ({existing} is not a writable folder)")
+    if existing == samples:
+        try:
+            clean_stale(samples)
+            probe = samples / f".write-test.tmp-{owner_tag()}"  # a killed run's probe is a leftover clean_stale knows
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as ex:
+            raise CogvidError(f"infer.output_dir: cannot write to {samples} ({ex.strerror or ex})") from None
     return samples
 
 

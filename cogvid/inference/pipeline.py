@@ -23,7 +23,7 @@ from cogvid.diffusion.sampling import sample_latents
 from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
 from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
-from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder
+from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder, t5_folders
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
@@ -54,6 +54,7 @@ def check_weight_paths(cfg) -> None:
             "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
             f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
         )
+    t5_folders(m.text_encoder.path)  # a local folder exists and holds T5's config.json (a hub id is left to load)
 
 
 @dataclass

@@ -26,8 +26,12 @@ def t5_folders(path: str) -> tuple[str, str]:
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "tokenizer").is_dir() and (p / "text_encoder").is_dir():  # a diffusers pipeline folder
-            return str(p / "tokenizer"), str(p / "text_encoder")
-        return str(p), str(p)
+            tokenizer, encoder = p / "tokenizer", p / "text_encoder"
+        else:
+            tokenizer, encoder = p, p
+        if not (encoder / "config.json").is_file():
+            raise CogvidError(f"model.text_encoder.path: {encoder} holds no config.json; expected {RELEASE_LAYOUT}")
+        return str(tokenizer), str(encoder)
     if p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1:
         raise CogvidError(f"model.text_encoder.path: no folder at {path}; expected {RELEASE_LAYOUT}")
     return path, path  # a hub id such as google/t5-v1_1-xxl, for users with a network

@@ -9,9 +9,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from cogvid.config.checks import check_values
 from cogvid.config.schema import TrainTask
-from cogvid.training.strategies import end_process_group, externally_launched, start_local_workers, strategy_name
+from cogvid.models.frozen import check_vae_file
+from cogvid.training.data import VideoClips, clip_spec, find_clips
+from cogvid.training.precompute import CachedLatents, run_precompute
+from cogvid.training.strategies import (
+    end_process_group,
+    externally_launched,
+    resolve_precision,
+    start_local_workers,
+    strategy_name,
+)
 from cogvid.utils.errors import CogvidError
 
 log = logging.getLogger("cogvid.train")
@@ -51,17 +62,41 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
     ok = False
     try:
         if task is TrainTask.precompute:
-            from cogvid.training.precompute import run_precompute
-
             run_precompute(cfg)
             result = None
         else:
+            check_fit_inputs(cfg)
+            dataset = fit_dataset(cfg)  # read before Lightning is imported, the Trainer's banner and tensorboard/
             from cogvid.training.fit import fit
 
-            result = fit(cfg, deepspeed_strategy_class)
+            result = fit(cfg, dataset, deepspeed_strategy_class)
         ok = True
         return result
     finally:
         if workers is not None:
             workers.finish(ok)
         end_process_group()
+
+
+def check_fit_inputs(cfg) -> None:
+    """train.precision for this device, and the weights task=fit needs: the VAE and T5 when training from videos, and
+    a given model.ckpt."""
+    resolve_precision(cfg)
+    if not cfg.data.cache:
+        if not cfg.model.get("vae_ckpt") or not cfg.model.text_encoder.path:
+            raise CogvidError(
+                "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
+                "or data.cache=<latents from task=precompute>"
+            )
+        check_vae_file(cfg.model.vae_ckpt)
+    if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
+        raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
+
+
+def fit_dataset(cfg) -> Dataset:
+    """task=fit's training data: the latent cache (data.cache) or the videos, one of which must decode."""
+    if cfg.data.cache:
+        return CachedLatents(cfg)
+    dataset = VideoClips(find_clips(cfg), clip_spec(cfg))
+    dataset.check_readable()
+    return dataset

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,7 +276,8 @@ class VaeTrainResult:
 
 
 def check_vae_run(cfg) -> None:
-    """Everything task=vae can refuse before it reads a video or writes a file."""
+    """What task=vae refuses beyond the option values (`cogvid.config.checks.check_values`), before it reads a video
+    or writes a file."""
     t, v = cfg.train, cfg.train.vae
     if strategy_name(cfg) != "single" or t.devices != 1 or t.num_nodes != 1:
         raise CogvidError("task=vae trains in one process: use train=single train.devices=1 train.num_nodes=1")
@@ -285,15 +285,6 @@ def check_vae_run(cfg) -> None:
         raise CogvidError(f"task=vae does not resume (train.resume={t.resume}): start the run again")
     if cfg.data.cache:
         raise CogvidError("task=vae trains on videos (data.root or data.manifest), not on data.cache latents")
-    for name in ("max_steps", "batch_size", "accumulate_grad_batches"):
-        if getattr(t, name) < 1:
-            raise CogvidError(f"train.{name}={getattr(t, name)} must be >= 1")
-    if v.holdout < 1:
-        raise CogvidError(f"train.vae.holdout={v.holdout} must be >= 1: the PSNR is measured on held-out clips")
-    for name in ("kl_weight", "foreground_weight"):
-        value = getattr(v, name)
-        if not (value >= 0 and math.isfinite(value)):
-            raise CogvidError(f"train.vae.{name}={value} must be a finite number >= 0")
     if v.init and not Path(v.init).expanduser().is_file():
         raise CogvidError(f"train.vae.init={v.init}: no such file (a 3d-vae.pt, e.g. OUT/vae/3d-vae.pt)")
 
