@@ -102,3 +102,16 @@ def test_a_full_disk_names_the_file_and_leaves_no_temp(tmp_path, code):
     with pytest.raises(CogvidError, match=f"^cannot write {target}: "):
         write_atomic(target, fill_up)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("prog", ["cogvid-sample", "cogvid-train"])
+def test_hydra_files_on_a_full_disk_are_one_line_and_taken_back(tmp_path, prog):
+    """Hydra writes .hydra/config.yaml and the job's log before the task starts; a full disk there is one line naming
+    the file, and the half-written files and new folders are removed."""
+    args = ["model=shapes", "infer.prompt=a red circle" if prog == "cogvid-sample" else "task=precompute"]
+    result = run_limited(1_000, prog, *args, cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(f"{prog}: error: cannot write {tmp_path / 'outputs'}"), errors[0]
+    assert errors[0].endswith("/.hydra/config.yaml: File too large"), errors[0]
+    assert list(tmp_path.iterdir()) == []

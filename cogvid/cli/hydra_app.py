@@ -26,6 +26,7 @@ from cogvid.cli.common import fail
 from cogvid.cli.free_text import quote_free_text
 from cogvid.config.compose import conf_dir, describe_config_error, register_schemas
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.files import STORAGE_FULL
 
 # Added to every command line's overrides: a Hydra override (in hydra.overrides.hydra, never in the job's config).
 SNAPSHOT_CALLBACK = f"++hydra.callbacks.cogvid_run_dir_snapshot._target_={__name__}.RunDirSnapshot"
@@ -140,6 +141,28 @@ def _undo_what_hydra_wrote() -> None:
             return
 
 
+def _frames(ex: BaseException) -> list:
+    """The frames of `ex`'s traceback, outermost first."""
+    frames, tb = [], ex.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def _file_being_written(ex: BaseException) -> str:
+    """The file a failed write was for, read from the traceback's innermost frame that names one (Hydra's
+    `_save_config(cfg, filename, output_dir)`, or a `path` / `file` local); else the run dir in words."""
+    for frame in reversed(_frames(ex)):
+        names = frame.f_locals
+        if isinstance(names.get("filename"), str) and isinstance(names.get("output_dir"), str | os.PathLike):
+            return str(Path(names["output_dir"]) / names["filename"])
+        for key in ("path", "file", "filename"):
+            if isinstance(names.get(key), str | os.PathLike):
+                return str(names[key])
+    return "a file of Hydra's run dir (hydra.run.dir)"
+
+
 def _refuse(prog: str, message: str) -> NoReturn:
     _undo_what_hydra_wrote()
     fail(prog, message)
@@ -174,6 +197,9 @@ def run_hydra_app(prog: str, config_name: str, task: Callable[[object], object])
     register_schemas()
     # Let composition errors reach us instead of Hydra's own multi-line report and exit code 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # A log line that cannot be written (a full disk) is dropped instead of printing logging's traceback; the write
+    # that fails for the run's own files is reported as one line.
+    logging.raiseExceptions = False
     try:
         config_path = str(conf_dir())
     except CogvidError as ex:
@@ -198,3 +224,15 @@ def run_hydra_app(prog: str, config_name: str, task: Callable[[object], object])
     except BrokenPipeError:  # the reader left early, as `cogvid-sample --help | head` does: no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: nothing more to flush
         sys.exit(1)
+    except OSError as ex:
+        if ex.errno not in STORAGE_FULL:
+            raise
+        # Hydra's own files (.hydra/*.yaml, the job's log) on a full disk: f.write's error names no file. Hydra has
+        # dropped its job config by now; the failed run_job's frame still holds it, for undoing what it wrote.
+        where = ex.filename or _file_being_written(ex)
+        job_config = next((f.f_locals.get("config") for f in _frames(ex) if f.f_code.co_name == "run_job"), None)
+        if job_config is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            HydraConfig.instance().set_config(job_config)
+        _refuse(prog, f"cannot write {where}: {ex.strerror}")
