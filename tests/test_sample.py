@@ -437,26 +437,19 @@ def test_nan_latents_stop_with_advice_and_no_file(tmp_path, tiny_t5_dir, monkeyp
 
 
 def test_an_interrupted_write_leaves_no_half_video(tmp_path, tiny_t5_dir, monkeypatch):
-    import av
-
-    real = av.VideoFrame
+    import subprocess
 
     class Interrupted(Exception):
         pass
 
-    class FramesThatStop:
-        """av.VideoFrame whose third frame never arrives: the encoder has begun writing the MP4's temp file."""
+    class StoppedEncoder(subprocess.Popen):
+        """ffmpeg gets half of the frames, then the run is interrupted: the MP4's temp file is begun."""
 
-        calls = 0
+        def communicate(self, input=None, timeout=None):
+            self.stdin.write(input[: len(input) // 2])
+            raise Interrupted()
 
-        @classmethod
-        def from_ndarray(cls, array, format):
-            cls.calls += 1
-            if cls.calls == 3:
-                raise Interrupted()
-            return real.from_ndarray(array, format=format)
-
-    monkeypatch.setattr(av, "VideoFrame", FramesThatStop)
+    monkeypatch.setattr(subprocess, "Popen", StoppedEncoder)
     with pytest.raises(Interrupted):
         sample(tiny(tmp_path, tiny_t5_dir, STEPS, "infer.prompt=a fox"))
     assert all_files(tmp_path / "out") == []

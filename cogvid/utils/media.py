@@ -6,6 +6,7 @@ Video tensors are `(c, f, h, w)` in [-1, 1] (one clip in VAE layout); frames are
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -55,24 +56,40 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
 def encode_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
     """Encode (f, h, w, 3) uint8 frames as H.264 / yuv420p MP4 at `fps` into `path` (not atomically: see write_mp4).
 
-    Encoded in this process with PyAV's libx264 (its defaults: CRF 23, preset medium), so a failed write (disk full,
-    file size limit) raises here instead of an ffmpeg child leaving a cut-off file. Bytes are reproducible: one encoder
-    thread, and `bitexact` keeps version strings out of the stream and the container. Sizes must be even (yuv420p);
-    cogvid's sizes are multiples of 16, so no frame is resized.
+    The ffmpeg that imageio-ffmpeg ships encodes with libx264's defaults (CRF 23, preset medium). Its exit status is
+    checked: a write it could not finish (disk full, file size limit) raises with ffmpeg's reason, where imageio's
+    writer used to return and leave a cut-off file. Bytes are reproducible: one encoder thread, and `-bitexact` with
+    no metadata keeps version strings and times out of the file. Sizes must be even (yuv420p); cogvid's sizes are
+    multiples of 16, so no frame is resized.
     """
-    import av
+    import subprocess
+
+    import imageio_ffmpeg
 
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (f, h, w, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"H.264 yuv420p needs even sizes, got {frames.shape[1]}x{frames.shape[2]}")
-    with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=int(fps), options={"flags": "+bitexact"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.codec_context.thread_count = 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())  # flush the encoder's delayed frames
+    f, h, w, _ = frames.shape
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        *("-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"),
+        *("-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-threads", "1", "-bitexact", "-map_metadata", "-1"),
+        *("-f", "mp4", str(path)),
+    ]
+    encoder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = encoder.communicate(np.ascontiguousarray(frames).tobytes())
+    except BaseException:  # an interrupt: stop the encoder, the caller deletes the temp file
+        encoder.kill()
+        encoder.wait()
+        raise
+    if encoder.returncode != 0:
+        reason = " ".join(err.decode("utf-8", "replace").split()) or f"exit status {encoder.returncode}"
+        for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+            if os.strerror(code) in reason:  # the storage refused the write: the OSError atomic_path reports
+                raise OSError(code, os.strerror(code), str(path))
+        raise CogvidError(f"cannot encode {path}: ffmpeg failed ({reason[-300:]})")
 
 
 def read_mp4(path: str | os.PathLike) -> np.ndarray:
