@@ -96,14 +96,15 @@ def test_killed_and_resumed_equals_uninterrupted_bitwise(runs):
 def test_resuming_another_model_or_mode_is_one_line(runs, tiny_t5_dir, tmp_path):
     _, resumed, _ = runs
     step = resumed / "checkpoints" / "step-00000007"
+    data = f"data.root={resumed.parent / 'data'}"  # the data is checked first, then the checkpoint
     for extra, mode, match in (
         (("model.hidden_size=128",), "sft", "hidden_size 64 \\(this run: 128\\)"),
         ((), "lora", "mode 'sft' \\(this run: 'lora'\\)"),
     ):
-        cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, f"train.resume={step}", *extra, mode=mode), "train")
+        cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, data, f"train.resume={step}", *extra, mode=mode), "train")
         with pytest.raises(CogvidError, match=match):
             run_train(cfg)
-    cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, f"train.resume={tmp_path / 'nothing'}"), "train")
+    cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path, data, f"train.resume={tmp_path / 'nothing'}"), "train")
     with pytest.raises(CogvidError, match="no such checkpoint"):
         run_train(cfg)
 
