@@ -85,7 +85,7 @@ SAMPLE_CASES = [
     sample("misspelt-sampler-key", "sampler.num_step=3", expect="Key 'num_step' not in 'SamplerConfig'"),
     sample("misspelt-top-level-key", "dtyp=fp32", expect="Key 'dtyp' not in 'SampleConfig'"),
     sample("unknown-model", "model=7b", expect="model/7b"),
-    sample("unknown-sampler", "sampler=euler", expect="sampler/euler"),
+    sample("unknown-sampler", "sampler=unipc", expect="sampler/unipc"),
     sample("unknown-mode", "mode=qlora", expect="mode/qlora"),
     sample(
         "frames-not-a-number", "infer.num_frames=nine", expect="'nine' of type 'str' could not be converted to Integer"
@@ -98,7 +98,7 @@ SAMPLE_CASES = [
     ),
     sample("bool-not-a-bool", "infer.save_latents=maybe", expect="'maybe' is not a valid bool"),
     sample("dtype-unknown", "dtype=fp8", expect="Invalid value 'fp8', expected one of [fp32, fp16, bf16]"),
-    sample("solver-unknown", "sampler.solver=euler", expect="Invalid value 'euler', expected one of"),
+    sample("solver-unknown", "sampler.solver=unipc", expect="Invalid value 'unipc', expected one of"),
     sample("tile-not-a-list", "infer.vae_tile=big", expect="str is not a ListConfig"),
     sample("unquoted-value", "infer.image=the fox's photo.png", expect="must be quoted"),
     sample("not-key-value", "shapes", expect="cannot parse the override 'shapes': an override is key=value"),

@@ -60,7 +60,7 @@ def test_misspelt_config_key(sample):
 
 
 def test_unknown_config_option(sample):
-    assert_one_line_error(sample("sampler=euler"), "sampler/euler")
+    assert_one_line_error(sample("sampler=unipc"), "sampler/unipc")
 
 
 def test_checkpoint_of_another_variant(tmp_path, sample):

@@ -103,7 +103,7 @@ def test_lora_mode_sets_rank_unless_the_model_names_one(tmp_path: Path):
     "overrides,fragment",
     [
         (["model.hiden_size=3"], "hiden_size"),
-        (["sampler.solver=euler"], "euler"),
+        (["sampler.solver=unipc"], "unipc"),
         (["model=7b"], "model/7b"),
         (["sampler.num_steps=many"], "many"),
         (["infer.promt=hi"], "promt"),

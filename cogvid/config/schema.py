@@ -34,6 +34,13 @@ class Solver(str, Enum):
     dpmpp2m_sde = "dpmpp2m_sde"  # SAT VPSDEDPMPP2MSampler (the default)
     dpmpp2m_ode = "dpmpp2m_ode"  # SAT VPODEDPMPP2MSampler
     ddim = "ddim"  # SAT VideoDDIMSampler
+    ddpm = "ddpm"  # ancestral DDPM, the posterior step (SAT VideoDDPMSampler's idea)
+    euler = "euler"  # SAT EulerEDMSampler (s_churn = 0)
+    heun = "heun"  # SAT HeunEDMSampler (s_churn = 0)
+    euler_ancestral = "euler_ancestral"  # SAT EulerAncestralSampler (eta = 1)
+    dpmpp2s_ancestral = "dpmpp2s_ancestral"  # SAT DPMPP2SAncestralSampler (eta = 1)
+    lms = "lms"  # SAT LinearMultistepSampler (order 4)
+    dpmpp2m_edm = "dpmpp2m_edm"  # SAT DPMPP2MSampler (plain, in log-sigma)
 
 
 class Guider(str, Enum):
