@@ -7,6 +7,7 @@ Every random draw comes from one CPU generator in SAT's order, so a seed gives S
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,16 @@ def sampling_plan(sampler, shift_scale: float) -> SamplingPlan:
     rescale = ZeroSnrRescale(sampler.zero_snr_rescale).value
     schedule = sampling_schedule(sampler.num_steps, shift_scale, rescale=rescale)
     return SamplingPlan(schedule, guidance_scales(sampler, schedule.timesteps), SOLVERS[Solver(sampler.solver).value])
+
+
+def start_step(strength: float, num_steps: int) -> int:
+    """The step an SDEdit run starts at: k = round((1 - strength) * num_steps), halves rounded up.
+
+    strength 1 -> 0 (the whole walk from pure noise), 0 -> num_steps (no step: the clean latent comes back).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength {strength} is not in [0, 1]")
+    return min(max(math.floor((1.0 - strength) * num_steps + 0.5), 0), num_steps)
 
 
 def initial_noise(shape: tuple[int, ...], batch: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -83,6 +94,7 @@ def sample_latents(
     concat: torch.Tensor | None = None,
     ofs: float | torch.Tensor | None = None,
     progress: bool = False,
+    start: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Sample latents (b, t, 16, h, w) in float32 with the `sampler` config's solver and guidance.
 
@@ -93,6 +105,12 @@ def sample_latents(
     SAT's order, so a seed gives SAT's latents on any device (None: torch's default CPU generator).
     concat, ofs: the I2V conditioning (`cogvid.diffusion.conditioning.image_conditioning`); concat (b, t, 16, h, w)
     is concatenated on channels at every call, never noised.
+    start: (z0, k) to begin at step k of the plan instead of step 0 (SDEdit; the idea of SAT sgm sampling.py
+    SdeditEDMSampler, here in sqrt(alpha_bar) space and for every solver): z0 is the clean scaled latent
+    (b, t, c, h, w), the walk starts from x_k = a_k z0 + sqrt(1 - a_k^2) noise with a_k = alphas[k] and `noise` the
+    run's initial noise (drawn as above), and the solver walks alphas[k:] with step i told it is step k + i (the
+    timestep and guidance scale of that step). k = 0 is the ordinary sample, with the same draws in the same order,
+    so the same latents; k = num_steps runs no step and returns z0.
     """
     device = model.device
     if noise is None:
@@ -117,4 +135,21 @@ def sample_latents(
     def steps(n: int):
         return tqdm(range(n), desc="denoising", leave=False) if progress else range(n)
 
-    return plan.solver(denoise, x, alphas, draw, steps=steps)
+    if start is None:
+        return plan.solver(denoise, x, alphas, draw, steps=steps)
+    z0, k = start
+    n = len(alphas) - 1
+    if not 0 <= k <= n:
+        raise ValueError(f"start step {k} is not in [0, {n}]")
+    if tuple(z0.shape) != tuple(x.shape):
+        raise ValueError(f"start latent {tuple(z0.shape)} does not match the noise {tuple(x.shape)}")
+    if k == n:
+        return z0.float().to(device)
+    if k > 0:  # k = 0 keeps x = noise as it is: the text-to-video start, whatever alphas[0] is
+        a = alphas[k]
+        x = a * z0.float().to(device) + (1 - a**2).sqrt() * x
+
+    def denoise_from_k(x_t: torch.Tensor, i: int) -> torch.Tensor:
+        return denoise(x_t, k + i)
+
+    return plan.solver(denoise_from_k, x, alphas[k:], draw, steps=steps)
