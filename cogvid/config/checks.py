@@ -10,6 +10,7 @@ that knows them, but run before work starts too.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -73,6 +74,20 @@ def _check_infer(infer) -> None:
         tile = list(infer.vae_tile)
         if len(tile) != 2 or not all(_number(t) and t >= 1 for t in tile):
             raise CogvidError(f"infer.vae_tile={tile} must be [h, w] in latents, both >= 1")
+    check_finite("infer.strength", infer.strength, 0.0)
+    if infer.strength > 1.0:
+        raise CogvidError(f"infer.strength={infer.strength} must lie in [0, 1] (1: start from pure noise)")
+    if infer.video is not None:
+        # Whether the file holds a usable clip is cogvid.inference.source_video's to say (it knows the model).
+        if infer.image is not None:
+            raise CogvidError(
+                "infer.video and infer.image exclude each other: video to video takes a text-to-video model, no image"
+            )
+        video = Path(str(infer.video)).expanduser()
+        if not video.is_file():
+            raise CogvidError(f"infer.video={infer.video}: no such file")
+        if not os.access(video, os.R_OK):
+            raise CogvidError(f"infer.video={infer.video}: the file cannot be read (permissions)")
     check_folder_path("infer.output_dir", infer.output_dir)
 
 

@@ -185,6 +185,8 @@ class InferConfig:
     interactive: bool = False  # read prompts from standard input until EOF
     negative_prompt: str = ""  # used with sampler.uncond=negative_prompt
     image: str | None = None  # I2V conditioning image for every prompt without its own `@@image`
+    video: str | None = None  # video to video (SDEdit): the source clip, re-noised to `strength` and denoised
+    strength: float = 0.8  # with `video`: 1 = start from pure noise (text to video), 0 = the clip back unchanged
     num_frames: int | None = None  # pixel frames, 8k+1 (null: the model's num_frames)
     height: int | None = None  # pixels, a multiple of 16 (null: the variant's default; 1.5-I2V: from the image)
     width: int | None = None

@@ -19,7 +19,7 @@ from cogvid.config.checks import check_values
 from cogvid.config.schema import Generation, ImageLatentScaling, is_image_to_video
 from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, unconditional_context
 from cogvid.diffusion.model import DiffusionModel, build_model
-from cogvid.diffusion.sampling import sample_latents
+from cogvid.diffusion.sampling import sample_latents, start_step
 from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
 from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
@@ -137,6 +137,17 @@ class VideoPipeline:
             z = z * m.scale_factor
         return image_conditioning(to_dit_layout(z), shape.latent_frames, m)  # z: (1, c, 1, h, w)
 
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """A source clip (3, F, H, W) in [-1, 1] -> its scaled latent (1, t, c, h, w), float32: the posterior mean
+        (no draw, so the sampling noise of every seed stays SAT's), times model.scale_factor as the DiT sees latents.
+        The 1.5 family leads with a copy of latent 0, the padding latent its decode drops (as training pads)."""
+        m = self.model_cfg
+        pixels = video[None].to(self.device, self.vae_dtype)  # (1, 3, F, H, W)
+        z = to_dit_layout(self.vae.encode(pixels, sample=False).float() * m.scale_factor)  # (1, T, c, h, w)
+        if z.shape[1] % m.patch_size_t:
+            z = torch.cat([z[:, :1], z], dim=1)
+        return z
+
     def decode(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes."""
         m, infer = self.model_cfg, self.infer_cfg
@@ -156,12 +167,21 @@ class VideoPipeline:
         image=None,
         shape: VideoShape | None = None,
         progress: bool = False,
+        source: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> GeneratedVideo:
         """One video: all randomness comes from CPU generators seeded with `seed` (the image posterior from its own,
-        so the sampling noise is SAT's for that seed)."""
+        so the sampling noise is SAT's for that seed).
+
+        source: video to video (SDEdit): the source clip's latent from `encode_video` (1, t, c, h, w); the walk starts
+        at the step `strength` selects (`start_step`), from the clip noised with this seed's initial noise, so
+        strength 1 is the text-to-video sample of the seed and strength 0 the clip's VAE round trip.
+        """
         m = self.model_cfg
         if is_image_to_video(m) and image is None:
             raise CogvidError(f"{m.name} is image-to-video: give infer.image=PATH or prompt@@image lines")
+        if source is not None and image is not None:
+            raise CogvidError(f"{m.name}: video to video takes a text-to-video model and no image")
         shape = shape or self.shape_for(None if image is None else (image.height, image.width))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -186,6 +206,7 @@ class VideoPipeline:
             concat=None if conditioning is None else conditioning.concat,
             ofs=None if conditioning is None else conditioning.ofs,
             progress=progress,
+            start=None if source is None else (source, start_step(strength, self.cfg.sampler.num_steps)),
         )
         _sync(self.device)
         timings["sampling_s"] = time.perf_counter() - start

@@ -1,7 +1,9 @@
-"""`run_sample(cfg)`: prompts (and images) to MP4 videos and their JSON sidecars, the work of cogvid-sample.
+"""`run_sample(cfg)`: prompts (and images, or a source clip) to MP4 videos and their JSON sidecars, the work of
+cogvid-sample.
 
 Everything that can be checked without the models is checked first (prompts, images, frame count and size, the
-weight paths, then the output dir, so a bad path writes nothing), so a bad input costs a second, not a model load.
+source clip of video to video, the weight paths, then the output dir, so a bad path writes nothing), so a bad input
+costs a second, not a model load.
 `VideoPipeline.from_config` checks the weight paths again for callers that use it directly (a few `stat` calls).
 Under torchrun the prompts are sharded across ranks (`cogvid.inference.prompts.shard`)
 and all ranks write into rank 0's output dir.
@@ -10,6 +12,7 @@ and all ranks write into rank 0's output dir.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from cogvid.config.schema import Generation, Uncond, is_image_to_video
 from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
 from cogvid.inference.pipeline import VideoPipeline, check_weight_paths
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
+from cogvid.inference.source_video import read_source_video
 from cogvid.inference.video_shape import video_shape
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames
@@ -79,6 +83,8 @@ def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipel
         "negative_prompt": cfg.infer.negative_prompt if Uncond(cfg.sampler.uncond) is Uncond.negative_prompt else None,
         "uncond": Uncond(cfg.sampler.uncond).value,
         "image": job.image or cfg.infer.image,
+        "video": cfg.infer.video,  # video to video: the source clip, re-noised to `strength`
+        "strength": cfg.infer.strength if cfg.infer.video is not None else None,
         "index": index,
         "rank": rank,
         "seed": result.seed,
@@ -107,6 +113,10 @@ def run_sample(cfg, stdin=None) -> list[Path]:
     check_values(cfg)  # every option's value, before any weights load or file is written
     if cfg.infer.interactive and world > 1:
         raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
+    source_video = None
+    if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
+        shape = video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
+        source_video = read_source_video(cfg, shape)
     jobs = prompt_jobs(cfg.infer, stdin)
     if not cfg.infer.interactive:  # check every prompt and image before any model is loaded
         jobs = list(jobs)
@@ -134,6 +144,11 @@ def run_sample(cfg, stdin=None) -> list[Path]:
     pipeline = VideoPipeline.from_config(cfg, device=device)
     fps = cfg.infer.fps or cfg.model.default_fps
     n = cfg.infer.num_videos_per_prompt
+    source = None
+    if source_video is not None:  # one clip for every prompt and video: encoded once
+        start = time.perf_counter()
+        source = pipeline.encode_video(source_video)
+        log.info("encoded %s in %.2f s (strength %g)", cfg.infer.video, time.perf_counter() - start, cfg.infer.strength)
     written: list[Path] = []
     for job in shard(jobs, rank, world):
         image = images[job.index] if not cfg.infer.interactive else _image_for(job, cfg)
@@ -147,6 +162,8 @@ def run_sample(cfg, stdin=None) -> list[Path]:
                 image=image,
                 shape=shape,
                 progress=rank == 0,
+                source=source,
+                strength=cfg.infer.strength,
             )
             sidecar = _sidecar(cfg, job, index, rank, result, fps, pipeline)
             latents = result.latents if cfg.infer.save_latents else None
