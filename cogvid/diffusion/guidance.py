@@ -29,9 +29,17 @@ def guidance_scale(cfg, step_index: int, timestep: int) -> float | None:
     return 1 + cfg.guidance_scale * (1 - math.cos(math.pi * (k / n) ** cfg.dynamic_exp)) / 2
 
 
+# A scale this close to 1 is run as one conditional pass: x_u + s (x_c - x_u) = x_c + (s - 1)(x_c - x_u), so the x0
+# estimate moves by at most 1e-4 |x_c - x_u| and the step saves the unconditional half of its batch.
+SKIP_UNCOND_WITHIN = 1e-4
+
+
 def guidance_scales(cfg, timesteps: torch.Tensor) -> list[float | None]:
-    """The CFG scale of every step of a run, in step order; `timesteps` (n,) are the DDPM timesteps it visits."""
-    return [guidance_scale(cfg, i, int(t)) for i, t in enumerate(timesteps)]
+    """The CFG scale of every step of a run, in step order; `timesteps` (n,) are the DDPM timesteps it visits. A
+    scale within SKIP_UNCOND_WITHIN of 1 becomes None (no unconditional pass); DynamicCFG's ramp has such steps:
+    2 of 50 with SAT's schedule, 15 of 50 with dynamic_schedule=corrected."""
+    scales = [guidance_scale(cfg, i, int(t)) for i, t in enumerate(timesteps)]
+    return [None if s is not None and abs(s - 1.0) <= SKIP_UNCOND_WITHIN else s for s in scales]
 
 
 def guided(
