@@ -7,6 +7,7 @@ chunked VAE decode.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from cogvid.config.checks import check_values
 from cogvid.config.schema import Generation, ImageLatentScaling, is_image_to_video
@@ -105,6 +107,11 @@ class VideoPipeline:
         text_encoder = load_text_encoder(cfg, dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
         log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", cfg.model.name, device, dtype, vae_dtype)
         return cls(cfg, model, vae, text_encoder, device, dtype, vae_dtype)
+
+    def with_config(self, cfg) -> VideoPipeline:
+        """This pipeline's loaded weights under another composed config of the same model, mode, dtypes and device
+        (another sampler, other infer settings): what a sweep's next job uses instead of loading again."""
+        return VideoPipeline(cfg, self.model, self.vae, self.text_encoder, self.device, self.dtype, self.vae_dtype)
 
     # --- the parts --------------------------------------------------------------------------------------------
     def shape_for(self, image_size: tuple[int, int] | None = None) -> VideoShape:
@@ -241,3 +248,42 @@ def _fit_image(image, height: int, width: int, crop: bool) -> torch.Tensor:
         resized = image.resize((width, height), Image.LANCZOS)
         pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
     return (pixels[None, :, None] * 2.0 - 1.0).contiguous()
+
+
+# The pipeline this process loaded last, under the key of what its weights depend on (`_weights_key`).
+_last_loaded: tuple[str, VideoPipeline] | None = None
+
+
+def _weights_key(cfg, device: torch.device | None) -> str:
+    """What the loaded weights depend on: the whole model and mode configs (paths, sizes, LoRA), the dtypes and the
+    device. The sampler and infer settings are not in it."""
+    parts = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("model", "mode") if name in cfg}
+    parts |= {name: cfg.get(name) for name in ("dtype", "vae_dtype", "device")} | {"given_device": str(device)}
+    m = cfg.model  # weights rewritten in place (a training run saving to the same folder) are loaded again
+    parts["files"] = [_files_state(path) for path in (m.get("ckpt"), m.get("vae_ckpt"), m.text_encoder.get("path"))]
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _files_state(path) -> list:
+    """(name, size, mtime) of the file at `path`, or of every file under the folder, sorted; [] for no path."""
+    if not path:
+        return []
+    root = Path(path).expanduser()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def load_pipeline(cfg, device: torch.device | None = None) -> VideoPipeline:
+    """`VideoPipeline.from_config`, reusing the weights this process loaded last when they are the same
+    (`_weights_key`): the jobs of a `cogvid-sample -m` sweep over sampler or infer settings run in one process and
+    load the DiT, VAE and T5 once. Other weights replace the kept ones (one set is held at a time)."""
+    global _last_loaded
+    key = _weights_key(cfg, device)
+    if _last_loaded is not None and _last_loaded[0] == key:
+        check_values(cfg)  # what from_config checks first; the weight paths are the ones already loaded
+        log.info("%s: the weights loaded for the previous job are reused", cfg.model.name)
+        return _last_loaded[1].with_config(cfg)
+    _last_loaded = None  # let the previous weights go before others load
+    pipeline = VideoPipeline.from_config(cfg, device=device)
+    _last_loaded = (key, pipeline)
+    return pipeline

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from cogvid.config.checks import check_values
 from cogvid.config.schema import Generation, Uncond, is_image_to_video
 from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
-from cogvid.inference.pipeline import VideoPipeline, check_weight_paths
+from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, load_pipeline
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.source_video import read_source_video
 from cogvid.inference.video_shape import video_shape
@@ -141,7 +141,7 @@ def run_sample(cfg, stdin=None) -> list[Path]:
     device = None
     if world > 1 and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
         device = torch.device("cuda", local_rank)
-    pipeline = VideoPipeline.from_config(cfg, device=device)
+    pipeline = load_pipeline(cfg, device=device)  # a sweep's later jobs reuse the weights its first one loaded
     fps = cfg.infer.fps or cfg.model.default_fps
     n = cfg.infer.num_videos_per_prompt
     source = None
