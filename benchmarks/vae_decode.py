@@ -1,0 +1,178 @@
+"""VAE decode of a long video: time and peak memory of cogvid (chunked, tiled) against diffusers'
+AutoencoderKLCogVideoX (untiled, tiled), on the same random weights at the released VAE's width.
+
+    .venv/bin/python benchmarks/vae_decode.py                          # 49 frames at 160 x 240
+    .venv/bin/python benchmarks/vae_decode.py --frames 49 --size 240 352 --only cogvid_chunked diffusers
+
+Each contender decodes in a fresh process, so that its peak resident memory (VmHWM) is its own. The figure reported is
+the rise of the peak over the resident memory just before the decode (the weights and latents already in place).
+The VAE has the released sizes (ch 128, ch_mult 1 2 2 4, 3 res blocks) with random weights (seed 0); diffusers
+loads the same weights through the exporter's key map. The latents are random (seed 1). cogvid's chunked decode is
+SAT's; its tiled decode splits space into `--tile` latent tiles. diffusers decodes two latent frames per call, as
+its pipeline does, with `enable_tiling()` at the same tile size for the tiled case. The script writes JSON and a
+markdown table to benchmarks/results/ (device, torch version, command, date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CONTENDERS = ("cogvid_chunked", "cogvid_tiled", "diffusers", "diffusers_tiled")
+
+
+def memory_kib() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> None:
+    """Decode once in this process and print one JSON line: seconds, RSS before, peak."""
+    import torch
+
+    from cogvid.config.compose import compose
+    from cogvid.models.vae import CausalVideoVAE
+
+    torch.manual_seed(0)
+    cfg = compose(["model=5b"]).model
+    ours = CausalVideoVAE.from_config(cfg.vae).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * (0.02 if param.ndim > 1 else 0.1) + (param.ndim == 1))
+    t = (frames - 1) // 4 + 1
+    latents = torch.randn(1, cfg.vae.z_channels, t, height // 8, width // 8, generator=torch.Generator().manual_seed(1))
+    if name.startswith("diffusers"):
+        import diffusers
+
+        from cogvid.interop.keymap import Side
+        from cogvid.interop.vae_map import diffusers_vae_config, vae_key_map
+        from cogvid.utils.lazy_tensors import TensorSource
+
+        targets, _ = vae_key_map(len(cfg.vae.ch_mult)).plan(TensorSource.from_tensors(ours.state_dict()), Side.sat)
+        theirs = diffusers.AutoencoderKLCogVideoX.from_config(diffusers_vae_config(cfg)).eval()
+        theirs.load_state_dict({x.name: x.materialize() for x in targets}, strict=True)
+        del ours
+        if name == "diffusers_tiled":  # the same tile as cogvid's, in pixels; diffusers' own overlaps (1/6, 1/5)
+            theirs.enable_tiling(tile_sample_min_height=tile[0] * 8, tile_sample_min_width=tile[1] * 8)
+
+        def decode():
+            return theirs.decode(latents).sample
+    else:
+        tiles = tuple(tile) if name == "cogvid_tiled" else None
+
+        def decode():
+            return ours.decode_chunked(latents, "v1_0", tile=tiles)
+
+    before = memory_kib()
+    start = time.perf_counter()
+    with torch.no_grad():
+        video = decode()
+    seconds = time.perf_counter() - start
+    after = memory_kib()
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "name": name,
+                "seconds": round(seconds, 2),
+                "rss_before_mib": round(before["VmRSS"] / 1024),
+                "peak_mib": round(after["VmHWM"] / 1024),
+                "peak_rise_mib": round((after["VmHWM"] - before["VmRSS"]) / 1024),
+                "video": list(video.shape),
+                "checksum": float(video.double().abs().mean()),
+            }
+        ),
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--size", type=int, nargs=2, default=[160, 240], metavar=("H", "W"))
+    parser.add_argument("--tile", type=int, nargs=2, default=[12, 16], metavar=("h", "w"), help="latent tile")
+    parser.add_argument("--only", nargs="*", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="vae_decode", help="results file stem (default vae_decode)")
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.frames, *args.size, args.tile)
+        return 0
+    rows = []
+    for name in args.only:
+        common = ["--frames", str(args.frames), "--size", *map(str, args.size), "--tile", *map(str, args.tile)]
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, *common], capture_output=True, text=True, check=False
+        )
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        rows.append(json.loads(line[len("RESULT ") :]))
+        print(f"{name}: {rows[-1]}", flush=True)
+    by_name = {r["name"]: r for r in rows}
+    ratios = {}
+    if "diffusers" in by_name:
+        base = by_name["diffusers"]
+        for mine in ("cogvid_chunked", "cogvid_tiled"):
+            if mine in by_name:
+                ratios[f"{mine} / diffusers peak rise"] = round(
+                    by_name[mine]["peak_rise_mib"] / base["peak_rise_mib"], 2
+                )
+                ratios[f"{mine} / diffusers seconds"] = round(by_name[mine]["seconds"] / base["seconds"], 2)
+    if "diffusers_tiled" in by_name:
+        for mine in ("cogvid_chunked", "cogvid_tiled"):
+            if mine in by_name:
+                ratios[f"{mine} / diffusers_tiled seconds"] = round(
+                    by_name[mine]["seconds"] / by_name["diffusers_tiled"]["seconds"], 2
+                )
+    import torch
+
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "video": {"frames": args.frames, "height": args.size[0], "width": args.size[1], "latent_tile": args.tile},
+    }
+    lines = [
+        "# VAE decode: cogvid against diffusers on the same random weights (released VAE width)",
+        "",
+        f"- date: {meta['date']}",
+        f"- device: {meta['device']}; torch {meta['torch']}",
+        f"- command: `{meta['command']}`",
+        f"- video: {args.frames} frames at {args.size[0]} x {args.size[1]}; cogvid tile {args.tile} latents",
+        "",
+        "| contender | seconds | RSS before (MiB) | peak (MiB) | peak rise (MiB) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['name']} | {r['seconds']} | {r['rss_before_mib']} | {r['peak_mib']} | {r['peak_rise_mib']} |"
+            for r in rows
+        ),
+        "",
+        *(f"- {k}: **{v}**" for k, v in ratios.items()),
+    ]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({**meta, "rows": rows, "ratios": ratios}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(table)
+    print(f"wrote {RESULTS / args.name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
