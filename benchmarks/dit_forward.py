@@ -5,7 +5,7 @@
 
 Both models get the same random weights: cogvid's state dict goes through the exporter's key map
 (`cogvid.interop.transformer_map.transformer_key_map`), and diffusers loads it strictly. The rounds interleave the
-two (cogvid, then diffusers), after one warm-up call each. The script reports the median seconds of each, the ratio
+two, alternating which goes first, after one warm-up call each. The script reports the median seconds of each, the ratio
 cogvid / diffusers from this run, and the largest output difference. It writes JSON and a markdown table to
 benchmarks/results/ (device, torch version, command, date).
 
@@ -132,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     _, b = timed(diffusers_fn)
     difference = (a - b).abs().max().item()
     times = {"cogvid": [], "diffusers": []}
+    calls = {"cogvid": cogvid_call, "diffusers": diffusers_fn}
     for r in range(args.rounds):
-        times["cogvid"].append(timed(cogvid_call)[0])
-        times["diffusers"].append(timed(diffusers_fn)[0])
+        for name in ("cogvid", "diffusers") if r % 2 == 0 else ("diffusers", "cogvid"):  # neither always goes first
+            times[name].append(timed(calls[name])[0])
         print(
             f"round {r + 1}: cogvid {times['cogvid'][-1]:.3f} s, diffusers {times['diffusers'][-1]:.3f} s", flush=True
         )
