@@ -63,12 +63,14 @@ class Videos:
     def __init__(self):
         self.pipeline = VideoPipeline.from_config(compose(["model=shapes"]))
         self.shape = self.pipeline.shape_for(None)
-        self.samplers: dict[tuple[str, int], object] = {}
+        self.samplers: dict[tuple, object] = {}
 
-    def make(self, prompt: str, seed: int, sampler: str, steps: int) -> tuple[np.ndarray, float]:
-        key = (sampler, steps)
+    def make(self, prompt: str, seed: int, sampler: str, steps: int, extra: tuple[str, ...] = ()):
+        """(frames, seconds) of one video; `extra`: more sampler overrides (e.g. sampler.cache=0.2)."""
+        key = (sampler, steps, extra)
         if key not in self.samplers:
-            self.samplers[key] = compose(["model=shapes", f"sampler={sampler}", f"sampler.num_steps={steps}"]).sampler
+            overrides = ["model=shapes", f"sampler={sampler}", f"sampler.num_steps={steps}", *extra]
+            self.samplers[key] = compose(overrides).sampler
         self.pipeline.cfg.sampler = self.samplers[key]
         start = time.perf_counter()
         result = self.pipeline.generate(prompt, seed=seed, shape=self.shape, progress=False)

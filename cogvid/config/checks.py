@@ -96,6 +96,8 @@ def _check_sampler(sampler) -> None:
     check_finite("sampler.guidance_scale", sampler.guidance_scale)
     check_finite("sampler.dynamic_exp", sampler.dynamic_exp)
     check_at_least("sampler.dynamic_num_steps", sampler.dynamic_num_steps, 1)
+    if sampler.get("cache") is not None:
+        check_finite("sampler.cache", sampler.cache, 0.0)
 
 
 def _check_train(train) -> None:

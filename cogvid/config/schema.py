@@ -158,6 +158,7 @@ class SamplerConfig:
     dynamic_num_steps: int = 50  # the guider's own step count (SAT guider_config.params.num_steps)
     uncond: Uncond = Uncond.zeros
     zero_snr_rescale: ZeroSnrRescale = ZeroSnrRescale.subset
+    cache: float | None = None  # sampler.cache=0.1: reuse the DiT's blocks while its first block changes less (opt in)
 
 
 @dataclass

@@ -7,6 +7,7 @@ Every random draw comes from one CPU generator in SAT's order, so a seed gives S
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from cogvid.diffusion.guidance import guidance_scales, guided
 from cogvid.diffusion.model import DiffusionModel
 from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
+from cogvid.models.step_cache import step_cache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,15 @@ def sample_latents(
     def steps(n: int):
         return tqdm(range(n), desc="denoising", leave=False) if progress else range(n)
 
+    with step_cache(model.backbone, sampler.get("cache")) as cache:
+        latents = _walk(plan, denoise, x, alphas, draw, steps, start, device)
+    if cache is not None:
+        log.info("step cache %g: %d of %d DiT calls reused the blocks", cache.threshold, cache.reused, cache.calls)
+    return latents
+
+
+def _walk(plan: SamplingPlan, denoise, x, alphas, draw, steps, start, device) -> torch.Tensor:
+    """The solver's walk from step 0, or from step k of `start` = (z0, k) (see sample_latents)."""
     if start is None:
         return plan.solver(denoise, x, alphas, draw, steps=steps)
     z0, k = start

@@ -211,6 +211,7 @@ class DiffusionTransformer(nn.Module):
             raise ValueError("the v1.0 generation has no temporal patches (patch_size_t must be 1)")
         self.out_channels = cfg.out_channels
         self.checkpoint_activations = cfg.checkpoint_activations
+        self.step_cache = None  # a cogvid.models.step_cache.StepCache while a cached sampling run is on
         # The grid the positional tables are built for: (latent frames, h / p, w / p).
         grid = (
             (cfg.num_frames - 1) // cfg.time_compressed_rate + 1,
@@ -308,7 +309,9 @@ class DiffusionTransformer(nn.Module):
         rope = pos.cos_sin(grid, x.device) if isinstance(pos, RotaryPositionEmbedding) else None
 
         # 4. L AdaLN blocks over the joint sequence.
+        #    With a step cache (sampling with sampler.cache) the blocks after the first may be skipped.
         adaln = self.mixins["adaln_layer"]
+        cache, first = self.step_cache, None
         for i, layer in enumerate(self.transformer.layers):
             mod = adaln.adaLN_modulations[i](emb)
             q_norm = adaln.query_layernorm_list[i] if adaln.query_layernorm_list is not None else None
@@ -317,6 +320,14 @@ class DiffusionTransformer(nn.Module):
                 hidden = checkpoint(layer, hidden, mod, q_norm, k_norm, n_txt, rope, use_reentrant=False)
             else:
                 hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope)
+            if i == 0 and cache is not None:
+                if (reused := cache.reuse(hidden)) is not None:
+                    hidden = reused
+                    break
+                first = hidden
+        else:
+            if first is not None:
+                cache.remember(first, hidden)
 
         # 5. Final LayerNorm over everything, then the final layer on video tokens.     (b, n_video, p_t p p c)
         hidden = self.transformer.final_layernorm(hidden)

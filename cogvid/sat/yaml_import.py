@@ -461,6 +461,7 @@ def _read_sampler(model: _Node) -> tuple[dict, tuple[str, float]]:
         "dynamic_num_steps": guider_steps,
         "uncond": Uncond.zeros,  # SAT's unconditional context is all zeros (force_uc_zero_embeddings)
         "zero_snr_rescale": ZeroSnrRescale.subset,  # SAT rescales the selected steps
+        "cache": None,  # SAT has no step cache: every step runs every block
     }
     return sampler, shift
 
