@@ -93,7 +93,8 @@ def test_cogvid_sample_killed_anywhere_keeps_every_video_whole(tmp_path):
     points = [("fsync", 1, None), ("write", 1, None), ("replace", 6, None), ("never", 0, RANDOM.uniform(1.0, 4.0))]
     for point, n, after in points:
         code, log, _ = run(point, n, "cogvid-sample", *args, cwd=tmp_path, kill_after=after)
-        assert code == KILLED, f"{point} {n}: exit code {code}; {log[-2000:]}"
+        # a kill from outside may come after a fast run has ended: then it must have ended well
+        assert code == KILLED or (after is not None and code == 0), f"{point} {n}: exit code {code}; {log[-2000:]}"
         now = finished(samples)
         assert_unchanged(kept)
         if point in ("fsync", "write"):
@@ -153,11 +154,11 @@ def test_precompute_killed_anywhere_resumes_and_keeps_what_was_encoded(tmp_path,
     kept: dict[Path, str] = {}
     # write 2: meta.json is in place, the first sample half written; replace 4: a few samples in place;
     # then a kill from outside at a random moment.
-    for point, n, after in [("write", 2, None), ("replace", 4, None), ("never", 0, 4.0)]:
+    for point, n, after in [("write", 2, None), ("replace", 4, None), ("never", 0, 3.0)]:
         if after is not None:
-            after = RANDOM.uniform(0.6, 1.0) * after
+            after = RANDOM.uniform(0.4, 1.0) * after
         code, log, _ = run(point, n, "cogvid-train", *args, cwd=tmp_path, kill_after=after)
-        assert code == KILLED, f"{point} {n}: {log}"
+        assert code == KILLED or (after is not None and code == 0), f"{point} {n}: exit code {code}; {log[-2000:]}"
         now = finished(cache)
         assert_unchanged(kept)
         if point == "write":
