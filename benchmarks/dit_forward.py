@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from bench_common import run_meta
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -143,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = median["cogvid"] / median["diffusers"]
     tokens = x.shape[1] // cfg.patch_size_t * (x.shape[3] // cfg.patch_size) * (x.shape[4] // cfg.patch_size)
     meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **run_meta(),
         "config": {
             "model": args.model,
             "hidden_size": cfg.hidden_size,

@@ -17,27 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from bench_common import memory_kib, psnr, run_meta
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red circle moving right"
-
-
-def peak_rss_mib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024)
-    return -1
 
 
 def model_overrides(args) -> list[str]:
@@ -128,7 +119,8 @@ def child(name: str, args) -> None:
         frames = video()
         seconds.append(time.perf_counter() - start)
     np.save(frames_out, frames)
-    print("RESULT " + json.dumps({"name": name, "seconds": seconds, "peak_rss_mib": peak_rss_mib()}), flush=True)
+    peak = round(memory_kib("VmHWM")["VmHWM"] / 1024)
+    print("RESULT " + json.dumps({"name": name, "seconds": seconds, "peak_rss_mib": peak}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             rows[name] = json.loads(line[len("RESULT ") :])
             print(f"{name}: {rows[name]}", flush=True)
-        a, b = (np.load(work / f"{n}.npy").astype(np.float64) for n in ("cogvid", "diffusers"))
-        mse = float(np.mean((a - b) ** 2))
-        psnr = 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-    import torch
+        similarity = psnr(*(np.load(work / f"{n}.npy") for n in ("cogvid", "diffusers")))
 
     median = {n: statistics.median(r["seconds"]) for n, r in rows.items()}
     ratios = {
@@ -174,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss": round(rows["cogvid"]["peak_rss_mib"] / rows["diffusers"]["peak_rss_mib"], 2),
     }
     meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **run_meta(),
         "config": {"hidden": args.hidden, "layers": args.layers, "frames": args.frames, "size": args.size},
         "steps": args.steps,
     }
@@ -189,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- device: {meta['device']}; torch {meta['torch']}",
             f"- command: `{meta['command']}`",
             f"- model: shapes layout, medium DiT {json.dumps(meta['config'])}, {args.steps} guided DDIM steps",
-            f"- PSNR of cogvid's video against diffusers': {psnr:.1f} dB",
+            f"- PSNR of cogvid's video against diffusers': {similarity:.1f} dB",
             "",
             "| | median s per video | rounds | peak RSS (MiB) |",
             "|---|---|---|---|",
@@ -203,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "rows": rows, "median_s": median, "ratios": ratios, "psnr_db": psnr}
+    payload = {**meta, "rows": rows, "median_s": median, "ratios": ratios, "psnr_db": similarity}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(table + "\n")
     print(f"wrote {RESULTS / args.name}.json and .md")

@@ -19,16 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import memory_kib
+
 GB = 1024**3
 
 
 def peak_rss() -> dict[str, int]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0]) * 1024
-    return fields
+    """Peak and current resident memory of this process, in bytes."""
+    return {k: v * 1024 for k, v in memory_kib("VmHWM", "VmRSS", "RssAnon", "RssFile").items()}
 
 
 def child(argv: list[str]) -> None:

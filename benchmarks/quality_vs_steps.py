@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import psnr, run_meta
 from PIL import Image, ImageDraw
 from shapes_adherence import prompt_sets
 
@@ -50,11 +48,6 @@ def sampler_names() -> list[str]:
     from cogvid.config.compose import conf_dir
 
     return sorted(p.stem for p in (conf_dir() / "sampler").glob("*.yaml"))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 class Videos:
@@ -246,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     results = table(rows, samplers, steps)
     fast = fastest_within(results)
     meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **run_meta(),
         "seeds": f"{seeds[0]}..{seeds[-1]}",
         "reference_steps": args.reference_steps,
         "videos_per_setting": len(rows) // (len(samplers) * len(steps)),

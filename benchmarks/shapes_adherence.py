@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import run_meta
 
 from cogvid.shapes.dataset import HELD_OUT, plain_caption, training_combinations
 from cogvid.shapes.measure import measure_video, score
@@ -178,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(make_video, seeds)
     meta = {
         "backend": backend,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **run_meta(),
         "settings": {**make_video.settings, "overrides": args.overrides},
         "seeds": seeds,
     }

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_common import psnr, run_meta
 from PIL import Image, ImageDraw
-from quality_vs_steps import ATTRIBUTES, Videos, psnr
+from quality_vs_steps import ATTRIBUTES, Videos
 from shapes_adherence import prompt_sets
 
 from cogvid.shapes.dataset import plain_caption
@@ -165,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     results = run(CountingVideos(), thresholds, seeds)
     meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **run_meta(),
         "sampler": "dpmpp2m, 50 steps (the default)",
         "seeds": f"{seeds[0]}..{seeds[-1]}",
     }

@@ -17,25 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_common import memory_kib, run_meta
 
 RESULTS = Path(__file__).parent / "results"
 CONTENDERS = ("cogvid_chunked", "cogvid_tiled", "diffusers", "diffusers_tiled")
-
-
-def memory_kib() -> dict[str, int]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            fields[key] = int(value.split()[0])
-    return fields
 
 
 def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> None:
@@ -76,12 +66,12 @@ def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> N
         def decode():
             return ours.decode_chunked(latents, "v1_0", tile=tiles)
 
-    before = memory_kib()
+    before = memory_kib("VmHWM", "VmRSS")
     start = time.perf_counter()
     with torch.no_grad():
         video = decode()
     seconds = time.perf_counter() - start
-    after = memory_kib()
+    after = memory_kib("VmHWM", "VmRSS")
     print(
         "RESULT "
         + json.dumps(
@@ -139,13 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[f"{mine} / diffusers_tiled seconds"] = round(
                     by_name[mine]["seconds"] / by_name["diffusers_tiled"]["seconds"], 2
                 )
-    import torch
 
     meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **run_meta(),
         "video": {"frames": args.frames, "height": args.size[0], "width": args.size[1], "latent_tile": args.tile},
     }
     lines = [
