@@ -270,7 +270,7 @@ def _files_state(path) -> list:
         return []
     root = Path(path).expanduser()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
 
 
 def load_pipeline(cfg, device: torch.device | None = None) -> VideoPipeline:

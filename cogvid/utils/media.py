@@ -6,7 +6,6 @@ Video tensors are `(c, f, h, w)` in [-1, 1] (one clip in VAE layout); frames are
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import atomic_path
+from cogvid.utils.files import STORAGE_FULL, atomic_path
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -86,7 +85,7 @@ def encode_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
         raise
     if encoder.returncode != 0:
         reason = " ".join(err.decode("utf-8", "replace").split()) or f"exit status {encoder.returncode}"
-        for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+        for code in sorted(STORAGE_FULL):
             if os.strerror(code) in reason:  # the storage refused the write: the OSError atomic_path reports
                 raise OSError(code, os.strerror(code), str(path))
         raise CogvidError(f"cannot encode {path}: ffmpeg failed ({reason[-300:]})")
