@@ -24,13 +24,22 @@ def run_cli(
     stdin: bytes | str | None = None,
     text: bool = True,
     env: dict[str, str] | None = None,
+    preexec_fn=None,
 ) -> subprocess.CompletedProcess:
     """Run an installed command as a user does: its console script, in a subprocess, without the test
-    environment's HYDRA_FULL_ERROR (plus `env`); stdout and stderr captured."""
+    environment's HYDRA_FULL_ERROR (plus `env`); stdout and stderr captured. `preexec_fn` runs in the child before
+    the command (e.g. to set a resource limit)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [str(BIN / prog), *args], input=stdin, capture_output=True, text=text, cwd=cwd, env=env, timeout=120
+        [str(BIN / prog), *args],
+        input=stdin,
+        capture_output=True,
+        text=text,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        preexec_fn=preexec_fn,
     )
 
 

@@ -10,30 +10,30 @@ import errno
 import hashlib
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from cogvid.shapes.dataset import write_dataset
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_atomic
-
-BIN = Path(sys.executable).parent
 
 
 def run_limited(limit: int, prog: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     def set_limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run(
-        [str(BIN / prog), *args], cwd=cwd, preexec_fn=set_limit, capture_output=True, text=True, timeout=600
-    )
+    return run_cli(prog, *args, cwd=cwd, preexec_fn=set_limit)
+
+
+def error_lines(result: subprocess.CompletedProcess, prog: str) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error:")]
 
 
 def one_line_naming(result: subprocess.CompletedProcess, prog: str, path: Path) -> None:
     """Exit code 2 and one error line, the last one on stderr (above it only progress bars), naming `path`."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error:")]
+    errors = error_lines(result, prog)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-3000:]
     assert errors[0].startswith(f"{prog}: error: cannot write {path}: File too large"), errors[0]
@@ -66,7 +66,7 @@ def test_sample_on_a_full_disk_writes_no_part_of_a_video(tmp_path):
 def test_export_on_a_full_disk_keeps_the_old_export(tmp_path):
     out = tmp_path / "export"
     args = ["task=to_diffusers", "model=shapes", "parts=[transformer,scheduler]", f"out={out}"]
-    first = subprocess.run([str(BIN / "cogvid-export"), *args], cwd=tmp_path, capture_output=True, text=True)
+    first = run_cli("cogvid-export", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = tree(out)
     result = run_limited(1_000_000, "cogvid-export", *args, "overwrite=true", "max_shard_size=4MB", cwd=tmp_path)
@@ -110,7 +110,7 @@ def test_hydra_files_on_a_full_disk_are_one_line_and_taken_back(tmp_path, prog):
     the file, and the half-written files and new folders are removed."""
     args = ["model=shapes", "infer.prompt=a red circle" if prog == "cogvid-sample" else "task=precompute"]
     result = run_limited(1_000, prog, *args, cwd=tmp_path)
-    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error:")]
+    errors = error_lines(result, prog)
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
     assert errors[0].startswith(f"{prog}: error: cannot write {tmp_path / 'outputs'}"), errors[0]
     assert errors[0].endswith("/.hydra/config.yaml: File too large"), errors[0]
