@@ -99,7 +99,7 @@ SAMPLE_CASES = [
     sample("bool-not-a-bool", "infer.save_latents=maybe", expect="'maybe' is not a valid bool"),
     sample("dtype-unknown", "dtype=fp8", expect="Invalid value 'fp8', expected one of [fp32, fp16, bf16]"),
     sample("solver-unknown", "sampler.solver=unipc", expect="Invalid value 'unipc', expected one of"),
-    sample("tile-not-a-list", "infer.vae_tile=big", expect="str is not a ListConfig"),
+    sample("tile-not-a-list", "infer.vae_tile=big", expect="infer.vae_tile=big must be auto, off or [h, w]"),
     sample("unquoted-value", "infer.image=the fox's photo.png", expect="must be quoted"),
     sample("not-key-value", "shapes", expect="cannot parse the override 'shapes': an override is key=value"),
     sample("unknown-flag", "--fast", expect="unrecognized arguments: --fast"),

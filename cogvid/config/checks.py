@@ -64,16 +64,27 @@ def _check_model(model, mode) -> None:
         raise CogvidError(f"mode=lora needs model.lora_rank >= 1 (got {model.lora_rank}): the rank of the adapters")
 
 
+VAE_TILE_WORDS = ("auto", "off")
+
+
+def check_vae_tile(tile) -> None:
+    """infer.vae_tile: auto, off (or null), or [h, w] in latents, both >= 1."""
+    if tile is None or (isinstance(tile, str) and tile in VAE_TILE_WORDS):
+        return
+    if isinstance(tile, str | int | float | bool):
+        raise CogvidError(f"infer.vae_tile={tile} must be auto, off or [h, w] in latents")
+    tile = list(tile)
+    if len(tile) != 2 or not all(_number(t) and t >= 1 for t in tile):
+        raise CogvidError(f"infer.vae_tile={tile} must be [h, w] in latents, both >= 1")
+
+
 def _check_infer(infer) -> None:
     check_seed("infer.seed", infer.seed)
     check_at_least("infer.num_videos_per_prompt", infer.num_videos_per_prompt, 1)
     if infer.fps is not None:
         check_at_least("infer.fps", infer.fps, 1)
     # num_frames, height and width: cogvid.inference.video_shape (it knows the model and names the nearest value)
-    if infer.vae_tile is not None:
-        tile = list(infer.vae_tile)
-        if len(tile) != 2 or not all(_number(t) and t >= 1 for t in tile):
-            raise CogvidError(f"infer.vae_tile={tile} must be [h, w] in latents, both >= 1")
+    check_vae_tile(infer.get("vae_tile"))
     check_finite("infer.strength", infer.strength, 0.0)
     if infer.strength > 1.0:
         raise CogvidError(f"infer.strength={infer.strength} must lie in [0, 1] (1: start from pure noise)")
@@ -143,5 +154,7 @@ def check_values(cfg) -> None:
     for name, check in sections.items():
         if name in cfg and cfg.get(name) is not None:
             check(cfg.get(name))
+    if cfg.get("memory_limit_gb") is not None:
+        check_finite("memory_limit_gb", cfg.memory_limit_gb, 0.0, strict=True)
     if "out" in cfg and isinstance(cfg.get("out"), str):
         check_folder_path("out", cfg.get("out"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -200,7 +201,9 @@ class InferConfig:
     image_latent_scaling: ImageLatentScaling = ImageLatentScaling.auto
     image_posterior_sample: bool = True  # encode the I2V image as a posterior sample (SAT) or its mean
     head_frame_quirk: bool = False  # 1.5: decode every latent to 4 frames as SAT HEAD does (84 frames for 81)
-    vae_tile: list[int] | None = None  # [h, w] in latents: decode in overlapping spatial tiles to save memory
+    # auto: the whole frame when the memory estimate says it fits (SAT's exact decode), else the largest spatial tiles
+    # that do (cogvid.inference.memory); [h, w] in latents: always those tiles; off (or null): never tiles
+    vae_tile: Any = "auto"
 
 
 class Strategy(str, Enum):
@@ -321,6 +324,8 @@ class SampleConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     dtype: Dtype | None = None  # None: model.dtype on an accelerator, fp32 on the CPU
     vae_dtype: Dtype | None = None  # None: the same as dtype (SAT runs the VAE in the model dtype)
+    memory_limit_gb: float | None = None  # what a run may use; None: the device's free memory (cogvid.inference.memory)
+    compile: bool = False  # torch.compile the DiT (opt in; the first video pays the compilation, cached on disk)
 
 
 @dataclass

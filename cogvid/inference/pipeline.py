@@ -7,8 +7,10 @@ chunked VAE decode.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +24,13 @@ from cogvid.config.schema import Generation, ImageLatentScaling, is_image_to_vid
 from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, unconditional_context
 from cogvid.diffusion.model import DiffusionModel, build_model
 from cogvid.diffusion.sampling import sample_latents, start_step
+from cogvid.inference import memory
 from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
 from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder, t5_folders
 from cogvid.models.vae import CausalVideoVAE
+from cogvid.sat.checkpoint import resolve_sat_checkpoint
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
 from cogvid.utils.runtime import TORCH_DTYPES, peak_memory_gb, resolve_device_dtype
@@ -46,6 +50,7 @@ def check_weight_paths(cfg) -> None:
         )
     if not Path(m.ckpt).expanduser().exists():
         raise CogvidError(f"model.ckpt={m.ckpt}: no such folder; expected the SAT transformer folder ({SAT_LAYOUT})")
+    resolve_sat_checkpoint(Path(m.ckpt).expanduser())  # the folder's latest / <iter> file exists (not read here)
     if not m.vae_ckpt:
         raise CogvidError(
             f"model.vae_ckpt is not set: give SAT's VAE file, e.g. model.vae_ckpt=/weights/{m.name}-sat/vae/3d-vae.pt"
@@ -73,11 +78,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class LoadedParts:
+    """What a pipeline and its `with_config` copies share: the weights on the device, and the text contexts of every
+    prompt encoded so far (text -> (1, text_length, d)), so T5 can be freed while the DiT samples."""
+
+    model: DiffusionModel
+    vae: CausalVideoVAE
+    text_encoder: T5Conditioner | None  # None: freed (or not loaded yet); loaded again if a new text comes
+    contexts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class VideoPipeline:
     """The diffusion model, T5 and the VAE on one device, ready to turn prompts into videos.
 
     cfg: the composed config (its `model`, `sampler` and `infer` groups are read); dtype: what the DiT computes in
-    (T5 is loaded in it too); vae_dtype: the VAE's.
+    (T5 is loaded in it too); vae_dtype: the VAE's. text_encoder None: T5 is loaded from the config when a text is
+    first encoded.
     """
 
     def __init__(
@@ -85,33 +102,84 @@ class VideoPipeline:
         cfg,
         model: DiffusionModel,
         vae: CausalVideoVAE,
-        text_encoder: T5Conditioner,
+        text_encoder: T5Conditioner | None,
         device: torch.device,
         dtype: torch.dtype,
         vae_dtype: torch.dtype,
+        parts: LoadedParts | None = None,
     ):
-        self.cfg, self.model, self.vae, self.text_encoder = cfg, model, vae, text_encoder
+        self.cfg = cfg
+        self.parts = parts or LoadedParts(model, vae, text_encoder)
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
         self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
 
+    @property
+    def model(self) -> DiffusionModel:
+        return self.parts.model
+
+    @property
+    def vae(self) -> CausalVideoVAE:
+        return self.parts.vae
+
+    @property
+    def text_encoder(self) -> T5Conditioner | None:
+        """T5 while it is loaded (None once freed); setting another encoder forgets the texts encoded so far."""
+        return self.parts.text_encoder
+
+    @text_encoder.setter
+    def text_encoder(self, encoder) -> None:
+        self.parts.text_encoder = encoder
+        self.parts.contexts.clear()
+
     @classmethod
-    def from_config(cls, cfg, device: torch.device | None = None) -> VideoPipeline:
+    def from_config(cls, cfg, device: torch.device | None = None, prompts: list[str] | None = None) -> VideoPipeline:
+        """Load a config's weights. The DiT and the VAE are read into CPU memory first (a damaged file is reported
+        before T5 loads). With `prompts` (every text the run will encode), T5 then encodes them on the device and is
+        freed before the DiT and the VAE move there, so T5 never shares a GPU with them; without, T5 stays loaded for
+        texts that come later (an interactive run)."""
         check_values(cfg)
         check_weight_paths(cfg)
         resolved_device, dtype = resolve_device_dtype(cfg)
         device = device or resolved_device
         vae_dtype = TORCH_DTYPES[cfg.vae_dtype] if cfg.get("vae_dtype") else dtype
         model = build_model(cfg)
-        model.backbone.to(device=device, dtype=dtype)
-        vae = load_vae(cfg, vae_dtype, device)
+        vae = load_vae(cfg, vae_dtype)
         text_encoder = load_text_encoder(cfg, dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
+        contexts = {}
+        if prompts is not None:
+            contexts = {text: text_encoder.encode([text]) for text in dict.fromkeys(prompts)}
+            text_encoder = None
+            _release(device)
+        model.backbone.to(device=device, dtype=dtype)
+        vae.to(device)
+        if cfg.get("compile"):
+            compile_blocks(model.backbone)
         log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", cfg.model.name, device, dtype, vae_dtype)
-        return cls(cfg, model, vae, text_encoder, device, dtype, vae_dtype)
+        parts = LoadedParts(model, vae, text_encoder, contexts)
+        return cls(cfg, model, vae, text_encoder, device, dtype, vae_dtype, parts=parts)
 
     def with_config(self, cfg) -> VideoPipeline:
         """This pipeline's loaded weights under another composed config of the same model, mode, dtypes and device
         (another sampler, other infer settings): what a sweep's next job uses instead of loading again."""
-        return VideoPipeline(cfg, self.model, self.vae, self.text_encoder, self.device, self.dtype, self.vae_dtype)
+        return VideoPipeline(cfg, None, None, None, self.device, self.dtype, self.vae_dtype, parts=self.parts)
+
+    # --- text ---------------------------------------------------------------------------------------------------
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), text_length, d): each text encoded alone (as SAT encodes one prompt), each once per process."""
+        parts = self.parts
+        for text in dict.fromkeys(texts):
+            if text not in parts.contexts:
+                if parts.text_encoder is None:
+                    log.info("loading T5 again for a new text")
+                    parts.text_encoder = load_text_encoder(self.cfg, dtype=self.dtype, device=self.device)
+                parts.contexts[text] = parts.text_encoder.encode([text])
+        return torch.cat([parts.contexts[text] for text in texts])
+
+    def free_text_encoder(self) -> None:
+        """Let T5 go (the contexts stay); a text not yet encoded loads it again."""
+        if self.parts.text_encoder is not None:
+            self.parts.text_encoder = None
+            _release(self.device)
 
     # --- the parts --------------------------------------------------------------------------------------------
     def shape_for(self, image_size: tuple[int, int] | None = None) -> VideoShape:
@@ -125,8 +193,8 @@ class VideoPipeline:
 
     def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) contexts (1, text_length, d): uncond is zeros unless sampler.uncond=negative_prompt."""
-        cond = self.text_encoder.encode([prompt])
-        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.text_encoder.encode, [negative_prompt or ""])
+        cond = self.encode_texts([prompt])
+        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.encode_texts, [negative_prompt or ""])
         return cond, uncond
 
     def image_conditioning(self, image, shape: VideoShape, generator: torch.Generator) -> ImageConditioning:
@@ -155,11 +223,37 @@ class VideoPipeline:
             z = torch.cat([z[:, :1], z], dim=1)
         return z
 
-    def decode(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes."""
+    def decode_tile(self, shape: VideoShape) -> tuple[int, int] | None:
+        """The decode's spatial tile from infer.vae_tile: fixed [h, w], none (off), or auto: none when the whole
+        frame fits the memory left beside the loaded weights (`cogvid.inference.memory`), else the largest tile
+        that does."""
+        setting = self.infer_cfg.get("vae_tile", "auto")
+        if setting is None or setting == "off":
+            return None
+        if setting != "auto":
+            return tuple(setting)  # [h, w] >= 1: cogvid.config.checks
+        room = memory.room_for_decode(self.cfg, self.device, memory.loaded_bytes(self.model.backbone, self.vae))
+        tile = memory.decode_tile(self.cfg, shape, self.vae_dtype, room)
+        if tile is not None:
+            need = memory.gb(memory.decode_bytes(self.model_cfg, shape, self.vae_dtype, None))
+            log.info(
+                "decoding in tiles of %s latents: the whole frame needs %s, %s is left",
+                list(tile),
+                need,
+                memory.gb(room),
+            )
+        return tile
+
+    def decode(self, latents: torch.Tensor, progress: bool = False, shape: VideoShape | None = None) -> torch.Tensor:
+        """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes (in tiles
+        per `decode_tile` when `shape` is given or infer.vae_tile is [h, w])."""
         m, infer = self.model_cfg, self.infer_cfg
         z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
-        tile = tuple(infer.vae_tile) if infer.vae_tile else None  # [h, w] >= 1: cogvid.config.checks
+        if shape is not None:
+            tile = self.decode_tile(shape)
+        else:
+            setting = infer.get("vae_tile")
+            tile = tuple(setting) if setting not in (None, "auto", "off") else None
         video = self.vae.decode_chunked(
             z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
         )
@@ -224,13 +318,29 @@ class VideoPipeline:
             )
 
         start = time.perf_counter()
-        video = self.decode(latents, progress=progress)
+        video = self.decode(latents, progress=progress, shape=shape)
         timings["decoding_s"] = time.perf_counter() - start
         if not torch.isfinite(video).all():
             raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")
         timings["peak_memory_gb"] = peak_memory_gb(self.device)
         unscaled = (to_vae_layout(latents) / m.scale_factor).float().cpu()
         return GeneratedVideo(video, unscaled, shape, seed, timings)
+
+
+def _release(device: torch.device) -> None:
+    """Return the memory of what was just let go: collect it, and empty CUDA's cache so other parts can use it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compile_blocks(backbone) -> None:
+    """compile=true: torch.compile every transformer block in place. The blocks share their code and shapes, so one
+    compilation serves them all; the step cache and the sampling loop stay eager. Inductor caches what it compiles
+    on disk (TORCHINDUCTOR_CACHE_DIR, here ~/.cache/cogvid/inductor unless set), so a later run skips most of it."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "cogvid" / "inductor"))
+    for layer in backbone.transformer.layers:
+        layer.compile(dynamic=False)
 
 
 def _fit_image(image, height: int, width: int, crop: bool) -> torch.Tensor:
@@ -273,17 +383,30 @@ def _files_state(path) -> list:
     return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
 
 
-def load_pipeline(cfg, device: torch.device | None = None) -> VideoPipeline:
+def loaded_pipeline(cfg, device: torch.device | None = None) -> VideoPipeline | None:
+    """The pipeline this process holds for this config's weights (`_weights_key`), or None."""
+    if _last_loaded is not None and _last_loaded[0] == _weights_key(cfg, device):
+        return _last_loaded[1]
+    return None
+
+
+def load_pipeline(cfg, device: torch.device | None = None, prompts: list[str] | None = None) -> VideoPipeline:
     """`VideoPipeline.from_config`, reusing the weights this process loaded last when they are the same
     (`_weights_key`): the jobs of a `cogvid-sample -m` sweep over sampler or infer settings run in one process and
-    load the DiT, VAE and T5 once. Other weights replace the kept ones (one set is held at a time)."""
+    load the DiT, VAE and T5 once. Other weights replace the kept ones (one set is held at a time).
+
+    prompts: every text the job encodes; they are encoded first and T5 is freed (see `from_config`)."""
     global _last_loaded
-    key = _weights_key(cfg, device)
-    if _last_loaded is not None and _last_loaded[0] == key:
+    held = loaded_pipeline(cfg, device)
+    if held is not None:
         check_values(cfg)  # what from_config checks first; the weight paths are the ones already loaded
         log.info("%s: the weights loaded for the previous job are reused", cfg.model.name)
-        return _last_loaded[1].with_config(cfg)
+        pipeline = held.with_config(cfg)
+        if prompts is not None:
+            pipeline.encode_texts(list(prompts))
+            pipeline.free_text_encoder()
+        return pipeline
     _last_loaded = None  # let the previous weights go before others load
-    pipeline = VideoPipeline.from_config(cfg, device=device)
-    _last_loaded = (key, pipeline)
+    pipeline = VideoPipeline.from_config(cfg, device=device, prompts=prompts)
+    _last_loaded = (_weights_key(cfg, device), pipeline)
     return pipeline

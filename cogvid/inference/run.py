@@ -20,14 +20,15 @@ from omegaconf import OmegaConf
 
 from cogvid.config.checks import check_values
 from cogvid.config.schema import Generation, Uncond, is_image_to_video
+from cogvid.inference import memory
 from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
-from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, load_pipeline
+from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, load_pipeline, loaded_pipeline
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.source_video import read_source_video
-from cogvid.inference.video_shape import video_shape
+from cogvid.inference.video_shape import size_from_image_aspect, video_shape
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames
-from cogvid.utils.runtime import dist_env, dtype_name
+from cogvid.utils.runtime import dist_env, dtype_name, resolve_device_dtype, torch_dtype
 
 log = logging.getLogger("cogvid.sample")
 
@@ -105,6 +106,34 @@ def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipel
     }
 
 
+def pipeline_shape(cfg, image):
+    """The video shape of a job (1.5-I2V sizes itself from its image), as `VideoPipeline.shape_for` gives it."""
+    derive = Generation(cfg.model.generation) is Generation.v1_5 and is_image_to_video(cfg.model)
+    height, width = cfg.infer.height, cfg.infer.width
+    if derive and image is not None and height is None and width is None:
+        height, width = size_from_image_aspect(cfg.model, image.height, image.width)
+    return video_shape(cfg.model, cfg.infer.num_frames, height, width)
+
+
+def check_memory(cfg, device, shapes) -> None:
+    """Refuse, before anything loads, a run whose largest video would not fit (`cogvid.inference.memory`)."""
+    device, dtype = (device, resolve_device_dtype(cfg)[1]) if device is not None else resolve_device_dtype(cfg)
+    vae_dtype = torch_dtype(cfg.vae_dtype) or dtype
+    largest = max(shapes, key=lambda s: s.num_frames * s.height * s.width)
+    held = loaded_pipeline(cfg, device)
+    held_bytes = memory.loaded_bytes(held.model.backbone, held.vae) if held is not None else 0
+    estimate, budget = memory.check_fits(cfg, largest, device, dtype, vae_dtype, held=held_bytes)
+    log.info("memory: about %s at most (%s available)", memory.gb(estimate.peak), memory.gb(budget))
+
+
+def run_texts(cfg, jobs) -> list[str]:
+    """Every text the run encodes: the prompts, and the negative prompt when the unconditional pass uses it."""
+    texts = [job.prompt for job in jobs]
+    if Uncond(cfg.sampler.uncond) is Uncond.negative_prompt:
+        texts.append(cfg.infer.negative_prompt or "")
+    return texts
+
+
 def run_sample(cfg, stdin=None) -> list[Path]:
     """Sample every prompt of a composed `sample` config; returns the files written by this rank.
 
@@ -125,6 +154,11 @@ def run_sample(cfg, stdin=None) -> list[Path]:
         if not derive_size or (cfg.infer.height is not None or cfg.infer.width is not None):
             video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
     check_weight_paths(cfg)  # before the output dir exists: a bad path writes nothing
+    device = None
+    if world > 1 and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
+        device = torch.device("cuda", local_rank)
+    if not cfg.infer.interactive:  # also before the output dir: a run that cannot fit writes nothing
+        check_memory(cfg, device, [pipeline_shape(cfg, images[job.index]) for job in jobs])
 
     if world > 1:
         import torch.distributed as dist
@@ -138,10 +172,9 @@ def run_sample(cfg, stdin=None) -> list[Path]:
 
         dist.barrier()  # every rank has read the dir before any rank writes into it
 
-    device = None
-    if world > 1 and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-        device = torch.device("cuda", local_rank)
-    pipeline = load_pipeline(cfg, device=device)  # a sweep's later jobs reuse the weights its first one loaded
+    texts = None if cfg.infer.interactive else run_texts(cfg, list(shard(jobs, rank, world)))
+    # T5 encodes every text first and is freed before the DiT and VAE load; a sweep's later jobs reuse the weights
+    pipeline = load_pipeline(cfg, device=device, prompts=texts)
     fps = cfg.infer.fps or cfg.model.default_fps
     n = cfg.infer.num_videos_per_prompt
     source = None

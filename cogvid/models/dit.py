@@ -75,17 +75,21 @@ class SelfAttention(nn.Module):
         self.dense = linear_or_lora(dim, dim, lora_rank, lora_alpha, partitions=1)
 
     def forward(self, x, q_norm, k_norm, n_txt: int, rope: tuple[torch.Tensor, torch.Tensor] | None):
-        q, k, v = (
-            rearrange(part, "b s (n d) -> b n s d", n=self.n_heads) for part in self.query_key_value(x).chunk(3, -1)
-        )
+        b, s, _ = x.shape
+        # (b, s, 3 D) -> three (b, n, s, d) views of the fused projection: no copy before the norms or SDPA
+        q, k, v = self.query_key_value(x).view(b, s, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         if q_norm is not None:
             q, k = q_norm(q), k_norm(k)
         if rope is not None:
-            cos, sin = rope
-            q = torch.cat([q[:, :, :n_txt], RotaryPositionEmbedding.rotate(q[:, :, n_txt:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :n_txt], RotaryPositionEmbedding.rotate(k[:, :, n_txt:], cos, sin)], dim=2)
+            cos, sin = rope  # already in x's dtype
+            if torch.is_grad_enabled():
+                q = torch.cat([q[:, :, :n_txt], RotaryPositionEmbedding.rotate(q[:, :, n_txt:], cos, sin)], dim=2)
+                k = torch.cat([k[:, :, :n_txt], RotaryPositionEmbedding.rotate(k[:, :, n_txt:], cos, sin)], dim=2)
+            else:  # q and k are this call's own tensors: rotate the video rows where they are
+                q[:, :, n_txt:] = RotaryPositionEmbedding.rotate(q[:, :, n_txt:], cos, sin)
+                k[:, :, n_txt:] = RotaryPositionEmbedding.rotate(k[:, :, n_txt:], cos, sin)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.dense(rearrange(out, "b n s d -> b s (n d)"))
+        return self.dense(out.transpose(1, 2).reshape(b, s, -1))
 
 
 class MLP(nn.Module):
@@ -124,20 +128,46 @@ class TransformerLayer(nn.Module):
             t_scale_mlp,
             t_gate_mlp,
         ) = mod.chunk(12, dim=1)
-        txt, vid = h[:, :n_txt], h[:, n_txt:]
+        if torch.is_grad_enabled():
+            txt, vid = h[:, :n_txt], h[:, n_txt:]
+            a_vid = modulate(self.input_layernorm(vid), shift_msa, scale_msa)
+            a_txt = modulate(self.input_layernorm(txt), t_shift_msa, t_scale_msa)
+            att = self.attention(torch.cat([a_txt, a_vid], dim=1), q_norm, k_norm, n_txt, rope)
+            vid = vid + gate_msa.unsqueeze(1) * att[:, n_txt:]
+            txt = txt + t_gate_msa.unsqueeze(1) * att[:, :n_txt]
 
-        a_vid = modulate(self.input_layernorm(vid), shift_msa, scale_msa)
-        a_txt = modulate(self.input_layernorm(txt), t_shift_msa, t_scale_msa)
-        att = self.attention(torch.cat([a_txt, a_vid], dim=1), q_norm, k_norm, n_txt, rope)
-        vid = vid + gate_msa.unsqueeze(1) * att[:, n_txt:]
-        txt = txt + t_gate_msa.unsqueeze(1) * att[:, :n_txt]
+            m_vid = modulate(self.post_attention_layernorm(vid), shift_mlp, scale_mlp)
+            m_txt = modulate(self.post_attention_layernorm(txt), t_shift_mlp, t_scale_mlp)
+            mlp = self.mlp(torch.cat([m_txt, m_vid], dim=1))
+            vid = vid + gate_mlp.unsqueeze(1) * mlp[:, n_txt:]
+            txt = txt + t_gate_mlp.unsqueeze(1) * mlp[:, :n_txt]
+            return torch.cat([txt, vid], dim=1)
 
-        m_vid = modulate(self.post_attention_layernorm(vid), shift_mlp, scale_mlp)
-        m_txt = modulate(self.post_attention_layernorm(txt), t_shift_mlp, t_scale_mlp)
-        mlp = self.mlp(torch.cat([m_txt, m_vid], dim=1))
-        vid = vid + gate_mlp.unsqueeze(1) * mlp[:, n_txt:]
-        txt = txt + t_gate_mlp.unsqueeze(1) * mlp[:, :n_txt]
-        return torch.cat([txt, vid], dim=1)
+        # Inference: the same arithmetic without splitting and re-joining the sequence. LayerNorm is per token, so one
+        # call normalises text and video alike; each part is then modulated in place, and the residuals are added
+        # into h itself (the caller's hidden state, which nothing else holds; see DiffusionTransformer.forward).
+        a = _modulate_parts_(self.input_layernorm(h), n_txt, (t_shift_msa, t_scale_msa), (shift_msa, scale_msa))
+        att = self.attention(a, q_norm, k_norm, n_txt, rope)
+        _add_gated_parts_(h, att, n_txt, t_gate_msa, gate_msa)
+        m = _modulate_parts_(
+            self.post_attention_layernorm(h), n_txt, (t_shift_mlp, t_scale_mlp), (shift_mlp, scale_mlp)
+        )
+        _add_gated_parts_(h, self.mlp(m), n_txt, t_gate_mlp, gate_mlp)
+        return h
+
+
+def _modulate_parts_(x: torch.Tensor, n_txt: int, text: tuple, video: tuple) -> torch.Tensor:
+    """`modulate` in place on x (b, s, d): the first n_txt tokens with the text (shift, scale), the rest with the
+    video pair."""
+    for part, (shift, scale) in ((x[:, :n_txt], text), (x[:, n_txt:], video)):
+        part.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1))
+    return x
+
+
+def _add_gated_parts_(h: torch.Tensor, update: torch.Tensor, n_txt: int, text_gate, video_gate) -> None:
+    """h += gate * update in place, with the text gate on the first n_txt tokens and the video gate on the rest."""
+    h[:, :n_txt].add_(text_gate.unsqueeze(1) * update[:, :n_txt])
+    h[:, n_txt:].add_(video_gate.unsqueeze(1) * update[:, n_txt:])
 
 
 class Transformer(nn.Module):
@@ -306,7 +336,9 @@ class DiffusionTransformer(nn.Module):
             if additive.shape[1] != hidden.shape[1]:
                 raise ValueError(f"context has {n_txt} tokens; this model was built for {pos.text_length}")
             hidden = hidden + additive.to(dtype)
-        rope = pos.cos_sin(grid, x.device) if isinstance(pos, RotaryPositionEmbedding) else None
+        rope = None
+        if isinstance(pos, RotaryPositionEmbedding):
+            rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, x.device))  # cast once, not per layer
 
         # 4. L AdaLN blocks over the joint sequence.
         #    With a step cache (sampling with sampler.cache) the blocks after the first may be skipped.
@@ -324,7 +356,7 @@ class DiffusionTransformer(nn.Module):
                 if (reused := cache.reuse(hidden)) is not None:
                     hidden = reused
                     break
-                first = hidden
+                first, hidden = hidden, hidden.clone()  # the blocks below add into hidden in place
         else:
             if first is not None:
                 cache.remember(first, hidden)

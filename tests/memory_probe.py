@@ -1,0 +1,70 @@
+"""Measure one part of a sampling run in a fresh process: its peak RSS rise on the CPU, beside cogvid's estimate.
+
+    python tests/memory_probe.py dit FRAMES HEIGHT WIDTH [compose overrides...]
+    python tests/memory_probe.py vae FRAMES HEIGHT WIDTH [compose overrides...]
+
+`dit`: one guided DiT call (batch 2) with random weights; `vae`: SAT's chunked decode of the latents of that video.
+The peak is /proc's VmHWM, reset (clear_refs 5) after the model is built, less the RSS at that moment. Prints one
+JSON line {"measured": bytes, "estimate": bytes}. Used by tests/test_memory_estimate.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def main(kind: str, frames: int, height: int, width: int, overrides: list[str]) -> dict:
+    from cogvid.config.compose import compose
+    from cogvid.config.schema import Generation
+    from cogvid.inference import memory
+    from cogvid.inference.video_shape import video_shape
+
+    cfg = compose(["model.ckpt=null", *overrides])
+    shape = video_shape(cfg.model, frames, height, width)
+    estimate = memory.estimate(cfg, shape, torch.float32, torch.float32)
+    t, c, h, w = shape.latent
+    torch.set_grad_enabled(False)
+    gen = torch.Generator().manual_seed(0)
+    if kind == "dit":
+        from cogvid.models.dit import DiffusionTransformer
+
+        dit = DiffusionTransformer(cfg.model).eval()
+        x = torch.randn(2, t, c, h, w, generator=gen)
+        context = torch.randn(2, cfg.model.text_length, cfg.model.text_hidden_size, generator=gen)
+
+        def run():
+            return dit(x, torch.tensor([500.0, 500.0]), context)
+
+        expected = estimate.sampling
+    else:
+        from cogvid.models.vae import CausalVideoVAE
+
+        vae = CausalVideoVAE.from_config(cfg.model.vae).eval()
+        z = torch.randn(1, c, t, h, w, generator=gen)
+
+        def run():
+            return vae.decode_chunked(z, Generation(cfg.model.generation))[0].float().cpu()
+
+        expected = estimate.decoding
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    base = status_bytes("VmRSS")
+    run()
+    return {"measured": status_bytes("VmHWM") - base, "estimate": expected}
+
+
+if __name__ == "__main__":
+    kind, frames, height, width, *rest = sys.argv[1:]
+    print(json.dumps(main(kind, int(frames), int(height), int(width), rest)))
