@@ -797,6 +797,34 @@ def test_forward_matches_the_reference_forward(variant, shape):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["2b", "5b", "1.5_5b_i2v"])
+def test_inference_path_equals_the_training_path(variant):
+    """Under no_grad the blocks modulate and add residuals in place; with autograd on they split and re-join the
+    sequence. Both are the same arithmetic."""
+    model = shared(variant)
+    x, timesteps, context = make_inputs(model, 4 if variant.startswith("1.5") else 3, 6, 8)
+    ofs = torch.tensor([2.0]) if variant == "1.5_5b_i2v" else None
+    with torch.no_grad():
+        fast = model(x, timesteps, context, ofs=ofs)
+    with torch.enable_grad():
+        training = model(x, timesteps, context, ofs=ofs)
+    assert training.requires_grad
+    torch.testing.assert_close(fast, training.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_attention_runs_a_fused_kernel_without_the_score_matrix():
+    """SDPA picks its flash kernel on the CPU (no (S, S) scores in memory), as flash / memory-efficient on CUDA."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = shared("5b")
+    x, timesteps, context = make_inputs(model, 3, 6, 8)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x, timesteps, context)
+    names = {event.key for event in prof.key_averages()}
+    assert any("flash_attention" in name for name in names), sorted(names)
+    assert not any(name in ("aten::_softmax", "aten::softmax", "aten::bmm") for name in names)
+
+
 def test_v15_needs_even_latent_frames():
     model = shared("1.5_5b")
     with pytest.raises(ValueError):

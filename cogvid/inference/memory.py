@@ -16,7 +16,7 @@ CPU (`tests/test_memory_estimate.py` holds the estimate to measured peaks at sev
 - one decoder call holds about VAE_WIDTHS x (C, frames + 2, H, W) tensors at full resolution, where C is the width
   of the last upsampling's output (ch x ch_mult[1]; 256 in the released VAE) and frames those of the largest chunk
   (the causal convs pad 2 more), plus the decoded video itself.
-- each phase adds PHASE_OVERHEAD (kernel workspaces, allocator slack) measured at small sizes.
+- each phase adds a constant (kernel workspaces, allocator slack) measured at small sizes.
 
 When the decode would not fit, `decode_tile` picks the largest spatial tile that does (`infer.vae_tile=auto`, the
 default); when sampling would not fit, `check_fits` refuses with one line naming what would (bf16, fewer frames, a
@@ -46,6 +46,7 @@ VAE_WIDTHS = 4.5
 T5_WIDTHS = 12.0  # of (tokens, d_ff): T5's feed-forward states dominate its small activations
 VIDEO_COPIES = 3  # the decoded video: the chunks, their concatenation and the float32 CPU copy
 PHASE_OVERHEAD = 16 * 1024**2
+DECODE_OVERHEAD = 48 * 1024**2  # the convolutions' kernel scratch, kept per input shape (oneDNN on the CPU)
 TILE_OVERLAP = 6  # decode_tiled blends over a sixth of the tile (cogvid.models.vae.CausalVideoVAE.decode_chunked)
 
 
@@ -160,7 +161,7 @@ def decode_bytes(model_cfg, shape: VideoShape, dtype: torch.dtype, tile: tuple[i
     width = vae.ch * max(mult[:2])  # the last upsampling's output, or level 0's blocks
     activations = VAE_WIDTHS * width * (chunk_frames(model_cfg, shape) + 2) * h * w * size
     video = VIDEO_COPIES * 3 * shape.num_frames * shape.height * shape.width * 4  # float32, the whole clip
-    return int(activations + video + PHASE_OVERHEAD)
+    return int(activations + video + DECODE_OVERHEAD)
 
 
 def estimate(
@@ -203,8 +204,9 @@ def budget_bytes(cfg, device: torch.device) -> tuple[int, str]:
     """(bytes a run may use, where that figure comes from): `memory_limit_gb`, else the device's free memory."""
     limit = cfg.get("memory_limit_gb")
     if limit is not None:
-        return int(limit * GB), f"memory_limit_gb={limit:g}"
-    return available_bytes(device), f"free on {device}"
+        return int(limit * GB), f"memory_limit_gb={limit:g} allows {gb(int(limit * GB))}"
+    free = available_bytes(device)
+    return free, f"{device} has {gb(free)} free"
 
 
 def loaded_bytes(*modules: torch.nn.Module) -> int:
@@ -255,8 +257,8 @@ def decode_tile(cfg, shape: VideoShape, vae_dtype: torch.dtype, room: int) -> tu
 
 
 def _fewer_frames(cfg, shape: VideoShape, dtype, vae_dtype, budget: int) -> int | None:
-    """The most frames (8k + 1) below shape.num_frames whose video phase fits `budget`, or None."""
-    for frames in range(shape.num_frames - FRAME_STEP, 0, -FRAME_STEP):
+    """The most frames (8k + 1, at least 9) below shape.num_frames whose video phase fits `budget`, or None."""
+    for frames in range(shape.num_frames - FRAME_STEP, FRAME_STEP, -FRAME_STEP):  # 9 frames at least
         smaller = video_shape(cfg.model, frames, shape.height, shape.width)
         e = estimate(cfg, smaller, dtype, vae_dtype)
         if e.weights + e.sampling <= budget:
@@ -272,13 +274,17 @@ def check_fits(
     held: bytes of this run's weights already loaded (a sweep's later job), free to it though not free on the device.
     Only sampling and T5 can refuse: a decode too large for the room left is tiled (`decode_tile`)."""
     budget, source = budget_bytes(cfg, device)
-    if cfg.get("memory_limit_gb") is None:
+    if cfg.get("memory_limit_gb") is None and held:
         budget += held
+        source += f" besides the {gb(held)} of weights it holds"
     e = estimate(cfg, shape, dtype, vae_dtype, device_type=device.type)
     sampling = e.weights + e.sampling
     if e.text_phase <= budget and sampling <= budget:
         return e, budget
-    phase = "T5" if e.text_phase > budget else "the DiT"
+    if e.text_phase > budget:
+        phase = "T5 (beside the DiT and VAE weights on the CPU)" if e.weights_beside_t5 else "T5"
+    else:
+        phase = "the DiT"
     need = e.text_phase if e.text_phase > budget else sampling
     ideas = []
     if dtype == torch.float32:
@@ -292,7 +298,7 @@ def check_fits(
     hint = f": try {' or '.join(ideas)}" if ideas else ": nothing smaller of this model fits; free memory first"
     raise CogvidError(
         f"{phase} needs about {gb(need)} for {shape.num_frames} frames at {shape.height}x{shape.width} "
-        f"({dtype_label(dtype)}), {gb(budget)} {source}{hint}"
+        f"({dtype_label(dtype)}), but {source}{hint}"
     )
 
 

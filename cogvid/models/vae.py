@@ -74,8 +74,8 @@ class CausalConv3d(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3):
         super().__init__()
         self.time_pad = kernel_size - 1
-        self.space_pad = kernel_size // 2
-        self.conv = nn.Conv3d(c_in, c_out, kernel_size)
+        # zero "same" padding in space inside the convolution (no padded copy of the input); none in time
+        self.conv = nn.Conv3d(c_in, c_out, kernel_size, padding=(0, kernel_size // 2, kernel_size // 2))
         self.cache: torch.Tensor | None = None  # (b, c_in, k - 1, h, w), never part of the state dict
 
     def forward(self, x: torch.Tensor, clear_cache: bool = True) -> torch.Tensor:
@@ -87,8 +87,6 @@ class CausalConv3d(nn.Module):
                 head = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
             x = torch.cat([head, x], dim=2)  # b c (k-1+t) h w
             self.cache = None if clear_cache else x[:, :, -self.time_pad :].detach().clone()
-        p = self.space_pad
-        x = F.pad(x, (p, p, p, p, 0, 0))
         return _conv3d_time_sliced(self.conv, x)
 
 
@@ -114,7 +112,9 @@ class SpatialNorm3D(nn.Module):
             )
         else:
             zq = F.interpolate(zq, size=(t, h, w), mode="nearest")
-        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+        if torch.is_grad_enabled():
+            return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+        return self.norm_layer(f).mul_(self.conv_y(zq)).add_(self.conv_b(zq))  # inference: in the fresh norm output
 
 
 class ResnetBlock3D(nn.Module):
@@ -139,10 +139,11 @@ class ResnetBlock3D(nn.Module):
         self, x: torch.Tensor, zq=None, clear_cache: bool = True, first_frame: FirstFrame = FirstFrame.odd
     ) -> torch.Tensor:
         # x: (b, c_in, t, h, w) -> (b, c_out, t, h, w)
-        h = self.conv1(F.silu(self._norm(self.norm1, x, zq, first_frame)), clear_cache)
-        h = self.conv2(F.silu(self._norm(self.norm2, h, zq, first_frame)), clear_cache)  # dropout 0: none
+        inference = not torch.is_grad_enabled()  # then every op below may write into its fresh input
+        h = self.conv1(F.silu(self._norm(self.norm1, x, zq, first_frame), inplace=inference), clear_cache)
+        h = self.conv2(F.silu(self._norm(self.norm2, h, zq, first_frame), inplace=inference), clear_cache)  # no dropout
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return shortcut + h
+        return h.add_(shortcut) if inference else shortcut + h
 
 
 class DownSample3D(nn.Module):
@@ -309,7 +310,7 @@ class Decoder3D(nn.Module):
             if level.upsample is not None:
                 h = level.upsample(h, first_frame)
         # 3. norm -> SiLU -> conv to RGB: (b, 3, F, 8h, 8w), about [-1, 1]
-        h = F.silu(self.norm_out(h, zq, first_frame))
+        h = F.silu(self.norm_out(h, zq, first_frame), inplace=not torch.is_grad_enabled())
         return self.conv_out(h, clear_cache)
 
 
