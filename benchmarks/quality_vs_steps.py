@@ -53,8 +53,9 @@ def sampler_names() -> list[str]:
 class Videos:
     """The shapes model loaded once; `make(prompt, seed, sampler, steps)` swaps the sampler config only."""
 
-    def __init__(self):
-        self.pipeline = VideoPipeline.from_config(compose(["model=shapes"]))
+    def __init__(self, overrides: tuple[str, ...] = ()):
+        """overrides: more cogvid-sample overrides for the whole pipeline (e.g. compile=true)."""
+        self.pipeline = VideoPipeline.from_config(compose(["model=shapes", *overrides]))
         self.shape = self.pipeline.shape_for(None)
         self.samplers: dict[tuple, object] = {}
 

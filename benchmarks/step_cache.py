@@ -10,6 +10,9 @@ For each threshold the script records:
 - the share of DiT calls that reused the cached blocks;
 - PSNR and SSIM of the decoded video against the exact path's video of the same prompt and seed;
 - adherence (colour, direction, shape read from the pixels, and their mean).
+In the same run, diffusers' CogVideoXPipeline makes the same videos from the shapes model exported with
+`cogvid-export task=to_diffusers` (its DDIM scheduler, constant guidance 6, 50 steps), and every threshold's time is
+also given against it. `--compile` samples with compile=true (the compilation happens in a warm-up video).
 It writes JSON, a markdown table and a PNG plot to benchmarks/results/ (device, torch version, command, date).
 """
 
@@ -49,8 +52,35 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
     return float(value.mean())
 
 
+def cases_of(seeds: list[int]) -> list[tuple]:
+    return [(c, seed) for combos in prompt_sets().values() for c in combos for seed in seeds]
+
+
+def diffusers_seconds(seeds: list[int]) -> float:
+    """Median seconds per video of diffusers' pipeline on the shapes model's export, over the same cases."""
+    import tempfile
+    import time
+
+    from shapes_adherence import DiffusersVideos
+
+    from cogvid.config.compose import compose
+    from cogvid.interop.run import run_export
+
+    with tempfile.TemporaryDirectory(prefix="cogvid-shapes-diffusers-") as tmp:
+        run_export(compose(["task=to_diffusers", "model=shapes", f"out={tmp}/pipe"], config_name="export"))
+        make = DiffusersVideos(f"{tmp}/pipe", 50, 6.0)
+        make("a red circle moving right", 0)  # warm-up
+        seconds = []
+        for combination, seed in cases_of(seeds):
+            start = time.perf_counter()
+            make(plain_caption(*combination), seed)
+            seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
 def run(videos: Videos, thresholds: list[float], seeds: list[int]) -> dict[float, dict]:
-    cases = [(c, seed) for combos in prompt_sets().values() for c in combos for seed in seeds]
+    cases = cases_of(seeds)
+    videos.make("a red circle moving right", 0, "dpmpp2m", 50)  # warm-up (and compile=true's compilation)
     exact: dict[tuple, np.ndarray] = {}
     results = {}
     for threshold in sorted(thresholds):
@@ -97,8 +127,8 @@ def run(videos: Videos, thresholds: list[float], seeds: list[int]) -> dict[float
 class CountingVideos(Videos):
     """Videos that also note the share of DiT calls the step cache answered in the last video."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, overrides: tuple[str, ...] = ()):
+        super().__init__(overrides)
         self.last_reuse = 0.0
         from cogvid.models import step_cache
 
@@ -157,15 +187,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", nargs="*", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=5000)
-    parser.add_argument("--name", default="step_cache", help="results file stem (default step_cache)")
+    parser.add_argument("--compile", action="store_true", help="sample with compile=true")
+    parser.add_argument("--name", default=None, help="results file stem (default step_cache[_compile])")
     args = parser.parse_args(argv)
+    name = args.name or ("step_cache_compile" if args.compile else "step_cache")
     thresholds = sorted(set([0.0, *args.thresholds]))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    results = run(CountingVideos(), thresholds, seeds)
+    results = run(CountingVideos(("compile=true",) if args.compile else ()), thresholds, seeds)
+    peer = diffusers_seconds(seeds)
+    for r in results.values():
+        r["over_diffusers"] = round(r["seconds"] / peer, 2)
     meta = {
         **run_meta(),
-        "sampler": "dpmpp2m, 50 steps (the default)",
+        "sampler": "dpmpp2m, 50 steps (the default)" + (", compile=true" if args.compile else ""),
         "seeds": f"{seeds[0]}..{seeds[-1]}",
+        "diffusers_seconds": round(peer, 3),
     }
     lines = [
         "# Step cache on the shapes model: threshold against speed and quality",
@@ -175,24 +211,26 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `{meta['command']}`",
         f"- sampler: {meta['sampler']}; {results[0.0]['videos']} videos per threshold (held-out and seen prompts x "
         f"seeds {meta['seeds']}); PSNR / SSIM against the exact path (threshold 0), median (PSNR also its minimum)",
+        f"- diffusers' CogVideoXPipeline on the same videos in this run: {meta['diffusers_seconds']} s per video",
         "",
-        "| threshold | s / video | speed-up | DiT calls reused % | PSNR dB (min) | SSIM | colour / direction / shape % "
-        "| adherence % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| threshold | s / video | speed-up | / diffusers | DiT calls reused % | PSNR dB (min) | SSIM "
+        "| colour / direction / shape % | adherence % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t, r in results.items():
         lines.append(
-            f"| {t:g} | {r['seconds']} | {r['speedup']} | {r['reused_percent']} | {r['psnr']} ({r['psnr_min']}) | "
-            f"{r['ssim']} | {r['colour']} / {r['direction']} / {r['shape']} | {r['adherence']} |"
+            f"| {t:g} | {r['seconds']} | {r['speedup']} | {r['over_diffusers']} | {r['reused_percent']} | "
+            f"{r['psnr']} ({r['psnr_min']}) | {r['ssim']} | {r['colour']} / {r['direction']} / {r['shape']} | "
+            f"{r['adherence']} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "results": {f"{t:g}": r for t, r in results.items()}}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table)
-    plot(results, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / args.name}.json, .md and .png")
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table)
+    plot(results, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / name}.json, .md and .png")
     return 0
 
 
