@@ -18,7 +18,9 @@ target device with random weights. The tokenizer is the shipped shapes model's s
 (cogvid/weights/shapes/t5/spiece.model): its ids differ from t5-v1_1's, which changes no shape and no timing, since
 T5 always encodes model.text_length tokens.
 
-Every variant makes `--warmup` videos (of `--warmup-steps`: 2 keep a run on a budget short, as every step runs the
+As cogvid-sample does, T5 encodes the prompt first and leaves the device (here for CPU memory, where the next
+variant finds it) before the DiT and the VAE are built there; the text phase's seconds count in every video and its
+peak in the variant's peak. Every variant makes `--warmup` videos (of `--warmup-steps`: 2 keep a run on a budget short, as every step runs the
 same kernels on the same shapes), then `--rounds` timed ones through `VideoPipeline.generate` (T5, sampling, the
 chunked VAE decode). Per variant: seconds of each phase, s/step (sampling / steps), s/video (the three phases), the
 peak memory of a video (CUDA: torch.cuda.max_memory_allocated, reset at the start of each video; the CPU: the peak
@@ -172,12 +174,11 @@ def random_t5(size: str, text_hidden_size: int, dtype: torch.dtype, device: torc
     return tokenizer, encoder.to(dtype)
 
 
-def build_pipeline(cfg, t5, device: torch.device, dtype: torch.dtype):
+def build_pipeline(cfg, contexts: dict, device: torch.device, dtype: torch.dtype):
     """A VideoPipeline of random-weight parts for the composed `cfg`, built on `device` (nothing goes through the
-    CPU at full size). t5: (tokenizer, encoder), shared by the variants."""
+    CPU at full size), holding the prompts' encoded `contexts` and no T5, as cogvid-sample samples."""
     from cogvid.diffusion.model import DiffusionModel
     from cogvid.inference.pipeline import VideoPipeline
-    from cogvid.models.t5 import T5Conditioner
     from cogvid.models.vae import CausalVideoVAE
 
     torch.manual_seed(0)
@@ -187,8 +188,32 @@ def build_pipeline(cfg, t5, device: torch.device, dtype: torch.dtype):
     model.backbone.to(dtype).eval()
     randomize_(model.backbone, seed=0)
     vae = vae.to(dtype).eval().requires_grad_(False)
-    text_encoder = T5Conditioner(*t5, max_length=cfg.model.text_length)
-    return VideoPipeline(cfg, model, vae, text_encoder, device, dtype, dtype)
+    pipeline = VideoPipeline(cfg, model, vae, None, device, dtype, dtype)
+    pipeline.parts.contexts.update(contexts)
+    return pipeline
+
+
+def encode_prompt(t5, cfg, device: torch.device) -> tuple[dict, float, float]:
+    """cogvid-sample's text phase: T5 on the device encodes the prompt and leaves it (to CPU memory, where the next
+    variant finds it). Returns ({prompt: context}, seconds, the phase's peak GB)."""
+    import time
+
+    from cogvid.models.t5 import T5Conditioner
+
+    tokenizer, encoder = t5
+    encoder.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    context = T5Conditioner(tokenizer, encoder, max_length=cfg.model.text_length).encode([PROMPT])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else 0.0
+    encoder.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {PROMPT: context}, seconds, peak
 
 
 # --- memory ---------------------------------------------------------------------------------------------------------
@@ -209,11 +234,13 @@ def resident_gb(device: torch.device) -> float:
 
 
 # --- one variant ----------------------------------------------------------------------------------------------------
-def one_video(pipeline, shape) -> dict[str, float]:
-    """Timings of one video, its peak memory and the DiT FLOPs of its sampling run."""
+def one_video(pipeline, shape, text_s: float) -> dict[str, float]:
+    """Timings of one video, its peak memory and the DiT FLOPs of its sampling run; text_s: the text phase's
+    seconds (the prompt is encoded once, before the DiT moves to the device, as cogvid-sample does)."""
     cpu_peak_reset = pipeline.device.type == "cpu" and reset_cpu_peak()
     with counting_dit_flops(pipeline.model) as tally:
         timings = pipeline.generate(PROMPT, seed=SEED, shape=shape).timings
+    timings["text_s"] += text_s
     if pipeline.device.type == "cpu":
         timings["peak_memory_gb"] = memory_kib("VmHWM")["VmHWM"] * 1024 / GIB
     video_s = timings["text_s"] + timings["sampling_s"] + timings["decoding_s"]
@@ -258,17 +285,18 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
         raise SystemExit(f"{variant} is image-to-video: the harness times the text-to-video variants")
     key = (args.t5_size, cfg.model.text_hidden_size)
     if key not in t5_cache:
-        t5_cache.clear()  # one T5 at a time on the device
+        t5_cache.clear()  # one T5 at a time
         t5_cache[key] = random_t5(args.t5_size, cfg.model.text_hidden_size, dtype, device)
-    pipeline = build_pipeline(cfg, t5_cache[key], device, dtype)
+    contexts, text_s, text_peak = encode_prompt(t5_cache[key], cfg, device)
+    pipeline = build_pipeline(cfg, contexts, device, dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     shape = pipeline.shape_for(None)
     held = resident_gb(device)
     warm = pipeline if args.warmup_steps in (None, args.steps) else pipeline.with_config(config(args.warmup_steps))
     for _ in range(args.warmup):
-        one_video(warm, shape)
-    rounds = [one_video(pipeline, shape) for _ in range(args.rounds)]
+        one_video(warm, shape, text_s)
+    rounds = [one_video(pipeline, shape, text_s) for _ in range(args.rounds)]
 
     m, sm = cfg.model, cfg.sampler
     t, _, h, w = shape.latent
@@ -282,7 +310,7 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
         "text_tokens": m.text_length,
         "video_tokens": (t // m.patch_size_t) * (h // m.patch_size) * (w // m.patch_size),
         "dit_params_b": sum(p.numel() for p in pipeline.model.backbone.parameters()) / 1e9,
-        "t5_params_b": sum(p.numel() for p in pipeline.text_encoder.encoder.parameters()) / 1e9,
+        "t5_params_b": sum(p.numel() for p in t5_cache[key][1].parameters()) / 1e9,
         "steps": args.steps,
         "sampler": f"{Solver(sm.solver).value} with {Guider(sm.guider).value} guidance {sm.guidance_scale:g}",
         "dit_calls": rounds[0]["dit_calls"],
@@ -293,7 +321,8 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
         "decoding_s": median["decoding_s"],
         "s_per_step": median["sampling_s"] / args.steps,
         "s_per_video": median["video_s"],
-        "peak_memory_gb": max(r["peak_memory_gb"] for r in rounds),
+        "peak_memory_gb": max(text_peak, *(r["peak_memory_gb"] for r in rounds)),
+        "text_phase_peak_gb": text_peak,
         "peak_is_per_video": all(r["peak_is_per_video"] for r in rounds),
         "resident_gb": held,
         "tflops": statistics.median(r["tflops"] for r in rounds),

@@ -114,7 +114,19 @@ class SpatialNorm3D(nn.Module):
             zq = F.interpolate(zq, size=(t, h, w), mode="nearest")
         if torch.is_grad_enabled():
             return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
-        return self.norm_layer(f).mul_(self.conv_y(zq)).add_(self.conv_b(zq))  # inference: in the fresh norm output
+        # Inference: both 1x1x1 convolutions as one batched matmul over the channels (torch's conv3d takes a slow
+        # path for them), written into the fresh norm output.
+        y, b = self._scale_and_shift(zq)
+        return self.norm_layer(f).mul_(y).add_(b)
+
+    def _scale_and_shift(self, zq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv_y(zq), conv_b(zq) for kernel-1 convs: [W_y; W_b] (2c, z) @ zq (b, z, t h w) + [b_y; b_b]."""
+        convs = (self.conv_y.conv, self.conv_b.conv)
+        weight = torch.cat([conv.weight.flatten(1) for conv in convs])  # (2c, z)
+        bias = torch.cat([conv.bias for conv in convs])
+        batch, _, *grid = zq.shape
+        both = torch.baddbmm(bias[None, :, None], weight.expand(batch, -1, -1), zq.flatten(2))  # (b, 2c, t h w)
+        return both.view(batch, -1, *grid).chunk(2, dim=1)
 
 
 class ResnetBlock3D(nn.Module):
