@@ -20,12 +20,13 @@ T5 always encodes model.text_length tokens.
 
 As cogvid-sample does, T5 encodes the prompt first and leaves the device (here for CPU memory, where the next
 variant finds it) before the DiT and the VAE are built there; the text phase's seconds count in every video and its
-peak in the variant's peak. Every variant makes `--warmup` videos (of `--warmup-steps`: 2 keep a run on a budget short, as every step runs the
-same kernels on the same shapes), then `--rounds` timed ones through `VideoPipeline.generate` (T5, sampling, the
-chunked VAE decode). Per variant: seconds of each phase, s/step (sampling / steps), s/video (the three phases), the
-peak memory of a video (CUDA: torch.cuda.max_memory_allocated, reset at the start of each video; the CPU: the peak
-resident set VmHWM, reset before each video where the kernel allows) and the DiT's achieved TFLOP/s: the analytic
-FLOPs of every DiT call the sampler made (`dit_forward_flops`, from the calls' own shapes) over the sampling seconds.
+peak in the variant's peak. Every variant makes `--warmup` videos (of `--warmup-steps`: 2 keep a run on a budget
+short, as every step runs the same kernels on the same shapes), then `--rounds` timed ones through
+`VideoPipeline.generate` (sampling, the chunked VAE decode). Per variant: seconds of each phase, s/step (sampling /
+steps), s/video (the three phases), the peak memory (CUDA: torch.cuda.max_memory_allocated, reset at the start of
+each video and of the text phase; the CPU: the peak resident set VmHWM, reset before each video where the kernel
+allows) and the DiT's achieved TFLOP/s: the analytic FLOPs of every DiT call the sampler made (`dit_forward_flops`,
+from the calls' own shapes) over the sampling seconds.
 GB means 2^30 bytes, as `cogvid.utils.runtime.peak_memory_gb`. Medians over the rounds; the largest peak.
 
 At 50 steps a video is 11.8 (2B), 32.6 (5B) and 144.9 (1.5-5B) PFLOP of DiT work by this count, so each goal asks

@@ -164,6 +164,13 @@ def decode_bytes(model_cfg, shape: VideoShape, dtype: torch.dtype, tile: tuple[i
     return int(activations + video + DECODE_OVERHEAD)
 
 
+def sampling_bytes(cfg, shape: VideoShape, dtype: torch.dtype) -> int:
+    """One DiT call: batch 2 with guidance (1 with sampler.guider=none)."""
+    batch = 1 if cfg.sampler.get("guider", "dynamic") == "none" else 2
+    size = torch.tensor([], dtype=dtype).element_size()
+    return int(DIT_WIDTHS * batch * dit_tokens(cfg.model, shape) * cfg.model.hidden_size * size) + PHASE_OVERHEAD
+
+
 def estimate(
     cfg, shape: VideoShape, dtype: torch.dtype, vae_dtype: torch.dtype, tile=None, device_type: str = "cuda"
 ) -> MemoryEstimate:
@@ -171,8 +178,6 @@ def estimate(
     decode's [h, w] tile, if any."""
     m = cfg.model
     size = torch.tensor([], dtype=dtype).element_size()
-    guided = cfg.sampler.get("guider", "dynamic") != "none"
-    batch = 2 if guided else 1
     t5 = t5_sizes(m.text_encoder.get("path"))
     text_weights = t5_weight_bytes(t5, dtype) if t5 is not None else None
     text_activations = int(T5_WIDTHS * 2 * m.text_length * (t5["d_ff"] if t5 else 10240) * size) + PHASE_OVERHEAD
@@ -181,7 +186,7 @@ def estimate(
         text_activations=text_activations,
         dit_weights=dit_weight_bytes(m, dtype),
         vae_weights=vae_weight_bytes(m, vae_dtype),
-        sampling=int(DIT_WIDTHS * batch * dit_tokens(m, shape) * m.hidden_size * size) + PHASE_OVERHEAD,
+        sampling=sampling_bytes(cfg, shape, dtype),
         decoding=decode_bytes(m, shape, vae_dtype, tile),
         weights_beside_t5=device_type == "cpu",
     )
@@ -256,12 +261,11 @@ def decode_tile(cfg, shape: VideoShape, vae_dtype: torch.dtype, room: int) -> tu
     )
 
 
-def _fewer_frames(cfg, shape: VideoShape, dtype, vae_dtype, budget: int) -> int | None:
-    """The most frames (8k + 1, at least 9) below shape.num_frames whose video phase fits `budget`, or None."""
-    for frames in range(shape.num_frames - FRAME_STEP, FRAME_STEP, -FRAME_STEP):  # 9 frames at least
+def _fewer_frames(cfg, shape: VideoShape, dtype, weights: int, budget: int) -> int | None:
+    """The most frames (8k + 1, at least 9) below shape.num_frames whose sampling fits `budget` beside `weights`."""
+    for frames in range(shape.num_frames - FRAME_STEP, FRAME_STEP, -FRAME_STEP):
         smaller = video_shape(cfg.model, frames, shape.height, shape.width)
-        e = estimate(cfg, smaller, dtype, vae_dtype)
-        if e.weights + e.sampling <= budget:
+        if weights + sampling_bytes(cfg, smaller, dtype) <= budget:
             return frames
     return None
 
@@ -292,7 +296,7 @@ def check_fits(
         if max(half.text_phase, half.weights + half.sampling) <= budget:
             ideas.append(f"dtype=bf16 ({gb(max(half.text_phase, half.weights + half.sampling))})")
     if phase == "the DiT":
-        frames = _fewer_frames(cfg, shape, dtype, vae_dtype, budget)
+        frames = _fewer_frames(cfg, shape, dtype, e.weights, budget)
         if frames is not None:
             ideas.append(f"infer.num_frames={frames}")
     hint = f": try {' or '.join(ideas)}" if ideas else ": nothing smaller of this model fits; free memory first"
