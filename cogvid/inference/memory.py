@@ -41,12 +41,12 @@ GB = 1024**3
 
 # Live activations at the peak, in units of one (b, S, D) tensor of the DiT or one (C0, F, H, W) tensor of the VAE's
 # full-resolution level; fitted to CPU measurements (peak RSS rise) at several sizes.
-DIT_WIDTHS = 13.5
-VAE_WIDTHS = 4.5
+DIT_WIDTHS = 11.0
+VAE_WIDTHS = 4.4
 T5_WIDTHS = 12.0  # of (tokens, d_ff): T5's feed-forward states dominate its small activations
 VIDEO_COPIES = 3  # the decoded video: the chunks, their concatenation and the float32 CPU copy
-PHASE_OVERHEAD = 16 * 1024**2
-DECODE_OVERHEAD = 48 * 1024**2  # the convolutions' kernel scratch, kept per input shape (oneDNN on the CPU)
+PHASE_OVERHEAD = 8 * 1024**2
+DECODE_OVERHEAD = 24 * 1024**2  # the convolutions' kernel scratch, kept per input shape (oneDNN on the CPU)
 TILE_OVERLAP = 6  # decode_tiled blends over a sixth of the tile (cogvid.models.vae.CausalVideoVAE.decode_chunked)
 
 
