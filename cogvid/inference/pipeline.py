@@ -147,7 +147,9 @@ class VideoPipeline:
         text_encoder = load_text_encoder(cfg, dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
         contexts = {}
         if prompts is not None:
+            start = time.perf_counter()
             contexts = {text: text_encoder.encode([text]) for text in dict.fromkeys(prompts)}
+            log.info("T5 encoded %d texts in %.2f s and is freed", len(contexts), time.perf_counter() - start)
             text_encoder = None
             _release(device)
         model.backbone.to(device=device, dtype=dtype)
