@@ -1,11 +1,13 @@
-"""What the benchmark scripts share: the description of a run that every results file carries, the process's memory
-figures from /proc, and PSNR of two uint8 videos."""
+"""What the benchmark scripts share: the description of a run that every results file carries, writing the results,
+running a contender in a child process, the process's memory figures from /proc, and PSNR of two uint8 videos."""
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import shlex
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +25,33 @@ def run_meta() -> dict[str, str]:
         "torch": torch.__version__,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
     }
+
+
+def write_results(folder: Path, name: str, payload: dict, table: str) -> None:
+    """folder/name.json (the payload) and folder/name.md (the markdown table), and a line saying so."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(table.rstrip("\n") + "\n")
+    print(f"wrote {folder / name}.json and .md")
+
+
+RESULT = "RESULT "  # a child process's one line of figures
+
+
+def report(figures: dict) -> None:
+    """What a child process prints for `run_child`: one line of JSON after RESULT."""
+    print(RESULT + json.dumps(figures), flush=True)
+
+
+def run_child(cmd: list[str], label: str, **kwargs) -> dict | None:
+    """Run a benchmark's child process (kwargs: subprocess.run's env, cwd) and return the figures it `report`ed;
+    None, with the end of its stderr printed, when it printed none."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
+    line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
+    if line is None:
+        print(f"{label} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[len(RESULT) :])
 
 
 def memory_kib(*fields: str) -> dict[str, int]:

@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_common import run_meta
+from bench_common import report, run_child, run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.rounds)), flush=True)
+        report(child(args.child, args.rounds))
         return 0
 
     rows = {}
@@ -81,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = {}
             for run in ("cold", "warm"):
                 cmd = [sys.executable, __file__, "--child", model, "--rounds", str(args.rounds)]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parent)
-                line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    print(f"{model} {run} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+                runs[run] = run_child(cmd, f"{model} {run}", env=env, cwd=Path(__file__).parent)
+                if runs[run] is None:
                     return 1
-                runs[run] = json.loads(line[len("RESULT ") :])
                 print(f"{model} {run}: first call {runs[run]['first_call_s']:.1f} s", flush=True)
         seconds = {k: runs["cold"]["seconds"][k] + runs["warm"]["seconds"][k] for k in ("eager", "compiled")}
         median = {k: statistics.median(v) for k, v in seconds.items()}
@@ -121,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(RESULTS, args.name, {**meta, "rows": rows}, table)
     return 0
 
 

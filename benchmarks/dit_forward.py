@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from bench_common import run_meta
+from bench_common import run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(RESULTS, args.name, result, table)
     return 0
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import memory_kib, psnr, run_meta
+from bench_common import memory_kib, psnr, report, run_child, run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red circle moving right"
@@ -120,7 +119,7 @@ def child(name: str, args) -> None:
         seconds.append(time.perf_counter() - start)
     np.save(frames_out, frames)
     peak = round(memory_kib("VmHWM")["VmHWM"] / 1024)
-    print("RESULT " + json.dumps({"name": name, "seconds": seconds, "peak_rss_mib": peak}), flush=True)
+    report({"name": name, "seconds": seconds, "peak_rss_mib": peak})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,12 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         shared += ["--size", *map(str, args.size), "--steps", str(args.steps), "--rounds", str(args.rounds)]
         shared += ["--work", str(work), "--ckpt", str(ckpt), "--diffusers", str(folder)]
         for name in ("cogvid", "diffusers"):
-            out = subprocess.run([sys.executable, __file__, "--child", name, *shared], capture_output=True, text=True)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{name} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            rows[name] = run_child([sys.executable, __file__, "--child", name, *shared], name)
+            if rows[name] is None:
                 return 1
-            rows[name] = json.loads(line[len("RESULT ") :])
             print(f"{name}: {rows[name]}", flush=True)
         similarity = psnr(*(np.load(work / f"{n}.npy") for n in ("cogvid", "diffusers")))
 
@@ -188,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "rows": rows, "median_s": median, "ratios": ratios, "psnr_db": similarity}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(RESULTS, args.name, payload, table)
     return 0
 
 

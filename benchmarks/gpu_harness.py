@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 from collections.abc import Iterator
@@ -49,7 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from bench_common import memory_kib, run_meta
+from bench_common import memory_kib, run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a red circle moving right"
@@ -433,11 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = markdown(meta, rows)
     print(table)
-    args.results.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "goals": GOALS, "variants": rows}
-    (args.results / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.results / f"{args.name}.md").write_text(table + "\n")
-    print(f"wrote {args.results / args.name}.json and .md")
+    write_results(args.results, args.name, {**meta, "goals": GOALS, "variants": rows}, table)
     return 0
 
 

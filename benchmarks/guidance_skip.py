@@ -14,14 +14,13 @@ table to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_common import run_meta
+from bench_common import run_meta, write_results
 from dit_forward import medium_config, random_weights
 
 RESULTS = Path(__file__).parent / "results"
@@ -97,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({**meta, "steps": args.steps, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(RESULTS, args.name, {**meta, "steps": args.steps, "rows": rows}, table)
     return 0
 
 

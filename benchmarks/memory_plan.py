@@ -13,12 +13,11 @@ markdown table to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-from bench_common import run_meta
+from bench_common import run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
 T5_XXL = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64, "vocab_size": 32128}
@@ -92,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({**meta, "dtype": args.dtype, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(RESULTS, args.name, {**meta, "dtype": args.dtype, "rows": rows}, table)
     return 0
 
 

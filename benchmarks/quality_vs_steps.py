@@ -18,7 +18,6 @@ It writes JSON, a markdown table and a PNG plot to benchmarks/results/ (device, 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import psnr, run_meta
+from bench_common import psnr, run_meta, write_results
 from PIL import Image, ImageDraw
 from shapes_adherence import prompt_sets
 
@@ -250,13 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(results, steps, meta, fast)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "results": {s: {str(n): v for n, v in row.items()} for s, row in results.items()}}
     payload["fastest_within_2_points"] = None if fast is None else {"sampler": fast[0], "steps": fast[1], **fast[2]}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({**payload, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(text)
+    write_results(RESULTS, args.name, {**payload, "rows": rows}, text)
     plot(results, steps, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / args.name}.json, .md and .png")
+    print(f"wrote {RESULTS / args.name}.png")
     return 0
 
 

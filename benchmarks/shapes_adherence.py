@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import run_meta
+from bench_common import run_meta, write_results
 
 from cogvid.shapes.dataset import HELD_OUT, plain_caption, training_combinations
 from cogvid.shapes.measure import measure_video, score
@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(result["summary"], meta)
     print(table)
     stem = args.name or ("shapes_adherence_diffusers" if args.diffusers else "shapes_adherence")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, **result}, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(table)
-    print(f"wrote {RESULTS / stem}.json and .md")
+    write_results(RESULTS, stem, {**meta, **result}, table)
     return 0
 
 

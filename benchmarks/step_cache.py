@@ -19,14 +19,13 @@ It writes JSON, a markdown table and a PNG plot to benchmarks/results/ (device, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_common import psnr, run_meta
+from bench_common import psnr, run_meta, write_results
 from PIL import Image, ImageDraw
 from quality_vs_steps import ATTRIBUTES, Videos
 from shapes_adherence import prompt_sets
@@ -225,12 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     table = "\n".join(lines) + "\n"
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "results": {f"{t:g}": r for t, r in results.items()}}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(table)
+    write_results(RESULTS, name, {**meta, "results": {f"{t:g}": r for t, r in results.items()}}, table)
     plot(results, RESULTS / f"{name}.png")
-    print(f"wrote {RESULTS / name}.json, .md and .png")
+    print(f"wrote {RESULTS / name}.png")
     return 0
 
 

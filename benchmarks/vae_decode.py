@@ -16,13 +16,11 @@ markdown table to benchmarks/results/ (device, torch version, command, date).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_common import memory_kib, run_meta
+from bench_common import memory_kib, report, run_child, run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
 CONTENDERS = ("cogvid_chunked", "cogvid_tiled", "diffusers", "diffusers_tiled")
@@ -72,20 +70,16 @@ def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> N
         video = decode()
     seconds = time.perf_counter() - start
     after = memory_kib("VmHWM", "VmRSS")
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "name": name,
-                "seconds": round(seconds, 2),
-                "rss_before_mib": round(before["VmRSS"] / 1024),
-                "peak_mib": round(after["VmHWM"] / 1024),
-                "peak_rise_mib": round((after["VmHWM"] - before["VmRSS"]) / 1024),
-                "video": list(video.shape),
-                "checksum": float(video.double().abs().mean()),
-            }
-        ),
-        flush=True,
+    report(
+        {
+            "name": name,
+            "seconds": round(seconds, 2),
+            "rss_before_mib": round(before["VmRSS"] / 1024),
+            "peak_mib": round(after["VmHWM"] / 1024),
+            "peak_rise_mib": round((after["VmHWM"] - before["VmRSS"]) / 1024),
+            "video": list(video.shape),
+            "checksum": float(video.double().abs().mean()),
+        }
     )
 
 
@@ -104,14 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.only:
         common = ["--frames", str(args.frames), "--size", *map(str, args.size), "--tile", *map(str, args.tile)]
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", name, *common], capture_output=True, text=True, check=False
-        )
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{name} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        figures = run_child([sys.executable, __file__, "--child", name, *common], name)
+        if figures is None:
             return 1
-        rows.append(json.loads(line[len("RESULT ") :]))
+        rows.append(figures)
         print(f"{name}: {rows[-1]}", flush=True)
     by_name = {r["name"]: r for r in rows}
     ratios = {}
@@ -153,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "\n".join(lines) + "\n"
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({**meta, "rows": rows, "ratios": ratios}, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(table)
-    print(f"wrote {RESULTS / args.name}.json and .md")
+    write_results(RESULTS, args.name, {**meta, "rows": rows, "ratios": ratios}, table)
     return 0
 
 
