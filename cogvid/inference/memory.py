@@ -84,7 +84,7 @@ def gb(n: int) -> str:
 
 
 def _bytes_of(module: torch.nn.Module, dtype: torch.dtype) -> int:
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     return sum(t.numel() for t in (*module.parameters(), *module.buffers())) * size
 
 
@@ -125,7 +125,7 @@ def t5_weight_bytes(config: dict, dtype: torch.dtype) -> int:
     per_layer = 4 * d * inner + (3 if gated else 2) * d * d_ff + 2 * d
     params = config["vocab_size"] * d + layers * per_layer + d
     params += config.get("relative_attention_num_buckets", 32) * config["num_heads"]
-    return params * torch.tensor([], dtype=dtype).element_size()
+    return params * dtype.itemsize
 
 
 def dit_tokens(model_cfg, shape: VideoShape) -> int:
@@ -153,7 +153,7 @@ def chunk_frames(model_cfg, shape: VideoShape) -> int:
 def decode_bytes(model_cfg, shape: VideoShape, dtype: torch.dtype, tile: tuple[int, int] | None) -> int:
     """One decoder call of the largest chunk over the whole frame or one tile (latents), plus the decoded video."""
     vae = model_cfg.vae
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     spatial = shape.height // shape.latent[2]
     h, w = (shape.height, shape.width) if tile is None else (tile[0] * spatial, tile[1] * spatial)
     h, w = min(h, shape.height), min(w, shape.width)
@@ -167,7 +167,7 @@ def decode_bytes(model_cfg, shape: VideoShape, dtype: torch.dtype, tile: tuple[i
 def sampling_bytes(cfg, shape: VideoShape, dtype: torch.dtype) -> int:
     """One DiT call: batch 2 with guidance (1 with sampler.guider=none)."""
     batch = 1 if cfg.sampler.get("guider", "dynamic") == "none" else 2
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     return int(DIT_WIDTHS * batch * dit_tokens(cfg.model, shape) * cfg.model.hidden_size * size) + PHASE_OVERHEAD
 
 
@@ -177,7 +177,7 @@ def estimate(
     """The estimate of a composed sample config for one video of `shape` on a device of `device_type`; `tile`: the
     decode's [h, w] tile, if any."""
     m = cfg.model
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     t5 = t5_sizes(m.text_encoder.get("path"))
     text_weights = t5_weight_bytes(t5, dtype) if t5 is not None else None
     text_activations = int(T5_WIDTHS * 2 * m.text_length * (t5["d_ff"] if t5 else 10240) * size) + PHASE_OVERHEAD

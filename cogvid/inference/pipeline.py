@@ -25,7 +25,7 @@ from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning,
 from cogvid.diffusion.model import DiffusionModel, build_model
 from cogvid.diffusion.sampling import sample_latents, start_step
 from cogvid.inference import memory
-from cogvid.inference.video_shape import VideoShape, size_from_image_aspect, video_shape
+from cogvid.inference.video_shape import VideoShape, job_video_shape
 from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder, t5_folders
@@ -186,12 +186,7 @@ class VideoPipeline:
     # --- the parts --------------------------------------------------------------------------------------------
     def shape_for(self, image_size: tuple[int, int] | None = None) -> VideoShape:
         """The checked shape from infer.num_frames/height/width; 1.5-I2V sizes itself from the image's aspect."""
-        infer, m = self.infer_cfg, self.model_cfg
-        height, width = infer.height, infer.width
-        derive = Generation(m.generation) is Generation.v1_5 and is_image_to_video(m)
-        if derive and image_size is not None and height is None and width is None:
-            height, width = size_from_image_aspect(m, *image_size)
-        return video_shape(m, infer.num_frames, height, width)
+        return job_video_shape(self.model_cfg, self.infer_cfg, image_size)
 
     def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) contexts (1, text_length, d): uncond is zeros unless sampler.uncond=negative_prompt."""
@@ -225,12 +220,12 @@ class VideoPipeline:
             z = torch.cat([z[:, :1], z], dim=1)
         return z
 
-    def decode_tile(self, shape: VideoShape) -> tuple[int, int] | None:
+    def decode_tile(self, shape: VideoShape | None) -> tuple[int, int] | None:
         """The decode's spatial tile from infer.vae_tile: fixed [h, w], none (off), or auto: none when the whole
         frame fits the memory left beside the loaded weights (`cogvid.inference.memory`), else the largest tile
-        that does."""
+        that does; auto without the video's `shape` plans nothing and decodes whole frames."""
         setting = self.infer_cfg.get("vae_tile", "auto")
-        if setting is None or setting == "off":
+        if setting is None or setting == "off" or (setting == "auto" and shape is None):
             return None
         if setting != "auto":
             return tuple(setting)  # [h, w] >= 1: cogvid.config.checks
@@ -247,17 +242,16 @@ class VideoPipeline:
         return tile
 
     def decode(self, latents: torch.Tensor, progress: bool = False, shape: VideoShape | None = None) -> torch.Tensor:
-        """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes (in tiles
-        per `decode_tile` when `shape` is given or infer.vae_tile is [h, w])."""
+        """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes, in the
+        spatial tiles of `decode_tile(shape)`."""
         m, infer = self.model_cfg, self.infer_cfg
         z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
-        if shape is not None:
-            tile = self.decode_tile(shape)
-        else:
-            setting = infer.get("vae_tile")
-            tile = tuple(setting) if setting not in (None, "auto", "off") else None
         video = self.vae.decode_chunked(
-            z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
+            z,
+            Generation(m.generation),
+            head_frame_quirk=bool(infer.head_frame_quirk),
+            tile=self.decode_tile(shape),
+            progress=progress,
         )
         return video[0].float().cpu()
 
@@ -385,9 +379,10 @@ def _files_state(path) -> list:
     return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
 
 
-def loaded_pipeline(cfg, device: torch.device | None = None) -> VideoPipeline | None:
-    """The pipeline this process holds for this config's weights (`_weights_key`), or None."""
-    if _last_loaded is not None and _last_loaded[0] == _weights_key(cfg, device):
+def loaded_pipeline(cfg, device: torch.device | None = None, key: str | None = None) -> VideoPipeline | None:
+    """The pipeline this process holds for this config's weights (`_weights_key`, or the given key), or None."""
+    key = key or _weights_key(cfg, device)
+    if _last_loaded is not None and _last_loaded[0] == key:
         return _last_loaded[1]
     return None
 
@@ -399,7 +394,8 @@ def load_pipeline(cfg, device: torch.device | None = None, prompts: list[str] | 
 
     prompts: every text the job encodes; they are encoded first and T5 is freed (see `from_config`)."""
     global _last_loaded
-    held = loaded_pipeline(cfg, device)
+    key = _weights_key(cfg, device)
+    held = loaded_pipeline(cfg, device, key)
     if held is not None:
         check_values(cfg)  # what from_config checks first; the weight paths are the ones already loaded
         log.info("%s: the weights loaded for the previous job are reused", cfg.model.name)
@@ -410,5 +406,5 @@ def load_pipeline(cfg, device: torch.device | None = None, prompts: list[str] | 
         return pipeline
     _last_loaded = None  # let the previous weights go before others load
     pipeline = VideoPipeline.from_config(cfg, device=device, prompts=prompts)
-    _last_loaded = (_weights_key(cfg, device), pipeline)
+    _last_loaded = (key, pipeline)
     return pipeline

@@ -19,13 +19,13 @@ import torch
 from omegaconf import OmegaConf
 
 from cogvid.config.checks import check_values
-from cogvid.config.schema import Generation, Uncond, is_image_to_video
+from cogvid.config.schema import Uncond, is_image_to_video
 from cogvid.inference import memory
 from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
 from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, load_pipeline, loaded_pipeline
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.source_video import read_source_video
-from cogvid.inference.video_shape import size_from_image_aspect, video_shape
+from cogvid.inference.video_shape import job_video_shape, video_shape
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames
 from cogvid.utils.runtime import dist_env, dtype_name, resolve_device_dtype, torch_dtype
@@ -106,15 +106,6 @@ def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipel
     }
 
 
-def pipeline_shape(cfg, image):
-    """The video shape of a job (1.5-I2V sizes itself from its image), as `VideoPipeline.shape_for` gives it."""
-    derive = Generation(cfg.model.generation) is Generation.v1_5 and is_image_to_video(cfg.model)
-    height, width = cfg.infer.height, cfg.infer.width
-    if derive and image is not None and height is None and width is None:
-        height, width = size_from_image_aspect(cfg.model, image.height, image.width)
-    return video_shape(cfg.model, cfg.infer.num_frames, height, width)
-
-
 def check_memory(cfg, device, shapes) -> None:
     """Refuse, before anything loads, a run whose largest video would not fit (`cogvid.inference.memory`)."""
     device, dtype = (device, resolve_device_dtype(cfg)[1]) if device is not None else resolve_device_dtype(cfg)
@@ -150,15 +141,16 @@ def run_sample(cfg, stdin=None) -> list[Path]:
     if not cfg.infer.interactive:  # check every prompt and image before any model is loaded
         jobs = list(jobs)
         images = {job.index: _image_for(job, cfg) for job in jobs}
-        derive_size = Generation(cfg.model.generation) is Generation.v1_5 and is_image_to_video(cfg.model)
-        if not derive_size or (cfg.infer.height is not None or cfg.infer.width is not None):
-            video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
+        shapes = [
+            job_video_shape(cfg.model, cfg.infer, None if (im := images[job.index]) is None else (im.height, im.width))
+            for job in jobs
+        ]
     check_weight_paths(cfg)  # before the output dir exists: a bad path writes nothing
     device = None
     if world > 1 and torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
         device = torch.device("cuda", local_rank)
     if not cfg.infer.interactive:  # also before the output dir: a run that cannot fit writes nothing
-        check_memory(cfg, device, [pipeline_shape(cfg, images[job.index]) for job in jobs])
+        check_memory(cfg, device, shapes)
 
     if world > 1:
         import torch.distributed as dist

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cogvid.config.schema import Generation, is_image_to_video
 from cogvid.utils.errors import CogvidError
 
 SIZE_MULTIPLE = 16
@@ -89,3 +90,13 @@ def size_from_image_aspect(model, image_height: int, image_width: int) -> tuple[
     if image_height < image_width:
         return short_side, round16(image_width / image_height * short_side)
     return round16(image_height / image_width * short_side), short_side
+
+
+def job_video_shape(model, infer, image_size: tuple[int, int] | None = None) -> VideoShape:
+    """The checked shape of one job from infer.num_frames / height / width: 1.5-I2V with neither height nor width
+    set sizes itself from its image's (height, width) aspect (`size_from_image_aspect`)."""
+    height, width = infer.height, infer.width
+    derive = Generation(model.generation) is Generation.v1_5 and is_image_to_video(model)
+    if derive and image_size is not None and height is None and width is None:
+        height, width = size_from_image_aspect(model, *image_size)
+    return video_shape(model, infer.num_frames, height, width)
