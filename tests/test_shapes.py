@@ -15,6 +15,8 @@ from cogvid.shapes.dataset import (
     DIRECTIONS,
     MIN_BACKGROUND_DISTANCE,
     SHAPES,
+    SIZE_RANGE,
+    SPEED_RANGE,
     ShapeClip,
     background_is_distinct,
     caption,
@@ -79,7 +81,7 @@ def test_captions_plain_and_paraphrased_parse_back():
     assert plain_caption("orange", "square", "up") == "an orange square moving up"
     seen = set()
     for combination in ALL_COMBINATIONS:
-        for size in (0.21, 0.27, 0.33):
+        for size in (SIZE_RANGE[0] + 0.01, sum(SIZE_RANGE) / 2, SIZE_RANGE[1] - 0.01):
             text = caption(*combination, rng, paraphrase_p=1.0, size=size)
             assert text != plain_caption(*combination) and text.isascii() and text == text.lower()
             assert parse_caption(text) == combination, text
@@ -104,12 +106,12 @@ def test_plan_is_balanced_never_held_out_and_keeps_shapes_in_frame():
         # background rule: far from the shape colour
         assert background_is_distinct(spec.background, spec.colour)
         assert np.linalg.norm(np.subtract(spec.background, COLOURS[spec.colour])) >= MIN_BACKGROUND_DISTANCE
-        # the whole shape stays inside the frame, and the centre crosses at least 25% of it
+        # the whole shape stays inside the frame, and the centre crosses at least SPEED_RANGE[0] of it
         centres = clip_centres(spec)  # (f, 2)
         half = spec.size * min(spec.height, spec.width) / 2
         assert (centres - half >= 0).all() and (centres[:, 0] + half <= spec.width).all()
         assert (centres[:, 1] + half <= spec.height).all()
-        assert np.abs(centres[-1] - centres[0]).max() >= 0.25 * spec.width
+        assert np.abs(centres[-1] - centres[0]).max() >= SPEED_RANGE[0] * spec.width - 1e-9
     assert set(combinations) == set(training_combinations())
     assert {c for c, _, _ in combinations} == set(COLOURS)
     plain = sum(clip.caption == plain_caption(*parse_caption(clip.caption)) for clip in plan)
@@ -184,7 +186,7 @@ def test_measure_reads_every_combination_after_an_mp4_round_trip(tmp_path):
     for combination, frames in zip(ALL_COMBINATIONS, back, strict=True):
         reading = measure_video(frames)
         assert score(reading, combination)["all"], (combination, reading)
-        assert reading.displacement_px >= 0.25 * frames.shape[2] and reading.flicker < 2.0
+        assert reading.displacement_px >= 0.9 * SPEED_RANGE[0] * frames.shape[2] and reading.flicker < 2.0
 
 
 def test_measure_reads_colour_and_direction_through_noise_and_blur():

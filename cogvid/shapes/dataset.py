@@ -46,6 +46,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 60, 210),  # 276
 }
 SHAPES = ("circle", "square", "triangle")
+# Words the shapes tokenizer knows but no base training caption uses: the base model has their tokens and never
+# learned what they mean, so a LoRA can teach them (cogvid.shapes.lora_data). Cyan's hue (~183 degrees) lies between
+# green's and blue's; a ring is a hollow circle.
+RESERVED_COLOURS: dict[str, tuple[int, int, int]] = {"cyan": (30, 200, 210)}
+RESERVED_SHAPES = ("ring",)
+RING_INNER = 0.55  # a ring's inner diameter / its outer diameter
+ALL_COLOURS = {**COLOURS, **RESERVED_COLOURS}  # what the renderer draws and the measurer names
+ALL_SHAPES = SHAPES + RESERVED_SHAPES
 DIRECTIONS = ("left", "right", "up", "down")
 # (dx, dy) in image coordinates: y grows downward, so "up" decreases the row.
 DIRECTION_VECTORS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -63,10 +71,13 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = (
     ("purple", "square", "down"),
 )
 
-SIZE_RANGE = (0.20, 0.34)  # shape extent (circle diameter, square side, triangle base = height) / min(height, width)
-SPEED_RANGE = (0.30, 0.55)  # distance the centre travels over the clip / frame extent along the motion
-MARGIN = 0.02  # gap kept between the shape and the frame edge, as a fraction of the frame
-SMALL_BELOW, LARGE_ABOVE = 0.245, 0.295  # sizes a paraphrase may call "small" / "large" (outer thirds of SIZE_RANGE)
+# Shapes fill a large part of the frame so that each spans several latent pixels (the VAE compresses 8x in space):
+# at 64x64 a shape is 23-32 pixels wide, 3-4 latents. Version 1 of the data drew 0.20-0.34 (13-22 pixels, about two
+# latents) and its VAE and DiT drew every shape as the same blob.
+SIZE_RANGE = (0.36, 0.50)  # shape extent (circle diameter, square side, triangle base = height) / min(height, width)
+SPEED_RANGE = (0.22, 0.40)  # distance the centre travels over the clip / frame extent along the motion
+MARGIN = 0.04  # gap kept between the shape and the frame edge, as a fraction of the frame
+SMALL_BELOW, LARGE_ABOVE = 0.4067, 0.4533  # sizes a paraphrase may call "small" / "large" (outer thirds of SIZE_RANGE)
 SUPERSAMPLE = 4  # anti-aliasing: coverage is the mean of SUPERSAMPLE x SUPERSAMPLE samples per pixel
 
 BACKGROUND_VALUE_RANGE = (0.12, 0.88)
@@ -166,7 +177,7 @@ def hue_distance(a: float, b: float) -> float:
 
 def background_is_distinct(background: tuple[int, int, int], colour: str) -> bool:
     """Whether `background` satisfies the background rule for a shape of `colour` (see the module docstring)."""
-    rgb = COLOURS[colour]
+    rgb = ALL_COLOURS[colour]
     if float(np.linalg.norm(np.subtract(background, rgb, dtype=float))) < MIN_BACKGROUND_DISTANCE:
         return False
     _, saturation, _ = colorsys.rgb_to_hsv(*(c / 255.0 for c in background))
@@ -233,13 +244,16 @@ def _inside(shape: str, x: np.ndarray, y: np.ndarray, extent: float) -> np.ndarr
         return (np.abs(x) <= half) & (np.abs(y) <= half)
     if shape == "triangle":  # apex up, base at the bottom; its width grows from 0 to `extent` going down
         return (y <= half) & (np.abs(x) <= (y + half) / 2)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    if shape == "ring":
+        r2 = x * x + y * y
+        return (r2 <= half * half) & (r2 >= (RING_INNER * half) ** 2)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {ALL_SHAPES}")
 
 
 def render_clip(spec: ShapeClip) -> np.ndarray:
     """(frames, height, width, 3) uint8 frames of `spec`, edges anti-aliased by supersampling."""
-    if spec.colour not in COLOURS:
-        raise ValueError(f"unknown colour {spec.colour!r}; expected one of {tuple(COLOURS)}")
+    if spec.colour not in ALL_COLOURS:
+        raise ValueError(f"unknown colour {spec.colour!r}; expected one of {tuple(ALL_COLOURS)}")
     if spec.direction not in DIRECTION_VECTORS:
         raise ValueError(f"unknown direction {spec.direction!r}; expected one of {DIRECTIONS}")
     s = SUPERSAMPLE
@@ -256,7 +270,7 @@ def render_clip(spec: ShapeClip) -> np.ndarray:
         inside = _inside(spec.shape, xs[None, :], ys[:, None], extent)  # (h s, w s)
         coverage[f, y0:y1, x0:x1] = inside.reshape(y1 - y0, s, x1 - x0, s).mean(axis=(1, 3))
     background = np.asarray(spec.background, dtype=np.float64)
-    colour = np.asarray(COLOURS[spec.colour], dtype=np.float64)
+    colour = np.asarray(ALL_COLOURS[spec.colour], dtype=np.float64)
     frames = background + coverage[..., None] * (colour - background)  # (f, H, W, 3)
     return np.round(frames).clip(0, 255).astype(np.uint8)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cogvid.shapes.dataset import COLOURS, DIRECTION_VECTORS, SHAPES, hue_degrees, hue_distance
+from cogvid.shapes.dataset import ALL_COLOURS, ALL_SHAPES, DIRECTION_VECTORS, hue_degrees, hue_distance
 from cogvid.utils.media import read_mp4
 
 BORDER_PX = 2  # width of the frame border that estimates the background
@@ -232,7 +232,7 @@ def colour_name(rgb: tuple[float, float, float]) -> tuple[str | None, float, flo
     hue = hue_degrees(rgb)
     if saturation < MIN_SATURATION:
         return None, hue, saturation
-    name = min(COLOURS, key=lambda c: hue_distance(hue, hue_degrees(COLOURS[c])))
+    name = min(ALL_COLOURS, key=lambda c: hue_distance(hue, hue_degrees(ALL_COLOURS[c])))
     return name, hue, saturation
 
 
@@ -323,8 +323,8 @@ def parse_caption(text: str) -> tuple[str, str, str] | None:
     """(colour, shape, direction) named by a caption ("a red circle moving left", "a small blue square slides up",
     "a green triangle moves to the right"), or None unless it names exactly one of each."""
     words = re.findall(r"[a-z]+", text.lower())
-    colours = {word for word in words if word in COLOURS}
-    shapes = {word for word in words if word in SHAPES}
+    colours = {word for word in words if word in ALL_COLOURS}
+    shapes = {word for word in words if word in ALL_SHAPES}
     directions = {DIRECTION_WORDS[word] for word in words if word in DIRECTION_WORDS}
     if len(colours) != 1 or len(shapes) != 1 or len(directions) != 1:
         return None
