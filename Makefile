@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cogvid-installed
 
-.PHONY: venv test demo fidelity shapes-model lint clean
+.PHONY: venv test demo fidelity shapes-model shapes-lora lint clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ fidelity: $(STAMP)
 SHAPES_WORK ?= outputs/shapes-model
 shapes-model: $(STAMP)
 	$(PY) scripts/make_shapes_model.py $(SHAPES_WORK)
+
+# The LoRA that teaches the shipped shapes model the colour "cyan" (data, latents, LoRA run; fixed seeds) into
+# cogvid/weights/shapes/lora-cyan (what `cogvid-sample model=shapes lora=cyan` loads).
+LORA_WORK ?= outputs/shapes-lora
+shapes-lora: $(STAMP)
+	$(PY) scripts/make_shapes_model.py --lora $(LORA_WORK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cogvid tests scripts

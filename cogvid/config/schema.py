@@ -134,6 +134,9 @@ class ModelConfig:
     dtype: Dtype = Dtype.bf16  # preferred dtype on an accelerator
     # --- weights
     ckpt: str | None = None  # SAT transformer folder (with `latest`) or a .pt file
+    # model.lora_ckpt=PATH: a SAT LoRA checkpoint (folder or .pt, adapters only or with the base) trained on model.ckpt;
+    # its adapters load on top of the base, at its own rank (model.lora_alpha as in training)
+    lora_ckpt: str | None = None
     vae_ckpt: str | None = None  # SAT `vae/3d-vae.pt`
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)

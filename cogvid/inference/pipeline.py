@@ -51,6 +51,8 @@ def check_weight_paths(cfg) -> None:
     if not Path(m.ckpt).expanduser().exists():
         raise CogvidError(f"model.ckpt={m.ckpt}: no such folder; expected the SAT transformer folder ({SAT_LAYOUT})")
     resolve_sat_checkpoint(Path(m.ckpt).expanduser())  # the folder's latest / <iter> file exists (not read here)
+    if m.get("lora_ckpt"):
+        resolve_sat_checkpoint(Path(m.lora_ckpt).expanduser())
     if not m.vae_ckpt:
         raise CogvidError(
             f"model.vae_ckpt is not set: give SAT's VAE file, e.g. model.vae_ckpt=/weights/{m.name}-sat/vae/3d-vae.pt"
@@ -366,7 +368,8 @@ def _weights_key(cfg, device: torch.device | None) -> str:
     parts = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("model", "mode") if name in cfg}
     parts |= {name: cfg.get(name) for name in ("dtype", "vae_dtype", "device")} | {"given_device": str(device)}
     m = cfg.model  # weights rewritten in place (a training run saving to the same folder) are loaded again
-    parts["files"] = [_files_state(path) for path in (m.get("ckpt"), m.get("vae_ckpt"), m.text_encoder.get("path"))]
+    weights = (m.get("ckpt"), m.get("lora_ckpt"), m.get("vae_ckpt"), m.text_encoder.get("path"))
+    parts["files"] = [_files_state(path) for path in weights]
     return json.dumps(parts, sort_keys=True, default=str)
 
 

@@ -369,6 +369,28 @@ def load_backbone_state(
     )
 
 
+def read_lora_adapters(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The adapter matrices (`matrix_A.k` / `matrix_B.k`) of a SAT LoRA checkpoint, folder or file; the frozen
+    `.original.` weights a full LoRA checkpoint also holds (as SAT saves it) are left out."""
+    state, _ = read_sat_state_dict(path)
+    adapters = {k: v for k, v in state.items() if is_adapter(k)}
+    if not adapters:
+        raise CogvidError(f"{path}: no LoRA adapters (matrix_A / matrix_B) in this checkpoint")
+    return adapters
+
+
+def load_lora_adapters(model: nn.Module, adapters: Mapping[str, torch.Tensor]) -> None:
+    """Copy `adapters` into the LoRA layers of `model`: every adapter the model has, of the same shapes, and no
+    other tensor (the base weights are loaded before, from `model.ckpt`)."""
+    own = {k: v for k, v in model.state_dict().items() if is_adapter(k)}
+    problems = describe_key_mismatch(own, adapters)
+    if problems:
+        raise CogvidError(f"the LoRA adapters do not fit this model: {problems} (a LoRA of another variant?)")
+    with torch.no_grad():
+        for key, value in adapters.items():
+            own[key].copy_(value)
+
+
 def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The VAE tensors of a SAT `3d-vae.pt` (`{"state_dict": ...}`), without `loss.*` (SAT's ignore_keys).
 

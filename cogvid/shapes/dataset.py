@@ -158,6 +158,14 @@ def held_out_combinations() -> list[tuple[str, str, str]]:
     return list(HELD_OUT)
 
 
+def reserved_combinations(colour: str | None = None, shape: str | None = None) -> list[tuple[str, str, str]]:
+    """Every (colour, shape, direction) with the reserved `colour` (any base shape) or the reserved `shape` (any
+    base colour): what a LoRA that teaches that word trains on and is measured with."""
+    colours = [colour] if colour else list(COLOURS)
+    shapes = [shape] if shape else list(SHAPES)
+    return [(c, s, d) for c in colours for s in shapes for d in DIRECTIONS]
+
+
 def training_combinations() -> list[tuple[str, str, str]]:
     """Every (colour, shape, direction) triple except the held-out ones, in vocabulary order."""
     held = set(HELD_OUT)
@@ -352,9 +360,11 @@ def plan_dataset(
     height: int = DEFAULT_HEIGHT,
     width: int = DEFAULT_WIDTH,
     paraphrase_p: float = PARAPHRASE_P,
+    combinations: list[tuple[str, str, str]] | None = None,
 ) -> list[PlannedClip]:
-    """The clips `write_dataset` writes for these arguments (cheap: nothing is rendered)."""
-    combinations = training_combinations()
+    """The clips `write_dataset` writes for these arguments (cheap: nothing is rendered). `combinations`: what the
+    clips show (default: `training_combinations()`, the base model's data)."""
+    combinations = combinations or training_combinations()
     plan = []
     for index in range(num_clips):
         rng = np.random.default_rng([seed, index])
@@ -384,8 +394,10 @@ def write_dataset(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 1,
+    combinations: list[tuple[str, str, str]] | None = None,
 ) -> DatasetSummary:
-    """Write `num_clips` training clips (never a held-out combination) to `out` in SAT's layout + dataset.json.
+    """Write `num_clips` training clips to `out` in SAT's layout + dataset.json: by default of the base model's
+    combinations (never a held-out one), else of `combinations` (e.g. a LoRA's new word).
 
     `workers` threads render and encode clips side by side (the encoder is a subprocess); files are the same.
     """
@@ -394,7 +406,15 @@ def write_dataset(
         raise CogvidError(f"workers={workers}: must be at least 1")
     out = Path(out)
     _prepare_folder(out, overwrite)
-    plan = plan_dataset(num_clips, seed, frames=frames, height=height, width=width, paraphrase_p=paraphrase_p)
+    plan = plan_dataset(
+        num_clips,
+        seed,
+        frames=frames,
+        height=height,
+        width=width,
+        paraphrase_p=paraphrase_p,
+        combinations=combinations,
+    )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         written = pool.map(lambda clip: _write_clip(out, clip, fps), plan)
         for _ in tqdm(written, total=len(plan), desc="shapes clips", unit="clip", disable=not progress, leave=False):
@@ -403,8 +423,8 @@ def write_dataset(
     summary = DatasetSummary(
         out=out,
         num_clips=num_clips,
-        colours=_counts([s.colour for s in specs], tuple(COLOURS)),
-        shapes=_counts([s.shape for s in specs], SHAPES),
+        colours=_counts([s.colour for s in specs], tuple(ALL_COLOURS)),
+        shapes=_counts([s.shape for s in specs], ALL_SHAPES),
         directions=_counts([s.direction for s in specs], DIRECTIONS),
         paraphrased=sum(c.caption != plain_caption(c.spec.colour, c.spec.shape, c.spec.direction) for c in plan),
         held_out=held_out_combinations(),
@@ -420,7 +440,7 @@ def write_dataset(
         "counts": {"colour": summary.colours, "shape": summary.shapes, "direction": summary.directions},
         "paraphrased": summary.paraphrased,
         "held_out": [list(t) for t in summary.held_out],
-        "vocabulary": {"colours": COLOURS, "shapes": list(SHAPES), "directions": list(DIRECTIONS)},
+        "vocabulary": {"colours": ALL_COLOURS, "shapes": list(ALL_SHAPES), "directions": list(DIRECTIONS)},
         "clips": [{"name": c.name, "caption": c.caption, **asdict(c.spec)} for c in plan],
     }
     payload = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")

@@ -14,7 +14,9 @@ Meant for generated clips, which may be noisy or blurry, so every step is robust
 6. shape: from frames where the object is wholly inside, the fill of its bounding box (square ~0.97, circle ~0.79,
    triangle ~0.59 on these masks) and how far its centroid sits below the box centre (a triangle, apex up, ~0.135 of
    its height); the nearest prototype, or None when far from all or nearly as close to two;
-7. flicker: mean |frame-to-frame change| of pixels away from the object, in 0-255 units.
+7. flicker: mean |frame-to-frame change| of pixels away from the object, in 0-255 units;
+8. clutter: the share of pixels outside the object's box (grown by CLUTTER_MARGIN_PX) that differ visibly from
+   their frame's background (RGB distance over CLUTTER_DISTANCE): ghosts, trails and patches beside the shape.
 
 `found` is False unless at least half the frames (and at least 2) hold an object: noise and blank frames read as
 nothing, never as an exception.
@@ -38,6 +40,8 @@ DETECT_NOISE_FACTOR = 4.0  # ... and at least this times the median border dista
 MIN_AREA_FRACTION = 0.004  # an object covers at least this fraction of the frame (16 pixels at 64x64)
 MIN_SATURATION = 0.25  # a less saturated object has no colour name
 MIN_DISPLACEMENT_FRACTION = 0.08  # a centroid that moves less (fraction of the frame along its axis) is static
+CLUTTER_MARGIN_PX = 3  # the object's box grown by this much is left out of the clutter count
+CLUTTER_DISTANCE = 24.0  # RGB distance (0-255 units) from the frame's background that a person sees as a mark
 # Shape prototypes in (bounding-box fill, centroid offset below the box centre / box height), with feature scales.
 SHAPE_PROTOTYPES: dict[str, tuple[float, float]] = {
     "square": (0.97, 0.0),
@@ -73,6 +77,7 @@ class VideoReading:
     background_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  # median over frames
     areas: tuple[int, ...] = ()  # object pixels in each frame (0 where none)
     frames_found: int = 0
+    clutter: float = 0.0  # share of the pixels away from the object's box that differ visibly from the background
 
 
 @dataclass(frozen=True)
@@ -263,6 +268,20 @@ def _flicker(frames: np.ndarray, masks: list[np.ndarray]) -> float:
     return float(per_pair.mean()) if per_pair.size else 0.0
 
 
+def _clutter(frames: np.ndarray, backgrounds: np.ndarray, masks: list[np.ndarray]) -> float:
+    """Mean over frames of the share of pixels outside the object's grown box (every pixel of a frame without an
+    object) farther than CLUTTER_DISTANCE from the frame's background: (F, H, W, 3), (F, 3), F x (H, W) -> 0-1."""
+    n, h, w, _ = frames.shape
+    marked = np.linalg.norm(frames - backgrounds[:, None, None], axis=-1) > CLUTTER_DISTANCE  # (F, H, W)
+    away = np.ones((n, h, w), dtype=bool)
+    for f, mask in enumerate(masks):
+        rows, cols = np.nonzero(mask)
+        if rows.size:
+            m = CLUTTER_MARGIN_PX
+            away[f, max(0, rows.min() - m) : rows.max() + m + 1, max(0, cols.min() - m) : cols.max() + m + 1] = False
+    return float((marked & away).sum(axis=(1, 2)).sum() / max(1, away.sum()))
+
+
 def measure_video(frames: np.ndarray) -> VideoReading:
     """Read (F, H, W, 3) uint8 frames: background, the moving object's colour, shape and direction, and flicker."""
     frames = np.asarray(frames)
@@ -281,12 +300,20 @@ def measure_video(frames: np.ndarray) -> VideoReading:
     empty = np.zeros((h, w), dtype=bool)
     masks = [o.mask if o is not None else empty for o in objects]
     flicker = _flicker(x, masks)
+    clutter = _clutter(x, backgrounds, masks)
     areas = tuple(int(m.sum()) for m in masks)
     seen = [(f, o) for f, o in enumerate(objects) if o is not None]
     background_rgb = tuple(float(v) for v in np.median(backgrounds, axis=0))
     if len(seen) < max(2, math.ceil(n / 2)):
         nothing = VideoReading(found=False, colour=None, direction=None, shape=None, displacement_px=0.0, flicker=0.0)
-        return replace(nothing, flicker=flicker, background_rgb=background_rgb, areas=areas, frames_found=len(seen))
+        return replace(
+            nothing,
+            flicker=flicker,
+            background_rgb=background_rgb,
+            areas=areas,
+            frames_found=len(seen),
+            clutter=clutter,
+        )
 
     object_rgb = tuple(float(v) for v in np.median(np.stack([o.rgb for _, o in seen]), axis=0))
     colour, hue, saturation = colour_name(object_rgb)
@@ -308,6 +335,7 @@ def measure_video(frames: np.ndarray) -> VideoReading:
         background_rgb=background_rgb,
         areas=areas,
         frames_found=len(seen),
+        clutter=clutter,
     )
 
 

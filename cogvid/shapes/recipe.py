@@ -103,6 +103,8 @@ class RecipeSettings:
 class Recipe:
     """The stages over one work folder; `OUT/recipe.json` holds each finished stage's time and result."""
 
+    stages = STAGES
+
     def __init__(self, out: str | Path, workers: int = 2, settings: RecipeSettings | None = None):
         self.out = Path(out).expanduser()
         self.workers = workers
@@ -139,6 +141,9 @@ class Recipe:
     def scale_factor(self) -> float:
         """1 / std of the trained VAE's posterior means on held-out clips (LDM's and SAT's rule)."""
         return float(self.vae_report()["scale_factor_estimate"])
+
+    def shipped_record_file(self) -> Path:
+        return self.settings.ship_dir / "recipe.json"
 
     def vae_report(self) -> dict:
         return json.loads((self.vae_dir / EVAL_FILE).read_text())
@@ -234,11 +239,11 @@ class Recipe:
     # --- running ------------------------------------------------------------------------------------------------
 
     def run(self, redo: str | None = None, until: str | None = None) -> dict:
-        if redo is not None and redo not in STAGES:
-            raise CogvidError(f"--redo {redo}: expected one of {', '.join(STAGES)}")
+        if redo is not None and redo not in self.stages:
+            raise CogvidError(f"--redo {redo}: expected one of {', '.join(self.stages)}")
         self.out.mkdir(parents=True, exist_ok=True)
         stale = False
-        for name in STAGES:
+        for name in self.stages:
             stale = stale or name == redo
             if name in self.record and not stale:
                 log.info("stage %s: done before (%.0f s), skipped", name, self.record[name]["seconds"])
@@ -247,9 +252,9 @@ class Recipe:
                 self._run_stage(name, getattr(self, f"stage_{name}"))
             if name == until:
                 break
-        total = sum(v["seconds"] for k, v in self.record.items() if k in STAGES)
-        done = [f"{k} {self.record[k]['seconds']:.0f} s" for k in STAGES if k in self.record]
-        log.info("shapes model: %s", ", ".join(done))
+        total = sum(v["seconds"] for k, v in self.record.items() if k in self.stages)
+        done = [f"{k} {self.record[k]['seconds']:.0f} s" for k in self.stages if k in self.record]
+        log.info("%s: %s", type(self).__name__, ", ".join(done))
         log.info("total %.1f min", total / 60)
         return self.record
 
@@ -259,12 +264,12 @@ class Recipe:
         result = stage()
         seconds = time.perf_counter() - start
         self.record[name] = {"seconds": round(seconds, 1), **result}
-        for later in STAGES[STAGES.index(name) + 1 :]:
+        for later in self.stages[self.stages.index(name) + 1 :]:
             self.record.pop(later, None)
         text = json.dumps(self.record, indent=2).encode()
         write_atomic(self.record_file, lambda f: f.write(text))
-        if name == "ship":  # the shipped model carries its own recipe record
-            write_atomic(self.settings.ship_dir / "recipe.json", lambda f: f.write(text))
+        if name == "ship":  # the shipped weights carry their own recipe record
+            write_atomic(self.shipped_record_file(), lambda f: f.write(text))
         log.info("stage %s: %.0f s (%s)", name, seconds, json.dumps(result)[:200])
 
 
