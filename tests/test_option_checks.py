@@ -76,6 +76,11 @@ TRAIN_CASES = [
     ("train.gradient_clip=inf", "train.gradient_clip=inf must be a finite number"),
     ("train.betas=[0.9,1.5]", r"train.betas=\[0.9, 1.5\] must be two numbers in \[0, 1\)"),
     ("train.validation.seeds=[1,-2]", r"train.validation.seeds\[1\]=-2 must be an integer"),
+    ("train.ema_decay=1", r"train.ema_decay=1.0 must lie in \(0, 1\)"),
+    ("train.ema_decay=0", r"train.ema_decay=0.0 must lie in \(0, 1\)"),
+    ("train.ema_decay=-0.5", r"train.ema_decay=-0.5 must lie in \(0, 1\)"),
+    ("train.ema_decay=nan", r"train.ema_decay=nan must lie in \(0, 1\)"),
+    ("train.sat_weights=ema", "train.sat_weights=ema needs an EMA: set train.ema_decay"),
 ]
 
 

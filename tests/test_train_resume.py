@@ -1,5 +1,5 @@
 """Exact resume: a cogvid-train run SIGKILLed while writing a checkpoint, resumed with train.resume=auto, gives the
-per-step losses and final weights of an uninterrupted run, bit for bit (CPU, model=tiny)."""
+per-step losses, final weights and EMA of an uninterrupted run, bit for bit (CPU, model=tiny)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ from train_helpers import make_sat_dataset, tiny_overrides
 
 from cogvid.config.compose import compose
 from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.training.ema import EMA_KEY
 from cogvid.training.metrics import read_train_log
-from cogvid.training.resume import complete_checkpoints, damage, resolve_resume
+from cogvid.training.resume import CHECKPOINTS, STATE, complete_checkpoints, damage, resolve_resume, step_dir_name
 from cogvid.training.run import run_train
 from cogvid.utils.errors import CogvidError
 
 TESTS = Path(__file__).resolve().parent
 STEPS, EVERY = 7, 3
+EMA = ("train.ema_decay=0.7", "train.sat_weights=ema")  # the runs keep an EMA and export it as their SAT weights
 KILL = "train.callbacks=[{_target_: train_helpers.callbacks.KillAtStep, step: 6, mid_save: true}]"
 
 
@@ -47,6 +49,7 @@ def runs(tmp_path_factory, tiny_t5_dir):
             f"train.max_steps={STEPS}",
             f"train.checkpoint_every={EVERY}",
             "train.keep_last=2",
+            *EMA,
         )
         return [*tiny_overrides(tiny_t5_dir, out, *common, mode="sft"), f"hydra.run.dir={out}/hydra", *extra]
 
@@ -84,10 +87,21 @@ def test_killed_and_resumed_equals_uninterrupted_bitwise(runs):
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     assert [a[s]["loss"] for s in a] == [b[s]["loss"] for s in a]
     assert [a[s]["lr"] for s in a] == [b[s]["lr"] for s in a]
-    wa, _ = read_sat_state_dict(whole / "sat")
+    wa, _ = read_sat_state_dict(whole / "sat")  # the EMA weights (train.sat_weights=ema)
     wb, _ = read_sat_state_dict(resumed / "sat")
     assert (whole / "sat" / "latest").read_text() == (resumed / "sat" / "latest").read_text() == str(STEPS)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the trained weights, the optimizer state and the EMA of the last checkpoint
+    last = Path(CHECKPOINTS, step_dir_name(STEPS), STATE)
+    sa, sb = (torch.load(run / last, map_location="cpu", weights_only=True) for run in (whole, resumed))
+    assert sa["state_dict"].keys() == sb["state_dict"].keys()
+    assert all(torch.equal(sa["state_dict"][k], sb["state_dict"][k]) for k in sa["state_dict"])
+    ea, eb = sa[EMA_KEY], sb[EMA_KEY]
+    assert ea["updates"] == eb["updates"] == STEPS and ea["weights"].keys() == eb["weights"].keys()
+    assert all(torch.equal(ea["weights"][k], eb["weights"][k]) for k in ea["weights"])
+    assert all(torch.equal(ea["weights"][k].to(wa[k].dtype), wa[k]) for k in ea["weights"])
+    moments = [[s["exp_avg"] for s in state["optimizer_states"][0]["state"].values()] for state in (sa, sb)]
+    assert all(torch.equal(x, y) for x, y in zip(*moments, strict=True))
     # the last K=2 complete checkpoints are kept, temp folders are gone
     assert [s for s, _ in complete_checkpoints(resumed)] == [6, 7]
     assert not list((resumed / "checkpoints").glob(".step-*"))
@@ -149,7 +163,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_older_checkpoints(runs, tiny_
     before = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
     limit = (checkpoints / "step-00000007" / "state.ckpt").stat().st_size // 2
     common = (f"data.root={whole.parent / 'data'}", f"train.max_steps={STEPS + 2}", f"train.checkpoint_every={EVERY}")
-    overrides = [*tiny_overrides(tiny_t5_dir, out, *common, "train.keep_last=2", mode="sft"), "train.resume=auto"]
+    overrides = [*tiny_overrides(tiny_t5_dir, out, *common, "train.keep_last=2", *EMA, mode="sft"), "train.resume=auto"]
 
     def set_limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

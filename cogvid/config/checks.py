@@ -118,6 +118,13 @@ def _check_train(train) -> None:
     check_finite("train.eps", train.eps, 0.0, strict=True)
     check_finite("train.weight_decay", train.weight_decay, 0.0)
     check_finite("train.gradient_clip", train.gradient_clip, 0.0)
+    ema_decay = train.get("ema_decay")
+    if ema_decay is not None:
+        if not _number(ema_decay) or not 0.0 < ema_decay < 1.0:
+            raise CogvidError(f"train.ema_decay={ema_decay} must lie in (0, 1), e.g. 0.999 (null: no EMA)")
+    sat_weights = str(getattr(train.get("sat_weights"), "value", train.get("sat_weights")))
+    if sat_weights == "ema" and ema_decay is None:
+        raise CogvidError("train.sat_weights=ema needs an EMA: set train.ema_decay (e.g. 0.999)")
     betas = list(train.betas)
     if len(betas) != 2 or not all(_number(b) and 0.0 <= b < 1.0 for b in betas):
         raise CogvidError(f"train.betas={betas} must be two numbers in [0, 1)")

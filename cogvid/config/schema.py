@@ -215,6 +215,13 @@ class Strategy(str, Enum):
     deepspeed = "deepspeed"  # DeepSpeed ZeRO (train.deepspeed.stage 2 or 3)
 
 
+class SatWeights(str, Enum):
+    """Which weights the run's SAT export (`<out>/sat/<step>/`) holds."""
+
+    trained = "trained"  # the weights the optimizer trains
+    ema = "ema"  # their exponential moving average (needs train.ema_decay)
+
+
 class TrainTask(str, Enum):
     fit = "fit"  # train
     precompute = "precompute"  # encode data.root / data.manifest to latents + T5 embeddings in data.cache
@@ -304,6 +311,11 @@ class TrainConfig:
     weight_decay: float = 1e-4  # not applied to norms and biases
     warmup_steps: int | None = None  # linear warm-up, then linear decay to 0 (null: 1% of max_steps, as SAT)
     gradient_clip: float = 0.1  # max global grad norm
+    # train.ema_decay=0.999: keep an fp32 exponential moving average of the trainable weights, updated after every
+    # optimizer step (ema = decay * ema + (1 - decay) * weight, no warm-up, as SAT's FusedEmaAdam), saved in every
+    # checkpoint; null: off
+    ema_decay: float | None = None
+    sat_weights: SatWeights = SatWeights.trained  # train.sat_weights=ema: the SAT export holds the EMA weights
     ucg_rate: float = 0.1  # caption dropout: a dropped sample gets an all-zero text context (SAT ucg_rate)
     output_dir: str | None = None  # checkpoints, TensorBoard, videos (null: the Hydra run dir); fix it to resume
     checkpoint_every: int = 500  # steps between resumable checkpoints (SAT save_interval)

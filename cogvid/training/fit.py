@@ -51,7 +51,8 @@ def fit(cfg, dataset: Dataset, deepspeed_strategy_class=None) -> TrainResult:
     data = TrainData(dataset, t.batch_size, t.seed, cfg.data.num_workers, t.accumulate_grad_batches)
 
     sat_dtype = None if precision == "32" else PRECISION_DTYPES[precision]  # SAT stores the training dtype
-    checkpoints = ResumableCheckpoints(out_dir, t.checkpoint_every, t.keep_last, signature, sat_dtype)
+    sat_from_ema = str(getattr(t.sat_weights, "value", t.sat_weights)) == "ema"
+    checkpoints = ResumableCheckpoints(out_dir, t.checkpoint_every, t.keep_last, signature, sat_dtype, sat_from_ema)
     callbacks = [  # in this order: a step is logged, then checkpointed, then validated
         TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches * world_size),
         checkpoints,
@@ -78,6 +79,13 @@ def fit(cfg, dataset: Dataset, deepspeed_strategy_class=None) -> TrainResult:
             start_step,
             t.max_steps,
             out_dir,
+        )
+    if trainer.is_global_zero and module.ema is not None:
+        log.info(
+            "EMA of the %d trainable weights, decay %s, in every checkpoint; the SAT weights hold the %s weights",
+            len(module.trainable_names),
+            module.ema.decay,
+            "EMA" if sat_from_ema else "trained",
         )
     ckpt_path = str(resume_dir / STATE) if resume_dir is not None else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)

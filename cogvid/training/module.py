@@ -26,8 +26,10 @@ from cogvid.models.frozen import FrozenParts, load_frozen_parts
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.vae import sample_posterior
 from cogvid.training.data import step_generator
+from cogvid.training.ema import EMA_KEY, ParameterEma
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
 from cogvid.training.precompute import augment_first_frame
+from cogvid.utils.errors import CogvidError
 from cogvid.utils.runtime import PRECISION_DTYPES, TORCH_DTYPES
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class VideoDiffusionModule(L.LightningModule):
         self.loss_fn: VideoDiffusionLoss | None = None
         self.step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses (read by TrainMetrics)
         self.skipped: list[tuple[str, str]] = []  # videos replaced in this step's batches
+        decay = cfg.train.get("ema_decay")
+        self.ema = ParameterEma(decay) if decay is not None else None  # train.ema_decay: started in on_fit_start
+        self._ema_restored = False
         n_train = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.backbone.parameters())
         log.info(
@@ -79,6 +84,11 @@ class VideoDiffusionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.frozen is not None:
             self.frozen.to(self.device)
+        if self.ema is not None:
+            if self._ema_restored:  # restored before the strategy moved the weights (single process, DDP)
+                self.ema.to(self.device)
+            else:  # a fresh run; under DeepSpeed a checkpoint's average replaces this one just after
+                self.ema.start(self.ema_parts())
 
     # --- one step --------------------------------------------------------------------------------------------------
     def _no_autocast(self):
@@ -147,6 +157,52 @@ class VideoDiffusionModule(L.LightningModule):
             return float(self.step_loss(batch, torch.Generator().manual_seed(seed), ucg_rate=0.0))
         finally:
             self.backbone.train(was_training)
+
+    # --- EMA of the trainable weights (train.ema_decay) --------------------------------------------------------------
+    def ema_parts(self) -> dict[str, torch.Tensor]:
+        """This process's part of every trainable weight: what its EMA averages."""
+        params = dict(self.backbone.named_parameters())
+        return {name: params[name] for name in self.trainable_names}
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None and self._weights_stepped():
+            self.ema.update(self.ema_parts())
+
+    def _weights_stepped(self) -> bool:
+        """Whether the step just taken changed the weights: DeepSpeed's engine skips steps between accumulation
+        boundaries and on fp16 overflow."""
+        engine = getattr(self._trainer.strategy, "deepspeed_engine", None) if self._trainer is not None else None
+        return engine is None or engine.was_step_applied()
+
+    @torch.no_grad()
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        """The EMA of every trainable weight, whole, fp32, on the CPU (backbone keys)."""
+        return {name: w.detach().to("cpu", copy=True) for name, w in self.ema.weights.items()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint[EMA_KEY] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is None:
+            if EMA_KEY in checkpoint:
+                log.info("train.ema_decay is off: the checkpoint's EMA weights are not used")
+            return
+        if EMA_KEY not in checkpoint:
+            log.warning("the checkpoint holds no EMA weights: the EMA starts from the resumed weights")
+            return
+        state = checkpoint[EMA_KEY]
+        if set(state["weights"]) != set(self.trainable_names):
+            raise CogvidError("train.resume: the checkpoint's EMA averages other weights than this run trains")
+        if state["decay"] != self.ema.decay:
+            log.warning(
+                "the checkpoint's EMA used decay %s; it continues with train.ema_decay=%s",
+                state["decay"],
+                self.ema.decay,
+            )
+        self.ema.load_state_dict(state, device=self.device)
+        self._ema_restored = True
 
     # --- optimizer -------------------------------------------------------------------------------------------------
     def configure_optimizers(self):

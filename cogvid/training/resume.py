@@ -8,7 +8,8 @@ Layout under the run's output dir:
                                                SHA-256 of every file of state.ckpt (checked before resuming)
     checkpoints/latest                        "step-00000500"
     sat/500/mp_rank_00_model_states.pt        SAT layout (`cogvid-sample model.ckpt=<out>/sat`); LoRA runs hold the
-    sat/latest, sat/model_config.json         LoRA-structured dict (`.original.` + matrix_A/matrix_B)
+    sat/latest, sat/model_config.json         LoRA-structured dict (`.original.` + matrix_A/matrix_B); with
+                                               train.sat_weights=ema the trainable weights are their EMA
 
 A checkpoint is written into `checkpoints/.step-00000500.tmp/` and renamed into place only when every rank has
 finished writing it; `meta.json` inside marks it complete. Resuming considers complete folders only, so a checkpoint
@@ -232,11 +233,22 @@ def consolidate_zero_checkpoint(state_path: Path) -> dict[str, torch.Tensor]:
 
 
 class ResumableCheckpoints(Callback):
-    """Every `every` optimizer steps and at the end: a resumable checkpoint + SAT weights, atomically; keeps `keep`."""
+    """Every `every` optimizer steps and at the end: a resumable checkpoint + SAT weights, atomically; keeps `keep`.
 
-    def __init__(self, out_dir: Path, every: int, keep: int, signature: dict, sat_dtype: torch.dtype | None = None):
+    `sat_from_ema`: the SAT weights hold the EMA of the trainable weights (`pl_module.ema_state_dict()`) in place of
+    the trained ones, under the same keys and in the same dtype."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        every: int,
+        keep: int,
+        signature: dict,
+        sat_dtype: torch.dtype | None = None,
+        sat_from_ema: bool = False,
+    ):
         self.out_dir, self.every, self.keep = Path(out_dir), every, keep
-        self.signature, self.sat_dtype = signature, sat_dtype
+        self.signature, self.sat_dtype, self.sat_from_ema = signature, sat_dtype, sat_from_ema
         self._last = -1
         self.saved: list[int] = []
 
@@ -268,7 +280,10 @@ class ResumableCheckpoints(Callback):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         state = full_state_dict(pl_module.backbone, self.sat_dtype)
-        meta = {"step": step, "signature": self.signature}
+        if self.sat_from_ema:
+            for name, ema in pl_module.ema_state_dict().items():
+                state[name] = ema.to(state[name].dtype)
+        meta = {"step": step, "signature": self.signature, "sat_weights": "ema" if self.sat_from_ema else "trained"}
         if trainer.is_global_zero:  # `<out>/sat/<step>/...`, as `cogvid-sample model.ckpt=<out>/sat` reads it
             save_sat_checkpoint(
                 state, self.out_dir / SAT_DIR, step, extra={"iteration": step, "cogvid": json.dumps(meta)}

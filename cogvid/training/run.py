@@ -48,6 +48,8 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
     check_values(cfg)  # every option's value, before any data is read or file written
     task = TrainTask(cfg.task)
     if task is TrainTask.vae:  # one process, no DiT
+        if cfg.train.get("ema_decay") is not None:
+            raise CogvidError("train.ema_decay averages the DiT's weights (task=fit); task=vae keeps no EMA")
         from cogvid.training.vae_module import fit_vae
 
         return fit_vae(cfg, output_dir(cfg))

@@ -26,3 +26,22 @@ class KillAtStep(Callback):
             for tmp in (out / "checkpoints").glob(".step-*.tmp"):
                 (tmp / "state.ckpt").write_bytes(b"PK\x03\x04" + os.urandom(4096))  # a cut-off zip
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordTrainable(Callback):
+    """Copies of the trainable DiT weights when training starts and after every optimizer step (`weights[0]` is the
+    start), to recompute an EMA by hand."""
+
+    def __init__(self):
+        self.weights: list[dict] = []
+
+    def _record(self, pl_module) -> None:
+        params = dict(pl_module.backbone.named_parameters())
+        self.weights.append({name: params[name].detach().clone() for name in pl_module.trainable_names})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._record(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self._record(pl_module)
