@@ -146,4 +146,6 @@ def test_the_merged_base_makes_the_adapters_video_without_them(adapter, lora_vid
     merged = _video(
         VideoPipeline.from_config(cogvid.compose(["model=shapes", f"model.ckpt={tmp_path / 'merged'}", *settings]))
     )
-    assert (merged - lora_video).abs().max() < 1e-4
+    # W + B A alpha / r in one matrix rounds differently from the two branches; over 4 guided steps that stays
+    # below a quarter of an 8-bit level (measured 2e-4)
+    assert (merged - lora_video).abs().max() < 1e-3
