@@ -737,6 +737,7 @@ def convert_sat_config(
         out["default_height"], out["default_width"] = 8 * out["latent_height"], 8 * out["latent_width"]
     out["default_fps"] = 16 if v1_5 else 8
     out["vae_ckpt"] = None  # SAT's ckpt_path is relative to where SAT ran; model.vae_ckpt=... at run time
+    out["lora_ckpt"] = None  # a LoRA is loaded at run time, model.lora_ckpt=...
     out["vae"] = {k: first_stage["encoder"][k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels")}
     out["vae"]["temporal_compress_times"] = out["time_compressed_rate"]
 
@@ -784,6 +785,7 @@ def _one_line(text: str) -> str:
 _MODEL_COMMENTS = {
     "checkpoint_activations": "a run choice; SAT's transformer_args.checkpoint_activations is not imported",
     "ckpt": "model.ckpt=/path/to/<variant>-sat/transformer",
+    "lora_ckpt": "model.lora_ckpt=/path/to/a/lora (optional)",
     "text_encoder": "model.text_encoder.path=/path/to/t5-v1_1-xxl",
     "vae_ckpt": "model.vae_ckpt=/path/to/<variant>-sat/vae/3d-vae.pt",
 }
