@@ -129,7 +129,7 @@ class CountingVideos(Videos):
     def __init__(self, overrides: tuple[str, ...] = ()):
         super().__init__(overrides)
         self.last_reuse = 0.0
-        from cogvid.models import step_cache
+        from cogvid.diffusion import step_cache
 
         real = step_cache.StepCache.remember
         owner = self

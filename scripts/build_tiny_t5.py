@@ -23,7 +23,7 @@ CORPUS = [
 
 def build_tiny_t5(folder: str | Path) -> Path:
     """Write spiece.model + config.json + weights into `folder` (created) and return it."""
-    from cogvid.models.small_t5 import build_small_t5
+    from cogvid.shapes.small_t5 import build_small_t5
 
     return build_small_t5(folder, CORPUS * 20)
 

@@ -3,9 +3,9 @@ knows every word of the captions, held-out combinations included."""
 
 import torch
 
-from cogvid.models.small_t5 import build_small_t5
 from cogvid.models.t5 import T5Conditioner
 from cogvid.shapes.dataset import held_out_combinations, plain_caption, vocabulary
+from cogvid.shapes.small_t5 import build_small_t5
 from cogvid.shapes.text_encoder import SHAPES_T5, build_shapes_t5
 
 TORCH_THREADS = 1

@@ -53,7 +53,7 @@ def test_every_strategy_config_composes(strategy):
     cfg = compose(["model=tiny", f"train={strategy}"], config_name="train")
     assert cfg.train.lr is None and cfg.train.ucg_rate == 0.1 and cfg.train.gradient_clip == 0.1
     if strategy.startswith("deepspeed"):
-        ds = deepspeed_config(cfg)["zero_optimization"]
+        ds = deepspeed_config(cfg, "32")["zero_optimization"]
         assert ds["stage"] == (3 if "zero3" in strategy else 2)
         assert (ds["reduce_bucket_size"], ds["allgather_bucket_size"]) == (1_000_000_000, 1_000_000_000)
         assert ds["overlap_comm"] and ds["reduce_scatter"] and not ds["contiguous_gradients"]

@@ -1,7 +1,8 @@
 """cogvid-train: fine-tune CogVideoX (LoRA or full) with Lightning, or precompute its training latents.
 
-The work is `cogvid.training.run.run_train(cfg)`; with train.devices > 1 and no torchrun around, it starts the
-node's other ranks by running this module again.
+The work is `cogvid.training.run.run_train(cfg)`; the job is planned first (`cogvid.training.plan.plan_train`,
+whose option checks run before torch and Lightning are imported: a refused value costs a fraction of a second).
+With train.devices > 1 and no torchrun around, it starts the node's other ranks by running this module again.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import sys
 
 from cogvid.cli.hydra_app import run_hydra_app
-from cogvid.config.checks import check_values
 
 
 def _task(cfg):
-    check_values(cfg)  # before torch and Lightning are imported: a refused option value costs a fraction of a second
+    from cogvid.training.plan import plan_train
+
+    plan = plan_train(cfg)
     from cogvid.training.run import run_train
 
-    run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"])
+    run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"], plan=plan)
 
 
 def main() -> None:

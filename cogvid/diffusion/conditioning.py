@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from cogvid.config.schema import Uncond
+from cogvid.diffusion.step_cache import StepCache
 from cogvid.utils.errors import CogvidError
 
 # The ofs SAT HEAD's sample_video.py gives the 1.5-I2V DiT (its ofs embedding's input). SAT's 1.5-I2V training
@@ -67,8 +68,11 @@ def image_conditioning(image_latent: torch.Tensor, latent_frames: int, model) ->
     return ImageConditioning(concat=concat, ofs=ofs)
 
 
-def image_network(backbone, concat: torch.Tensor | None, ofs: torch.Tensor | None) -> Network:
-    """The DiT with the I2V inputs: `concat` (b, t, c, h, w) joined on channels and `ofs` given at every call.
+def image_network(
+    backbone, concat: torch.Tensor | None, ofs: torch.Tensor | None, step_cache: StepCache | None = None
+) -> Network:
+    """The DiT with the I2V inputs: `concat` (b, t, c, h, w) joined on channels and `ofs` given at every call, and a
+    sampling run's `step_cache` (None: every block runs).
 
     Both are repeated when x_t is a multiple of their batch (sampling's guidance batch [uncond ; cond] is twice it;
     in training the batches match); an ofs of one value is left to the DiT to broadcast.
@@ -81,6 +85,6 @@ def image_network(backbone, concat: torch.Tensor | None, ofs: torch.Tensor | Non
             x_t = torch.cat([x_t, concat.repeat(repeat, 1, 1, 1, 1).to(x_t.dtype)], dim=2)
         if ofs_t is not None and ofs_t.shape[0] > 1:
             ofs_t = ofs_t.repeat(x_t.shape[0] // ofs_t.shape[0])
-        return backbone(x_t, timesteps, context, ofs=ofs_t)
+        return backbone(x_t, timesteps, context, ofs=ofs_t, step_cache=step_cache)
 
     return network

@@ -21,7 +21,7 @@ from cogvid.diffusion.guidance import guidance_scales, guided
 from cogvid.diffusion.model import DiffusionModel
 from cogvid.diffusion.schedules import SamplingSchedule, sampling_schedule
 from cogvid.diffusion.solvers import SOLVERS
-from cogvid.models.step_cache import step_cache
+from cogvid.diffusion.step_cache import StepCache
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,10 @@ def sample_latents(
 
     plan = sampling_plan(sampler, model.cfg.shift_scale)
     alphas = plan.schedule.alphas.to(device)
-    denoise = guided_denoiser(model, plan, image_network(model.backbone, concat, ofs), alphas, cond, uncond)
+    threshold = sampler.get("cache")
+    cache = StepCache(threshold) if threshold is not None else None  # for this run only
+    network = image_network(model.backbone, concat, ofs, step_cache=cache)
+    denoise = guided_denoiser(model, plan, network, alphas, cond, uncond)
 
     def draw() -> torch.Tensor:
         return torch.randn(x.shape, generator=generator).to(device)
@@ -139,8 +142,7 @@ def sample_latents(
     def steps(n: int):
         return tqdm(range(n), desc="denoising", leave=False) if progress else range(n)
 
-    with step_cache(model.backbone, sampler.get("cache")) as cache:
-        latents = _walk(plan, denoise, x, alphas, draw, steps, start, device)
+    latents = _walk(plan, denoise, x, alphas, draw, steps, start, device)
     if cache is not None:
         log.info("step cache %g: %d of %d DiT calls reused the blocks", cache.threshold, cache.reused, cache.calls)
     return latents

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -196,6 +197,16 @@ def import_lora(cfg, source: str | Path, out: Path, base_ckpt: str | None) -> Ma
     return report
 
 
+def _merged_weight(base, adapters, key: str, parts: int, scale: float) -> torch.Tensor:
+    """W + cat_k(B_k A_k) scale for the base weight `key` (stem.weight), formed in float32, in W's dtype; `parts`
+    adapter pairs (3 for the fused qkv, whose output rows are [q ; k ; v])."""
+    stem = key.rpartition(".")[0]
+    w = base.load(key)
+    pairs = [(adapters.load(f"{stem}.matrix_B.{k}"), adapters.load(f"{stem}.matrix_A.{k}")) for k in range(parts)]
+    delta = torch.cat([b.float() @ a.float() for b, a in pairs])
+    return (w.float() + delta * scale).to(w.dtype)
+
+
 def merge_lora(cfg, lora_path: str | Path, base_ckpt: str | None, out: Path, dtype) -> MappingReport:
     """SAT base + SAT LoRA -> one plain SAT checkpoint: W + cat_k(B_k A_k) alpha / r on every qkv and dense.
 
@@ -233,17 +244,7 @@ def merge_lora(cfg, lora_path: str | Path, base_ckpt: str | None, out: Path, dty
         stem, _, leaf = key.rpartition(".")
         parts = 3 if stem.endswith("query_key_value") else 1
         if leaf == "weight" and f"{stem}.matrix_A.0" in adapters:
-
-            def build(key=key, stem=stem, parts=parts) -> torch.Tensor:
-                w = base.load(key)
-                delta = torch.cat(
-                    [
-                        adapters.load(f"{stem}.matrix_B.{k}").float() @ adapters.load(f"{stem}.matrix_A.{k}").float()
-                        for k in range(parts)
-                    ]
-                )
-                return (w.float() + delta * scale).to(w.dtype)
-
+            build = partial(_merged_weight, base, adapters, key, parts, scale)
             targets.append(TensorTarget(key, info.shape, dtype or info.dtype, build))
         else:
             targets.append(TensorTarget(key, info.shape, dtype or info.dtype, lambda k=key: base.load(k)))

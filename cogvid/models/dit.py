@@ -83,14 +83,8 @@ class SelfAttention(nn.Module):
         q, k, v = (part.contiguous() for part in qkv.unbind(0))
         if q_norm is not None:
             q, k = q_norm(q), k_norm(k)
-        if rope is not None:
-            cos, sin = rope  # already in x's dtype
-            if torch.is_grad_enabled():
-                q = torch.cat([q[:, :, :n_txt], RotaryPositionEmbedding.rotate(q[:, :, n_txt:], cos, sin)], dim=2)
-                k = torch.cat([k[:, :, :n_txt], RotaryPositionEmbedding.rotate(k[:, :, n_txt:], cos, sin)], dim=2)
-            else:  # q and k are this call's own tensors: rotate the video rows where they are
-                q[:, :, n_txt:] = RotaryPositionEmbedding.rotate(q[:, :, n_txt:], cos, sin)
-                k[:, :, n_txt:] = RotaryPositionEmbedding.rotate(k[:, :, n_txt:], cos, sin)
+        if rope is not None:  # (cos, sin), already in x's dtype; q and k are this call's own tensors
+            q, k = (_rotate_video_rows(part, n_txt, *rope) for part in (q, k))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.dense(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -106,7 +100,12 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """One AdaLN block (SAT AdaLNMixin.layer_forward); its modulation and qk-norms live in `mixins.adaln_layer`."""
+    """One AdaLN block (SAT AdaLNMixin.layer_forward); its modulation and qk-norms live in `mixins.adaln_layer`.
+
+    With autograd off (sampling) the block modulates and adds its residuals in place, into h itself (the caller's
+    hidden state, which nothing else holds; see DiffusionTransformer._blocks); with autograd on it builds new tensors.
+    Both are the same arithmetic (see `_modulate_parts` and `_add_gated_parts`).
+    """
 
     def __init__(self, dim: int, n_heads: int, eps: float, affine: bool, lora_rank: int, lora_alpha: float):
         super().__init__()
@@ -116,61 +115,45 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(dim)
 
     def forward(self, h, mod, q_norm, k_norm, n_txt: int, rope):
-        # mod: (b, 12 d) = video shift/scale/gate for attention and MLP, then the same six for text
-        (
-            shift_msa,
-            scale_msa,
-            gate_msa,
-            shift_mlp,
-            scale_mlp,
-            gate_mlp,
-            t_shift_msa,
-            t_scale_msa,
-            t_gate_msa,
-            t_shift_mlp,
-            t_scale_mlp,
-            t_gate_mlp,
-        ) = mod.chunk(12, dim=1)
-        if torch.is_grad_enabled():
-            txt, vid = h[:, :n_txt], h[:, n_txt:]
-            a_vid = modulate(self.input_layernorm(vid), shift_msa, scale_msa)
-            a_txt = modulate(self.input_layernorm(txt), t_shift_msa, t_scale_msa)
-            att = self.attention(torch.cat([a_txt, a_vid], dim=1), q_norm, k_norm, n_txt, rope)
-            vid = vid + gate_msa.unsqueeze(1) * att[:, n_txt:]
-            txt = txt + t_gate_msa.unsqueeze(1) * att[:, :n_txt]
-
-            m_vid = modulate(self.post_attention_layernorm(vid), shift_mlp, scale_mlp)
-            m_txt = modulate(self.post_attention_layernorm(txt), t_shift_mlp, t_scale_mlp)
-            mlp = self.mlp(torch.cat([m_txt, m_vid], dim=1))
-            vid = vid + gate_mlp.unsqueeze(1) * mlp[:, n_txt:]
-            txt = txt + t_gate_mlp.unsqueeze(1) * mlp[:, :n_txt]
-            return torch.cat([txt, vid], dim=1)
-
-        # Inference: the same arithmetic without splitting and re-joining the sequence. LayerNorm is per token, so one
-        # call normalises text and video alike; each part is then modulated in place, and the residuals are added
-        # into h itself (the caller's hidden state, which nothing else holds; see DiffusionTransformer.forward).
-        a = _modulate_parts_(self.input_layernorm(h), n_txt, (t_shift_msa, t_scale_msa), (shift_msa, scale_msa))
+        # mod: (b, 12 d) = video shift/scale/gate for attention and MLP, then the same six for text.
+        # LayerNorm is per token, so one call normalises text and video alike; the parts are modulated apart.
+        vid_msa, vid_mlp, txt_msa, txt_mlp = (mod_part.chunk(3, dim=1) for mod_part in mod.chunk(4, dim=1))
+        a = _modulate_parts(self.input_layernorm(h), n_txt, txt_msa[:2], vid_msa[:2])
         att = self.attention(a, q_norm, k_norm, n_txt, rope)
-        _add_gated_parts_(h, att, n_txt, t_gate_msa, gate_msa)
-        m = _modulate_parts_(
-            self.post_attention_layernorm(h), n_txt, (t_shift_mlp, t_scale_mlp), (shift_mlp, scale_mlp)
-        )
-        _add_gated_parts_(h, self.mlp(m), n_txt, t_gate_mlp, gate_mlp)
-        return h
+        h = _add_gated_parts(h, att, n_txt, txt_msa[2], vid_msa[2])
+        m = _modulate_parts(self.post_attention_layernorm(h), n_txt, txt_mlp[:2], vid_mlp[:2])
+        return _add_gated_parts(h, self.mlp(m), n_txt, txt_mlp[2], vid_mlp[2])
 
 
-def _modulate_parts_(x: torch.Tensor, n_txt: int, text: tuple, video: tuple) -> torch.Tensor:
-    """`modulate` in place on x (b, s, d): the first n_txt tokens with the text (shift, scale), the rest with the
-    video pair."""
-    for part, (shift, scale) in ((x[:, :n_txt], text), (x[:, n_txt:], video)):
+def _rotate_video_rows(x: torch.Tensor, n_txt: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on the video rows of x (b, n, s, d), text rows as they are; in place when autograd is off."""
+    video = RotaryPositionEmbedding.rotate(x[:, :, n_txt:], cos, sin)
+    if torch.is_grad_enabled():
+        return torch.cat([x[:, :, :n_txt], video], dim=2)
+    x[:, :, n_txt:] = video
+    return x
+
+
+def _modulate_parts(x: torch.Tensor, n_txt: int, text: tuple, video: tuple) -> torch.Tensor:
+    """`modulate` on x (b, s, d): the first n_txt tokens with the text (shift, scale), the rest with the video pair;
+    in place on x when autograd is off."""
+    parts = ((x[:, :n_txt], text), (x[:, n_txt:], video))
+    if torch.is_grad_enabled():
+        return torch.cat([modulate(part, shift, scale) for part, (shift, scale) in parts], dim=1)
+    for part, (shift, scale) in parts:
         part.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1))
     return x
 
 
-def _add_gated_parts_(h: torch.Tensor, update: torch.Tensor, n_txt: int, text_gate, video_gate) -> None:
-    """h += gate * update in place, with the text gate on the first n_txt tokens and the video gate on the rest."""
-    h[:, :n_txt].add_(text_gate.unsqueeze(1) * update[:, :n_txt])
-    h[:, n_txt:].add_(video_gate.unsqueeze(1) * update[:, n_txt:])
+def _add_gated_parts(h: torch.Tensor, update: torch.Tensor, n_txt: int, text_gate, video_gate) -> torch.Tensor:
+    """h + gate * update, with the text gate on the first n_txt tokens and the video gate on the rest; in place into h
+    when autograd is off."""
+    parts = ((slice(None, n_txt), text_gate), (slice(n_txt, None), video_gate))
+    if torch.is_grad_enabled():
+        return torch.cat([h[:, rows] + gate.unsqueeze(1) * update[:, rows] for rows, gate in parts], dim=1)
+    for rows, gate in parts:
+        h[:, rows].add_(gate.unsqueeze(1) * update[:, rows])
+    return h
 
 
 class Transformer(nn.Module):
@@ -244,7 +227,6 @@ class DiffusionTransformer(nn.Module):
             raise ValueError("the v1.0 generation has no temporal patches (patch_size_t must be 1)")
         self.out_channels = cfg.out_channels
         self.checkpoint_activations = cfg.checkpoint_activations
-        self.step_cache = None  # a cogvid.models.step_cache.StepCache while a cached sampling run is on
         # The grid the positional tables are built for: (latent frames, h / p, w / p).
         grid = (
             (cfg.num_frames - 1) // cfg.time_compressed_rate + 1,
@@ -310,7 +292,9 @@ class DiffusionTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.mixins["patch_embed"].text_proj.weight.dtype
 
-    def forward(self, x, timesteps, context, ofs=None):
+    def forward(self, x, timesteps, context, ofs=None, step_cache=None):
+        """step_cache: a `cogvid.diffusion.step_cache.StepCache` that may skip the blocks after the first (sampling
+        with sampler.cache); None runs every block."""
         b, t, _, h, w = x.shape
         if t % self.p_t or h % self.p or w % self.p:
             raise ValueError(
@@ -321,13 +305,8 @@ class DiffusionTransformer(nn.Module):
         n_txt = context.shape[1]
         grid = (t // self.p_t, h // self.p, w // self.p)
 
-        # 1. Time embedding (+ ofs for 1.5-I2V): sinusoid of width D, then MLP to E.   emb: (b, E)
-        emb = self.time_embed(timestep_embedding(timesteps, self.dim).to(dtype))
-        if self.ofs_embed is not None:
-            if ofs is None:
-                raise ValueError("this model (1.5-I2V) needs `ofs` (2.0 at sampling)")
-            ofs = torch.as_tensor(ofs, device=x.device).reshape(-1)
-            emb = emb + self.ofs_embed(timestep_embedding(ofs, self.cfg.ofs_embed_dim).to(dtype))
+        # 1. Time embedding (+ ofs for 1.5-I2V).                                       emb: (b, E)
+        emb = self._time_embedding(timesteps, ofs, dtype, x.device)
 
         # 2. Patch embedding, [text ; video] tokens.                                   h: (b, n_txt + n_video, D)
         hidden = self.mixins["patch_embed"](x, context)
@@ -343,26 +322,8 @@ class DiffusionTransformer(nn.Module):
         if isinstance(pos, RotaryPositionEmbedding):
             rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, x.device))  # cast once, not per layer
 
-        # 4. L AdaLN blocks over the joint sequence.
-        #    With a step cache (sampling with sampler.cache) the blocks after the first may be skipped.
-        adaln = self.mixins["adaln_layer"]
-        cache, first = self.step_cache, None
-        for i, layer in enumerate(self.transformer.layers):
-            mod = adaln.adaLN_modulations[i](emb)
-            q_norm = adaln.query_layernorm_list[i] if adaln.query_layernorm_list is not None else None
-            k_norm = adaln.key_layernorm_list[i] if adaln.key_layernorm_list is not None else None
-            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(layer, hidden, mod, q_norm, k_norm, n_txt, rope, use_reentrant=False)
-            else:
-                hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope)
-            if i == 0 and cache is not None:
-                if (reused := cache.reuse(hidden)) is not None:
-                    hidden = reused
-                    break
-                first, hidden = hidden, hidden.clone()  # the blocks below add into hidden in place
-        else:
-            if first is not None:
-                cache.remember(first, hidden)
+        # 4. L AdaLN blocks over the joint sequence (with a step cache, the blocks after the first may be skipped).
+        hidden = self._blocks(hidden, emb, n_txt, rope, step_cache)
 
         # 5. Final LayerNorm over everything, then the final layer on video tokens.     (b, n_video, p_t p p c)
         hidden = self.transformer.final_layernorm(hidden)
@@ -379,6 +340,36 @@ class DiffusionTransformer(nn.Module):
             p=self.p,
             q=self.p,
         )
+
+    def _time_embedding(self, timesteps, ofs, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Sinusoid of width D, then MLP to E; for 1.5-I2V plus the ofs MLP of ofs's sinusoid.   (b, E)"""
+        emb = self.time_embed(timestep_embedding(timesteps, self.dim).to(dtype))
+        if self.ofs_embed is not None:
+            if ofs is None:
+                raise ValueError("this model (1.5-I2V) needs `ofs` (2.0 at sampling)")
+            ofs = torch.as_tensor(ofs, device=device).reshape(-1)
+            emb = emb + self.ofs_embed(timestep_embedding(ofs, self.cfg.ofs_embed_dim).to(dtype))
+        return emb
+
+    def _blocks(self, hidden, emb, n_txt: int, rope, cache) -> torch.Tensor:
+        """The L AdaLN blocks; with a step cache, its stand-in for blocks 2..L when the first block's output allows."""
+        adaln = self.mixins["adaln_layer"]
+        first = None
+        for i, layer in enumerate(self.transformer.layers):
+            mod = adaln.adaLN_modulations[i](emb)
+            q_norm = adaln.query_layernorm_list[i] if adaln.query_layernorm_list is not None else None
+            k_norm = adaln.key_layernorm_list[i] if adaln.key_layernorm_list is not None else None
+            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(layer, hidden, mod, q_norm, k_norm, n_txt, rope, use_reentrant=False)
+            else:
+                hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope)
+            if i == 0 and cache is not None:
+                if (reused := cache.reuse(hidden)) is not None:
+                    return reused
+                first, hidden = hidden, hidden.clone()  # the blocks below may add into hidden in place
+        if first is not None:
+            cache.remember(first, hidden)
+        return hidden
 
     def lora_layers(self) -> list[LoraLinear]:
         return [m for m in self.modules() if isinstance(m, LoraLinear)]

@@ -45,7 +45,7 @@ def load_t5_tokenizer(path: str, vocab_size: int | None = None, **kwargs):
     encoder's embedding rows, where that can be had by dropping sentinels.
 
     `T5Tokenizer` appends 100 sentinels (`<extra_id_N>`) after the sentencepiece pieces; t5-v1_1 has 128 spare rows
-    for them, a small T5 whose vocabulary is its own corpus's pieces (`cogvid.models.small_t5`) has none, so a prompt
+    for them, a small T5 whose vocabulary is its own corpus's pieces (`cogvid.shapes.small_t5`) has none, so a prompt
     holding "<extra_id_0>" would reach an id the encoder cannot embed. The sentinels that do not fit are dropped
     (that text then tokenises as ordinary text); no other id changes. A saved tokenizer.json keeps the sentinels it
     was saved with: the caller checks `len(tokenizer) <= vocab_size`. kwargs: `from_pretrained`'s, e.g.

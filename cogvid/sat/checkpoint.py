@@ -300,6 +300,28 @@ def describe_key_mismatch(
     return "; ".join(problems) or None
 
 
+def _route_into_lora(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str], int]:
+    """(the checkpoint's tensors under the model's keys, its keys the model lacks, how many were routed): a key the
+    model has is kept; `X.weight` / `X.bias` of a plain layer goes to the LoRA layer's `X.original.*`."""
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    routed = 0
+    for key, value in state.items():
+        if key in own:
+            mapped[key] = value
+            continue
+        stem, _, leaf = key.rpartition(".")
+        original = f"{stem}.original.{leaf}"
+        if stem and original in own and original not in state:
+            mapped[original] = value
+            routed += 1
+        else:
+            unexpected.append(key)
+    return mapped, unexpected, routed
+
+
 def load_backbone_state(
     model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
 ) -> LoadReport:
@@ -324,20 +346,7 @@ def load_backbone_state(
             f"use mode=lora model.lora_rank={ckpt_rank}"
         )
 
-    mapped: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    routed = 0
-    for key, value in state.items():
-        if key in own:
-            mapped[key] = value
-            continue
-        stem, _, leaf = key.rpartition(".")
-        original = f"{stem}.original.{leaf}"
-        if stem and original in own and original not in state:
-            mapped[original] = value
-            routed += 1
-        else:
-            unexpected.append(key)
+    mapped, unexpected, routed = _route_into_lora(state, own)
     missing = [k for k in own if k not in mapped]
     # A plain checkpoint into a LoRA model: the adapters it cannot have stay at their init, as in SAT.
     at_init = [k for k in missing if is_adapter(k)] if ckpt_rank is None and routed else []

@@ -341,6 +341,25 @@ def _read_transformer_args(ta: _Node, out: dict) -> None:
 
 def _read_modules(modules: _Node, out: dict, head_dim: int) -> None:
     """network_config.params.modules: the positional, patch-embed, adaLN, final-layer and LoRA mixins."""
+    _read_pos_embed(modules, out, head_dim)
+
+    _, patch = _component(modules, "patch_embed_config", ("ImagePatchEmbeddingMixin",))
+    out["text_hidden_size"] = patch.integer("text_hidden_size", minimum=1)  # None in SAT drops text_proj
+    patch.harmless("bias", True, why="the patch projection has a bias")
+    patch.finish()
+
+    _, adaln = _component(modules, "adaln_layer_config", ("AdaLNMixin",))
+    out["qk_ln"] = adaln.flag("qk_ln", True)
+    adaln.finish()
+
+    _paramless(modules, "final_layer_config", ("FinalLayerMixin",))
+
+    _read_lora(modules, out)
+    modules.finish()
+
+
+def _read_pos_embed(modules: _Node, out: dict, head_dim: int) -> None:
+    """pos_embed_config: sin-cos (2B; its interpolation factors) or 3-D RoPE (5B, 1.5; theta, learnable table)."""
     name, pe = _component(modules, "pos_embed_config", POS_EMBEDS)
     out["pos_embed"] = POS_EMBEDS[name]
     if out["pos_embed"] is PosEmbed.sincos:
@@ -368,17 +387,9 @@ def _read_modules(modules: _Node, out: dict, head_dim: int) -> None:
         raise CogvidError(f"{pe.where('text_length')} must be set to the T5 max_length (226 or 224)")
     pe.finish()
 
-    _, patch = _component(modules, "patch_embed_config", ("ImagePatchEmbeddingMixin",))
-    out["text_hidden_size"] = patch.integer("text_hidden_size", minimum=1)  # None in SAT drops text_proj
-    patch.harmless("bias", True, why="the patch projection has a bias")
-    patch.finish()
 
-    _, adaln = _component(modules, "adaln_layer_config", ("AdaLNMixin",))
-    out["qk_ln"] = adaln.flag("qk_ln", True)
-    adaln.finish()
-
-    _paramless(modules, "final_layer_config", ("FinalLayerMixin",))
-
+def _read_lora(modules: _Node, out: dict) -> None:
+    """lora_config (optional): LoraMixin's rank and alpha; rank 0 without it."""
     lora = _component(modules, "lora_config", ("LoraMixin",), required=False)
     if lora is None:
         out["lora_rank"], out["lora_alpha"] = 0, _schema_default(ModelConfig, "lora_alpha")
@@ -394,7 +405,6 @@ def _read_modules(modules: _Node, out: dict, head_dim: int) -> None:
         lp.harmless("hidden_size_per_attention_head", None, why="only read with head_first")
         lp.ignored("cross_attention")  # only adapts cross-attention layers, which the DiT does not have
         lp.finish()
-    modules.finish()
 
 
 def _read_discretization(parent: _Node, key: str) -> tuple[str, float]:
@@ -688,41 +698,25 @@ def convert_sat_config(
     model = top.child("model")
     out: dict[str, Any] = {"name": name}
 
+    # 1. The model section: network, denoiser + sampler + loss (one shift_scale), conditioner, first stage.
     _read_network(model, out)
-    shifts = [_read_denoiser(model)]
+    denoiser_shift = _read_denoiser(model)
     sampler, sampler_shift = _read_sampler(model)
-    shifts.append(sampler_shift)
-    loss_shift = _read_loss(model, out)
-    if loss_shift is not None:
-        shifts.append(loss_shift)
-    if any(not _same(s, shifts[0][1]) for _, s in shifts):
-        listed = ", ".join(f"{where} = {s}" for where, s in shifts)
-        raise CogvidError(f"the ZeroSNR shift_scale values disagree: {listed}")
-    out["shift_scale"] = shifts[0][1]
+    out["shift_scale"] = _one_shift_scale(denoiser_shift, sampler_shift, _read_loss(model, out))
     text_encoder = _read_conditioner(model, out["text_length"])
     first_stage = _read_first_stage(model, out)
     _read_model_scalars(model, out)
     model.finish()
+    _check_in_channels(out)
 
-    expected_in = out["out_channels"] * (2 if out["noised_image_input"] else 1)
-    if out["in_channels"] != expected_in:
-        why = "noisy latent + image latent" if out["noised_image_input"] else "noised_image_input is false"
-        raise CogvidError(
-            f"model.network_config.params.in_channels = {out['in_channels']} must be {expected_in} ({why})"
-        )
-
+    # 2. The run's args (its dtype); the training-run sections that SAT merges from other --base files (sft.yaml)
+    #    are not about the model.
     args_dtype, notes = _read_args(top, out["out_channels"])
-    # Training-run sections that SAT merges from other --base files (sft.yaml): not about the model.
     top.ignored("data", "deepspeed")
     top.finish()
 
-    if dtype is not None:
-        try:
-            out["dtype"] = Dtype(dtype)
-        except ValueError:
-            raise CogvidError(f"dtype {dtype!r} is not one of {', '.join(d.value for d in Dtype)}") from None
-    else:
-        out["dtype"] = args_dtype or _schema_default(ModelConfig, "dtype")
+    # 3. What the YAML does not say: the dtype asked for, run choices, and where the weights come from.
+    out["dtype"] = _dtype(dtype) if dtype is not None else args_dtype or _schema_default(ModelConfig, "dtype")
     out["checkpoint_activations"] = False  # a run choice, see _read_transformer_args
     out["zero_final_linear"] = False  # SAT's from-scratch init: a xavier output projection
     out["ckpt"] = None  # weights come from model.ckpt=... at run time
@@ -749,6 +743,33 @@ def convert_sat_config(
         source=source,
         notes=notes,
     )
+
+
+def _one_shift_scale(*shifts: tuple[str, float] | None) -> float:
+    """The ZeroSNR shift_scale that the denoiser, the sampler and the loss (when it has one) all give, as
+    (where, value) pairs; one line when they disagree."""
+    given = [s for s in shifts if s is not None]
+    if any(not _same(value, given[0][1]) for _, value in given):
+        listed = ", ".join(f"{where} = {value}" for where, value in given)
+        raise CogvidError(f"the ZeroSNR shift_scale values disagree: {listed}")
+    return given[0][1]
+
+
+def _check_in_channels(out: dict) -> None:
+    """The DiT's input is the noisy latent, and for I2V (noised_image_input) the image latent beside it."""
+    expected_in = out["out_channels"] * (2 if out["noised_image_input"] else 1)
+    if out["in_channels"] != expected_in:
+        why = "noisy latent + image latent" if out["noised_image_input"] else "noised_image_input is false"
+        raise CogvidError(
+            f"model.network_config.params.in_channels = {out['in_channels']} must be {expected_in} ({why})"
+        )
+
+
+def _dtype(dtype: str | Dtype) -> Dtype:
+    try:
+        return Dtype(dtype)
+    except ValueError:
+        raise CogvidError(f"dtype {dtype!r} is not one of {', '.join(d.value for d in Dtype)}") from None
 
 
 def _in_schema_order(schema: type, values: dict) -> dict:

@@ -29,7 +29,7 @@ from cogvid.config.compose import compose, package_path
 from cogvid.training.resume import SAT_DIR
 from cogvid.training.vae_module import EVAL_FILE, VAE_CKPT
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import write_atomic
+from cogvid.utils.files import staged_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -224,18 +224,15 @@ class Recipe:
         )
 
         target = self.settings.ship_dir
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        state, _ = read_sat_state_dict(self.dit_dir / SAT_DIR)  # the DiT run's latest checkpoint
-        dit = {k.removeprefix(DIT_PREFIX): _ship(v) for k, v in state.items()}
-        save_sat_checkpoint(dit, staging / "transformer", iteration=self.record["dit"]["steps"])
-        vae = {k: _ship(v) for k, v in read_sat_vae_state_dict(self.vae_ckpt).items()}
-        write_sat_model_states(staging / "vae" / "3d-vae.pt", vae, wrapper="state_dict", desc="vae")
-        shutil.copytree(self.t5, staging / "t5")
-        scale = self.scale_factor()
-        set_scale_factor(self.settings.model_config, scale)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        with staged_folder(target, overwrite=True) as staging:  # the old weights stay until the new ones are whole
+            state, _ = read_sat_state_dict(self.dit_dir / SAT_DIR)  # the DiT run's latest checkpoint
+            dit = {k.removeprefix(DIT_PREFIX): _ship(v) for k, v in state.items()}
+            save_sat_checkpoint(dit, staging / "transformer", iteration=self.record["dit"]["steps"])
+            vae = {k: _ship(v) for k, v in read_sat_vae_state_dict(self.vae_ckpt).items()}
+            write_sat_model_states(staging / "vae" / "3d-vae.pt", vae, wrapper="state_dict", desc="vae")
+            shutil.copytree(self.t5, staging / "t5")
+            scale = self.scale_factor()
+            set_scale_factor(self.settings.model_config, scale)
         sizes = {p.relative_to(target).as_posix(): p.stat().st_size for p in sorted(target.rglob("*")) if p.is_file()}
         return {"scale_factor": round(scale, 8), "files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
 

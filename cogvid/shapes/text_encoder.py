@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cogvid.models.small_t5 import SmallT5Sizes, build_small_t5
 from cogvid.shapes.dataset import (
     COLOURS,
     DIRECTIONS,
@@ -19,6 +18,7 @@ from cogvid.shapes.dataset import (
     plain_caption,
     training_combinations,
 )
+from cogvid.shapes.small_t5 import SmallT5Sizes, build_small_t5
 
 # d_model is the shapes DiT's text_hidden_size (conf/model/shapes.yaml). A word-level tokenizer: the captions use
 # about 30 words, each one piece; sentencepiece's unigram and BPE models on so small a corpus leave words in pieces.

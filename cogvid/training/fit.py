@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import Dataset
 
 from cogvid.training.datamodule import TrainData
 from cogvid.training.metrics import TrainMetrics
 from cogvid.training.module import PRECISION_DTYPES, VideoDiffusionModule
-from cogvid.training.resume import SAT_DIR, STATE, ResumableCheckpoints, check_resumable, resolve_resume, run_signature
-from cogvid.training.run import output_dir
-from cogvid.training.strategies import accelerator, build_strategy, resolve_precision, strategy_name
+from cogvid.training.plan import TrainPlan
+from cogvid.training.resume import SAT_DIR, STATE, ResumableCheckpoints
+from cogvid.training.strategies import build_strategy
 from cogvid.training.trainer import build_trainer
 from cogvid.training.validation import ValidationVideos
 
@@ -35,20 +34,16 @@ class TrainResult:
     trainer: L.Trainer | None = None
 
 
-def fit(cfg, dataset: Dataset, deepspeed_strategy_class=None) -> TrainResult:
-    """task=fit: train the DiT (LoRA or SFT) on `dataset` (`cogvid.training.run.fit_dataset`: videos or a latent
-    cache, already checked), resuming when asked."""
+def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
+    """task=fit: train the DiT (LoRA or SFT) as `plan` (`cogvid.training.plan.plan_train`) says: on its checked
+    dataset (videos or a latent cache), resuming from its resume point."""
     t = cfg.train
-    out_dir = output_dir(cfg)
-    precision = resolve_precision(cfg)
-    world_size = t.devices * t.num_nodes if strategy_name(cfg) != "single" else 1
-    signature = run_signature(cfg, world_size)
-    resume_dir = resolve_resume(t.resume, out_dir)
-    start_step = check_resumable(resume_dir, signature) if resume_dir is not None else 0
+    out_dir, precision, world_size, signature = plan.out_dir, plan.precision, plan.world_size, plan.signature
+    resume_dir, start_step = plan.resume_dir, plan.start_step
 
     L.seed_everything(t.seed, workers=False, verbose=False)  # the same LoRA init on every rank and every run
     module = VideoDiffusionModule(cfg, precision=precision)
-    data = TrainData(dataset, t.batch_size, t.seed, cfg.data.num_workers, t.accumulate_grad_batches)
+    data = TrainData(plan.dataset, t.batch_size, t.seed, cfg.data.num_workers, t.accumulate_grad_batches)
 
     sat_dtype = None if precision == "32" else PRECISION_DTYPES[precision]  # SAT stores the training dtype
     sat_from_ema = str(getattr(t.sat_weights, "value", t.sat_weights)) == "ema"
@@ -62,10 +57,10 @@ def fit(cfg, dataset: Dataset, deepspeed_strategy_class=None) -> TrainResult:
         cfg,
         out_dir,
         callbacks,
-        accelerator=accelerator(cfg),
+        accelerator=plan.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(cfg, deepspeed_strategy_class),
+        strategy=build_strategy(plan.strategy, t.process_group_backend, plan.deepspeed, deepspeed_strategy_class),
         precision=precision,
     )
     if trainer.is_global_zero:
@@ -73,7 +68,7 @@ def fit(cfg, dataset: Dataset, deepspeed_strategy_class=None) -> TrainResult:
             "training %s (mode=%s, %s, precision %s) on %d process(es) from step %d to %d; output %s",
             cfg.model.name,
             cfg.mode.name,
-            strategy_name(cfg),
+            plan.strategy,
             precision,
             trainer.world_size,
             start_step,
@@ -88,6 +83,7 @@ def fit(cfg, dataset: Dataset, deepspeed_strategy_class=None) -> TrainResult:
             "EMA" if sat_from_ema else "trained",
         )
     ckpt_path = str(resume_dir / STATE) if resume_dir is not None else None
+    module.ema_resume = resume_dir / STATE if resume_dir is not None else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return TrainResult(
         output_dir=out_dir,

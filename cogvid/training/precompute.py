@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from cogvid.config.schema import is_image_to_video
-from cogvid.models.frozen import check_vae_file
 from cogvid.models.layout import to_vae_layout
-from cogvid.training.data import BadVideo, VideoClips, clip_spec, find_clips, latent_frames, load_clip
+from cogvid.training.data import BadVideo, ClipSpec, latent_frames, load_clip
+from cogvid.training.plan import TrainPlan
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import clean_stale, write_atomic
 from cogvid.utils.runtime import TORCH_DTYPES, dist_env
@@ -48,8 +49,8 @@ CACHE_FORMAT = "cogvid-latents"
 CACHE_VERSION = 1
 
 
-def cache_meta(cfg) -> dict:
-    spec = clip_spec(cfg)
+def cache_meta(cfg, spec: ClipSpec) -> dict:
+    """What `data.cache/meta.json` says of latents made from clips cut as `spec` for `cfg.model`."""
     m = cfg.model
     return {
         "format": CACHE_FORMAT,
@@ -86,69 +87,54 @@ class PrecomputeReport:
     skipped: int
 
 
-def run_precompute(cfg) -> PrecomputeReport:
-    """Encode this rank's share of `data.root` / `data.manifest` into `data.cache`."""
+def check_cache_agrees(root: Path, meta: dict) -> None:
+    """One line when `root` already holds latents made with other settings than `meta` (its source may differ)."""
+    if not (root / "meta.json").is_file():
+        return
+    old = read_cache_meta(root)
+    differ = [k for k in meta if k != "source" and old.get(k) != meta[k]]
+    if differ:
+        raise CogvidError(
+            f"data.cache={root} holds latents made with other settings ({', '.join(differ)}); use a new folder"
+        )
+
+
+def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
+    """Encode this rank's share of the plan's clips (`cogvid.training.plan.plan_train`) into its `data.cache`."""
     from cogvid.models.t5 import T5Conditioner
     from cogvid.models.vae import CausalVideoVAE
     from cogvid.sat.checkpoint import load_sat_vae
 
-    if not cfg.data.cache:
-        raise CogvidError("task=precompute needs data.cache=<folder> to write the latents into")
-    if not cfg.model.vae_ckpt:
-        raise CogvidError("task=precompute needs model.vae_ckpt (SAT's vae/3d-vae.pt)")
-    if not cfg.model.text_encoder.path:
-        raise CogvidError("task=precompute needs model.text_encoder.path (the T5 folder)")
     rank, world, local_rank = dist_env()
-    check_vae_file(cfg.model.vae_ckpt)
-    clips, spec = find_clips(cfg), clip_spec(cfg)
-    VideoClips(clips, spec).check_readable()  # one clip decodes to enough frames, before meta.json is written
-    root = Path(cfg.data.cache).expanduser()
-    meta = cache_meta(cfg)
-    existing = root / "meta.json"
-    if existing.is_file():
-        old = read_cache_meta(root)
-        differ = [k for k in meta if k != "source" and old.get(k) != meta[k]]
-        if differ:
-            raise CogvidError(
-                f"data.cache={root} holds latents made with other settings ({', '.join(differ)}); use a new folder"
-            )
-    elif rank == 0:
-        write_atomic(existing, lambda f: f.write(json.dumps(meta, indent=2).encode()))
-    for folder in (root, root / "samples"):
-        if folder.is_dir():
-            clean_stale(folder)  # temp files of a killed precompute
-
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else torch.float32
     vae = load_sat_vae(cfg.model.vae_ckpt, CausalVideoVAE.from_config(cfg.model.vae)).to(device, dtype)
     t5 = T5Conditioner.from_pretrained(cfg.model.text_encoder.path, cfg.model.text_length, dtype=dtype, device=device)
+    encode = partial(_encode_clip, vae, t5, image_seed=cfg.train.seed if plan.cache_meta["image_latents"] else None)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
 
-    mine = range(rank, len(clips), world)
+    root = plan.cache  # both models loaded: the cache is written from here on
+    if rank == 0 and not (root / "meta.json").is_file():
+        write_atomic(root / "meta.json", lambda f: f.write(json.dumps(plan.cache_meta, indent=2).encode()))
+    for folder in (root, root / "samples"):
+        if folder.is_dir():
+            clean_stale(folder)  # temp files of a killed precompute
+
     written = kept = 0
     skipped: list[str] = []
-    for i in tqdm(mine, desc=f"precompute (rank {rank}/{world})", disable=rank != 0):
-        clip = clips[i]
+    for i in tqdm(range(rank, len(plan.clips), world), desc=f"precompute (rank {rank}/{world})", disable=rank != 0):
+        clip = plan.clips[i]
         target = root / "samples" / f"{i:08d}.safetensors"
         if target.is_file():
             kept += 1
             continue
         try:
-            video, _ = load_clip(clip.path, spec)
+            video, _ = load_clip(clip.path, plan.spec)
         except BadVideo as ex:
             log.warning("skipping %s: %s", clip.path, ex)
             skipped.append(f"{clip.path}\t{ex}")
             continue
-        with torch.no_grad():
-            x = to_vae_layout(video[None]).to(device, dtype)  # (F, 3, H, W) -> (1, 3, F, H, W)
-            mean, logvar = vae.encode_moments(x).float().chunk(2, dim=1)
-            tensors = {"mean": mean[0], "logvar": logvar[0], "crossattn": t5.encode([clip.caption])[0].float()}
-            if is_image_to_video(cfg.model):
-                g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.train.seed, i]).generate_state(1)[0]))
-                image = augment_first_frame(x[:, :, :1], g)
-                image_mean, image_logvar = vae.encode_moments(image).float().chunk(2, dim=1)
-                tensors |= {"image_mean": image_mean[0], "image_logvar": image_logvar[0]}
-        tensors = {k: v.to(dtype_out).cpu().contiguous() for k, v in tensors.items()}
+        tensors = {k: v.to(dtype_out).cpu().contiguous() for k, v in encode(video, clip.caption, i).items()}
         blob = save(tensors, metadata={"caption": clip.caption, "source": str(clip.path)})
         write_atomic(target, lambda f, b=blob: f.write(b))
         written += 1
@@ -164,6 +150,22 @@ def run_precompute(cfg) -> PrecomputeReport:
         root,
     )
     return PrecomputeReport(written, kept, len(skipped))
+
+
+@torch.no_grad()
+def _encode_clip(vae, t5, video: torch.Tensor, caption: str, index: int, image_seed: int | None) -> dict:
+    """The sample of one clip (F, 3, H, W), float32: its posterior moments and caption embedding; with `image_seed`
+    (I2V: train.seed) also the moments of its first frame, noise-augmented with a draw of its own for clip `index`."""
+    weight = next(vae.parameters())
+    x = to_vae_layout(video[None]).to(weight.device, weight.dtype)  # (F, 3, H, W) -> (1, 3, F, H, W)
+    mean, logvar = vae.encode_moments(x).float().chunk(2, dim=1)
+    tensors = {"mean": mean[0], "logvar": logvar[0], "crossattn": t5.encode([caption])[0].float()}
+    if image_seed is not None:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([image_seed, index]).generate_state(1)[0]))
+        image = augment_first_frame(x[:, :, :1], g)
+        image_mean, image_logvar = vae.encode_moments(image).float().chunk(2, dim=1)
+        tensors |= {"image_mean": image_mean[0], "image_logvar": image_logvar[0]}
+    return tensors
 
 
 def read_cache_meta(root: Path) -> dict:

@@ -48,21 +48,23 @@ def accelerator(cfg) -> str:
     raise CogvidError(f"device={cfg.device}: training takes device=auto | cpu | cuda (GPUs by train.devices)")
 
 
-def resolve_precision(cfg) -> str:
-    """train.precision, or the model dtype's mixed precision on a GPU and 32 on the CPU."""
+def device_placement(cfg) -> tuple[str, str]:
+    """(Lightning accelerator, precision) of a run: train.precision, or the model dtype's mixed precision on a GPU and
+    32 on the CPU."""
+    where = accelerator(cfg)
     p = cfg.train.precision
     if p is None:
         model_dtype = str(getattr(cfg.model.dtype, "value", cfg.model.dtype))
-        return DTYPE_PRECISIONS[model_dtype] if accelerator(cfg) == "gpu" else "32"
+        return where, DTYPE_PRECISIONS[model_dtype] if where == "gpu" else "32"
     p = str(p)
     if p not in PRECISIONS:
         raise CogvidError(f"train.precision={p}: expected one of {', '.join(PRECISIONS)}")
-    return p
+    return where, p
 
 
-def deepspeed_config(cfg) -> dict:
-    """The DeepSpeed JSON config from train.deepspeed (SAT sft.yaml values); Lightning adds batch size, precision
-    and gradient clipping."""
+def deepspeed_config(cfg, precision: str) -> dict:
+    """The DeepSpeed JSON config from train.deepspeed (SAT sft.yaml values) for a run in `precision`; Lightning adds
+    batch size, precision and gradient clipping."""
     ds = cfg.train.deepspeed
     if ds.stage not in (2, 3):
         raise CogvidError(f"train.deepspeed.stage={ds.stage}: cogvid trains with ZeRO stage 2 or 3")
@@ -82,7 +84,7 @@ def deepspeed_config(cfg) -> dict:
             raise CogvidError("train.deepspeed.offload_parameters needs train.deepspeed.stage=3")
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     config = {"zero_optimization": zero, "zero_allow_untested_optimizer": True}
-    if resolve_precision(cfg) == "16-mixed":
+    if precision == "16-mixed":
         config["fp16"] = {
             "enabled": True,
             "loss_scale": 0,
@@ -93,20 +95,17 @@ def deepspeed_config(cfg) -> dict:
     return config
 
 
-def build_strategy(cfg, deepspeed_strategy_class=None):
-    """The Lightning strategy for train.strategy; `deepspeed_strategy_class` lets tests lift DeepSpeed's GPU check."""
+def build_strategy(name: str, backend: str | None, deepspeed: dict | None, deepspeed_strategy_class=None):
+    """The Lightning strategy `name` (train.strategy) with the process group `backend`; `deepspeed`: the DeepSpeed
+    config of `deepspeed_config`; `deepspeed_strategy_class` lets tests lift DeepSpeed's GPU check."""
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-    name = strategy_name(cfg)
-    backend = cfg.train.process_group_backend
     if name == "single":
-        if cfg.train.devices != 1 or cfg.train.num_nodes != 1:
-            raise CogvidError("train=single runs one process: use train=ddp or a deepspeed strategy for more devices")
         return "auto"
     if name == "ddp":
         return DDPStrategy(process_group_backend=backend)
     cls = deepspeed_strategy_class or DeepSpeedStrategy
-    return cls(config=deepspeed_config(cfg), process_group_backend=backend)
+    return cls(config=deepspeed, process_group_backend=backend)
 
 
 def externally_launched() -> bool:

@@ -34,13 +34,12 @@ from cogvid.config.schema import Generation, VaeLoss
 from cogvid.models.layout import to_vae_layout
 from cogvid.models.vae import LOGVAR_RANGE, CausalVideoVAE, sample_posterior
 from cogvid.sat.checkpoint import load_sat_vae, write_sat_model_states
-from cogvid.training.data import ClipsInMemory, VideoClips, clip_spec, find_clips, step_generator
+from cogvid.training.data import ClipsInMemory, VideoClips, step_generator
 from cogvid.training.datamodule import TrainData
 from cogvid.training.metrics import TrainMetrics
 from cogvid.training.optim import linear_schedule, param_groups, warmup_steps
-from cogvid.training.strategies import accelerator, resolve_precision, strategy_name
+from cogvid.training.plan import TrainPlan
 from cogvid.training.trainer import build_trainer
-from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -275,49 +274,26 @@ class VaeTrainResult:
     trainer: L.Trainer | None = None
 
 
-def check_vae_run(cfg) -> None:
-    """What task=vae refuses beyond the option values (`cogvid.config.checks.check_values`), before it reads a video
-    or writes a file."""
+def fit_vae(cfg, plan: TrainPlan) -> VaeTrainResult:
+    """Train the VAE on the clips of `plan` (`cogvid.training.plan.plan_train`: data.root / data.manifest minus the
+    held-out clips, checked) and write it to the plan's output dir."""
     t, v = cfg.train, cfg.train.vae
-    if strategy_name(cfg) != "single" or t.devices != 1 or t.num_nodes != 1:
-        raise CogvidError("task=vae trains in one process: use train=single train.devices=1 train.num_nodes=1")
-    if t.resume:
-        raise CogvidError(f"task=vae does not resume (train.resume={t.resume}): start the run again")
-    if cfg.data.cache:
-        raise CogvidError("task=vae trains on videos (data.root or data.manifest), not on data.cache latents")
-    if v.init and not Path(v.init).expanduser().is_file():
-        raise CogvidError(f"train.vae.init={v.init}: no such file (a 3d-vae.pt, e.g. OUT/vae/3d-vae.pt)")
-
-
-def fit_vae(cfg, out_dir: Path) -> VaeTrainResult:
-    """Train the VAE on data.root / data.manifest (minus `train.vae.holdout` clips) and write it to `out_dir`."""
-    check_vae_run(cfg)
-    t, v = cfg.train, cfg.train.vae
-    spec = clip_spec(cfg)
-    clips = find_clips(cfg)
-    if len(clips) <= v.holdout:
-        raise CogvidError(
-            f"{len(clips)} clips, train.vae.holdout={v.holdout}: hold out fewer, so that some are left to train on"
-        )
+    out_dir, spec = plan.out_dir, plan.spec
     L.seed_everything(t.seed, workers=False, verbose=False)  # the same initial VAE every run
     module = VaeModule(cfg)
     if v.init:
         load_sat_vae(Path(v.init).expanduser(), module.vae).train()  # strict: the same sizes
         log.info("task=vae: starting from %s", v.init)
-    held = set(holdout_indices(len(clips), v.holdout))
-    train_clips = [c for i, c in enumerate(clips) if i not in held]
-    holdout_clips = [clips[i] for i in sorted(held)]
-    holdout_data = ClipsInMemory(VideoClips(holdout_clips, spec), progress=t.progress_bar)
-    holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in holdout_clips])
-    dataset = VideoClips(train_clips, spec)
-    dataset.check_readable()  # before the Trainer starts (the held-out clips above may all be readable)
+    holdout_data = ClipsInMemory(VideoClips(list(plan.holdout), spec), progress=t.progress_bar)
+    holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in plan.holdout])
+    dataset = VideoClips(list(plan.clips), spec)
     workers = cfg.data.num_workers
     if v.clips_in_memory:
         dataset, workers = ClipsInMemory(dataset, progress=t.progress_bar), 0  # in memory: workers only copy
     log.info(
         "task=vae: %d training clips, %d held out (%d frames, %dx%d)",
         len(dataset),
-        v.holdout,
+        len(plan.holdout),
         spec.num_frames,
         spec.height,
         spec.width,
@@ -330,10 +306,10 @@ def fit_vae(cfg, out_dir: Path) -> VaeTrainResult:
         cfg,
         out_dir,
         [metrics, checkpoints],
-        accelerator=accelerator(cfg),
+        accelerator=plan.accelerator,
         devices=1,
         strategy="auto",
-        precision=resolve_precision(cfg),
+        precision=plan.precision,
     )
     log.info("training the VAE of %s for %d steps; output %s", cfg.model.name, t.max_steps, out_dir)
     trainer.fit(module, datamodule=data)

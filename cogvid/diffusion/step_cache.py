@@ -5,12 +5,12 @@ blocks add to it. At every call the first block runs; its output is compared wit
 last call that ran every block (the mean absolute change over the mean absolute value). Below the threshold, the
 other blocks are skipped and that call's residual (last block's output minus the first block's) is added instead.
 Otherwise every block runs and the pair is remembered. Threshold 0 never reuses: the exact path.
+
+One cache lives for one sampling run: `sample_latents` makes it and hands it to the DiT at every call, through the
+network closure (`cogvid.diffusion.conditioning.image_network`).
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -35,17 +35,3 @@ class StepCache:
 
     def remember(self, first: torch.Tensor, last: torch.Tensor) -> None:
         self.first, self.residual = first, last - first
-
-
-@contextlib.contextmanager
-def step_cache(backbone: torch.nn.Module, threshold: float | None) -> Iterator[StepCache | None]:
-    """Give `backbone` (a DiffusionTransformer) a fresh StepCache for one sampling run; None/absent: no cache."""
-    if threshold is None:
-        yield None
-        return
-    cache = StepCache(threshold)
-    backbone.step_cache = cache
-    try:
-        yield cache
-    finally:
-        backbone.step_cache = None

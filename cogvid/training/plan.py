@@ -1,0 +1,199 @@
+"""Plan, then fit: `plan_train(cfg)` turns a composed `train` config into one frozen `TrainPlan`, checked once before
+any model loads or file is written; `cogvid.training.run.run_train` then runs it and decides nothing.
+
+The checks go from the cheapest on: the option values (before torch is even imported), the processes and strategy,
+the weights the task needs, the data (one clip must decode, a latent cache must fit the model), then the resume point.
+Each task plans its own part: task=fit (`_plan_fit`), task=vae (`_plan_vae`), task=precompute (`_plan_precompute`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cogvid.config.checks import check_values
+from cogvid.config.schema import TrainTask
+from cogvid.utils.errors import CogvidError
+
+if TYPE_CHECKING:
+    from cogvid.training.data import Clip, ClipSpec
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Every decision of one cogvid-train job."""
+
+    task: TrainTask
+    out_dir: Path | None  # fit, vae: the run's folder (precompute writes into `cache`)
+    processes: int  # this node's processes; run_train starts ranks 1.. when no launcher did
+    spec: ClipSpec | None = None  # how a video becomes a clip (None: fit from data.cache)
+    clips: tuple[Clip, ...] = ()  # precompute: the clips to encode; vae: those to train on (one decodes)
+    holdout: tuple[Clip, ...] = ()  # vae: the held-out clips its PSNR is measured on
+    cache: Path | None = None  # data.cache: fit reads it, precompute writes it
+    cache_meta: dict | None = None  # precompute: data.cache/meta.json (an existing one agrees with it)
+    dataset: Any = None  # fit: the training data, videos (`VideoClips`) or the cache (`CachedLatents`), checked
+    accelerator: str = "cpu"  # fit, vae: Lightning's accelerator, gpu | cpu
+    precision: str = "32"  # fit, vae: Lightning's precision, bf16-mixed | 16-mixed | 32
+    strategy: str = "single"  # train.strategy: single | ddp | deepspeed
+    deepspeed: dict | None = None  # the DeepSpeed JSON config (strategy deepspeed)
+    world_size: int = 1  # fit: the processes of the whole run
+    signature: dict | None = None  # fit: what a resumed run must share with this one
+    resume_dir: Path | None = None  # fit: the checkpoint folder to continue from
+    start_step: int = 0
+
+
+def plan_train(cfg, run_dir: Path | None = None) -> TrainPlan:
+    """The checked plan of a composed `train` config (see the module doc). `run_dir`: the Hydra run dir the job will
+    write to, when it is planned before Hydra made it (None: Hydra's own, else ./outputs/cogvid-train)."""
+    check_values(cfg)  # first: a refused option value costs no torch import (the planners below import it)
+    task = TrainTask(cfg.task)
+    if task is TrainTask.precompute:
+        return _plan_precompute(cfg)
+    out_dir = output_dir(cfg, run_dir)
+    return _plan_vae(cfg, out_dir) if task is TrainTask.vae else _plan_fit(cfg, out_dir)
+
+
+def output_dir(cfg, run_dir: Path | None = None) -> Path:
+    """train.output_dir, else the Hydra run dir (shared by every rank of one job), else ./outputs/cogvid-train."""
+    if cfg.train.output_dir:
+        return Path(cfg.train.output_dir).expanduser()
+    if run_dir is not None:
+        return Path(run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs") / "cogvid-train"
+
+
+def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
+    """task=fit: processes and strategy, the weights, the data, then the resume point."""
+    from cogvid.models.frozen import check_vae_file
+    from cogvid.training.strategies import deepspeed_config, device_placement, externally_launched, strategy_name
+
+    t = cfg.train
+    strategy = strategy_name(cfg)
+    if strategy == "single" and (t.devices != 1 or t.num_nodes != 1):
+        raise CogvidError("train=single runs one process: use train=ddp or a deepspeed strategy for more devices")
+    if externally_launched() and int(os.environ.get("WORLD_SIZE", 1)) > 1 and not t.output_dir:
+        raise CogvidError(
+            "under torchrun or SLURM every rank makes its own Hydra run dir: give them one with "
+            "train.output_dir=/shared/path"
+        )
+    accelerator, precision = device_placement(cfg)
+    deepspeed = deepspeed_config(cfg, precision) if strategy == "deepspeed" else None
+    if not cfg.data.cache:
+        if not cfg.model.get("vae_ckpt") or not cfg.model.text_encoder.path:
+            raise CogvidError(
+                "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
+                "or data.cache=<latents from task=precompute>"
+            )
+        check_vae_file(cfg.model.vae_ckpt)
+    if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
+        raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
+    spec, dataset = _fit_dataset(cfg)  # read before Lightning is imported (resume.py imports it)
+    from cogvid.training.resume import check_resumable, resolve_resume, run_signature
+
+    world_size = t.devices * t.num_nodes if strategy != "single" else 1
+    signature = run_signature(cfg, world_size)
+    resume_dir = resolve_resume(t.resume, out_dir)
+    return TrainPlan(
+        task=TrainTask.fit,
+        out_dir=out_dir,
+        processes=t.devices if strategy != "single" else 1,
+        spec=spec,
+        cache=Path(cfg.data.cache).expanduser() if cfg.data.cache else None,
+        dataset=dataset,
+        accelerator=accelerator,
+        precision=precision,
+        strategy=strategy,
+        deepspeed=deepspeed,
+        world_size=world_size,
+        signature=signature,
+        resume_dir=resume_dir,
+        start_step=check_resumable(resume_dir, signature) if resume_dir is not None else 0,
+    )
+
+
+def _fit_dataset(cfg) -> tuple[ClipSpec | None, Any]:
+    """task=fit's training data: the latent cache (data.cache, checked against the model) or the videos, one of
+    which must decode."""
+    from cogvid.training.data import VideoClips, clip_spec, find_clips
+    from cogvid.training.precompute import CachedLatents
+
+    if cfg.data.cache:
+        return None, CachedLatents(cfg)
+    spec = clip_spec(cfg)
+    dataset = VideoClips(find_clips(cfg), spec)
+    dataset.check_readable()
+    return spec, dataset
+
+
+def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
+    """task=vae: one process on videos, never resumed; the held-out clips and one training clip that decodes."""
+    from cogvid.training.data import VideoClips, clip_spec, find_clips
+    from cogvid.training.strategies import device_placement, strategy_name
+    from cogvid.training.vae_module import holdout_indices
+
+    t, v = cfg.train, cfg.train.vae
+    if strategy_name(cfg) != "single" or t.devices != 1 or t.num_nodes != 1:
+        raise CogvidError("task=vae trains in one process: use train=single train.devices=1 train.num_nodes=1")
+    if t.resume:
+        raise CogvidError(f"task=vae does not resume (train.resume={t.resume}): start the run again")
+    if t.get("ema_decay") is not None:
+        raise CogvidError("train.ema_decay averages the DiT's weights (task=fit); task=vae keeps no EMA")
+    if cfg.data.cache:
+        raise CogvidError("task=vae trains on videos (data.root or data.manifest), not on data.cache latents")
+    if v.init and not Path(v.init).expanduser().is_file():
+        raise CogvidError(f"train.vae.init={v.init}: no such file (a 3d-vae.pt, e.g. OUT/vae/3d-vae.pt)")
+    accelerator, precision = device_placement(cfg)
+    spec, clips = clip_spec(cfg), find_clips(cfg)
+    if len(clips) <= v.holdout:
+        raise CogvidError(
+            f"{len(clips)} clips, train.vae.holdout={v.holdout}: hold out fewer, so that some are left to train on"
+        )
+    held = set(holdout_indices(len(clips), v.holdout))
+    train_clips = tuple(c for i, c in enumerate(clips) if i not in held)
+    VideoClips(list(train_clips), spec).check_readable()  # before the Trainer starts
+    return TrainPlan(
+        task=TrainTask.vae,
+        out_dir=out_dir,
+        processes=1,
+        spec=spec,
+        clips=train_clips,
+        holdout=tuple(clips[i] for i in sorted(held)),
+        accelerator=accelerator,
+        precision=precision,
+    )
+
+
+def _plan_precompute(cfg) -> TrainPlan:
+    """task=precompute: the VAE and T5 it loads, the clips (one decodes), and a data.cache that takes these latents."""
+    from cogvid.models.frozen import check_vae_file
+    from cogvid.training.data import VideoClips, clip_spec, find_clips
+    from cogvid.training.precompute import cache_meta, check_cache_agrees
+
+    if not cfg.data.cache:
+        raise CogvidError("task=precompute needs data.cache=<folder> to write the latents into")
+    if not cfg.model.vae_ckpt:
+        raise CogvidError("task=precompute needs model.vae_ckpt (SAT's vae/3d-vae.pt)")
+    if not cfg.model.text_encoder.path:
+        raise CogvidError("task=precompute needs model.text_encoder.path (the T5 folder)")
+    spec = clip_spec(cfg)
+    videos = VideoClips(find_clips(cfg), spec)
+    check_vae_file(cfg.model.vae_ckpt)  # before a video is decoded
+    videos.check_readable()  # one clip decodes to enough frames, before meta.json is written
+    cache = Path(cfg.data.cache).expanduser()
+    meta = cache_meta(cfg, spec)
+    check_cache_agrees(cache, meta)
+    return TrainPlan(
+        task=TrainTask.precompute,
+        out_dir=None,
+        processes=cfg.train.devices,
+        spec=spec,
+        clips=tuple(videos.clips),
+        cache=cache,
+        cache_meta=meta,
+    )
