@@ -83,7 +83,6 @@ def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
             "EMA" if sat_from_ema else "trained",
         )
     ckpt_path = str(resume_dir / STATE) if resume_dir is not None else None
-    module.ema_resume = resume_dir / STATE if resume_dir is not None else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return TrainResult(
         output_dir=out_dir,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -27,10 +26,9 @@ from cogvid.models.frozen import FrozenParts, load_frozen_parts
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.vae import sample_posterior
 from cogvid.training.data import step_generator
-from cogvid.training.ema import EMA_KEY, EMA_SHARDS, LocalPart, ParameterEma, gather_whole, local_part, shard_file
+from cogvid.training.ema import EMA_KEY, ParameterEma
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
 from cogvid.training.precompute import augment_first_frame
-from cogvid.training.strategies import strategy_name
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.runtime import PRECISION_DTYPES, TORCH_DTYPES
 
@@ -60,7 +58,6 @@ class VideoDiffusionModule(L.LightningModule):
         decay = cfg.train.get("ema_decay")
         self.ema = ParameterEma(decay) if decay is not None else None  # train.ema_decay: started in on_fit_start
         self._ema_restored = False
-        self.ema_resume: Path | None = None  # under DeepSpeed: the state.ckpt folder whose ema/ this run resumes
         n_train = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.backbone.parameters())
         log.info(
@@ -91,7 +88,7 @@ class VideoDiffusionModule(L.LightningModule):
             if self._ema_restored:  # restored before the strategy moved the weights (single process, DDP)
                 self.ema.to(self.device)
             else:  # a fresh run; under DeepSpeed a checkpoint's average replaces this one just after
-                self.ema.start(self._ema_values())
+                self.ema.start(self.ema_parts())
 
     # --- one step --------------------------------------------------------------------------------------------------
     def _no_autocast(self):
@@ -162,23 +159,15 @@ class VideoDiffusionModule(L.LightningModule):
             self.backbone.train(was_training)
 
     # --- EMA of the trainable weights (train.ema_decay) --------------------------------------------------------------
-    @property
-    def ema_sharded(self) -> bool:
-        """Under DeepSpeed every rank averages its own ZeRO partition, and saves it in a file of its own."""
-        return strategy_name(self.cfg) == "deepspeed"
-
-    def ema_parts(self) -> dict[str, LocalPart]:
+    def ema_parts(self) -> dict[str, torch.Tensor]:
         """This process's part of every trainable weight: what its EMA averages."""
         params = dict(self.backbone.named_parameters())
-        return {name: local_part(params[name], self.global_rank) for name in self.trainable_names}
-
-    def _ema_values(self) -> dict[str, torch.Tensor]:
-        return {name: part.values for name, part in self.ema_parts().items()}
+        return {name: params[name] for name in self.trainable_names}
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None and self._weights_stepped():
-            self.ema.update(self._ema_values())
+            self.ema.update(self.ema_parts())
 
     def _weights_stepped(self) -> bool:
         """Whether the step just taken changed the weights: DeepSpeed's engine skips steps between accumulation
@@ -188,35 +177,22 @@ class VideoDiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def ema_state_dict(self) -> dict[str, torch.Tensor]:
-        """The EMA of every trainable weight, whole, fp32, on the CPU (backbone keys); under DeepSpeed gathered from
-        every rank's partition, so every rank must call it."""
-        if not self.ema_sharded:
-            return {name: w.detach().to("cpu", copy=True) for name, w in self.ema.weights.items()}
-        return {
-            name: gather_whole(self.ema.weights[name], part.start, part.shape, self.device)
-            for name, part in self.ema_parts().items()
-        }
-
-    def save_ema_shard(self, state_dir: Path) -> None:
-        """Under DeepSpeed: this rank's averages, into `state_dir/ema/rank-<rank>.pt` (beside DeepSpeed's shards)."""
-        path = shard_file(state_dir, self.global_rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        starts = {name: part.start for name, part in self.ema_parts().items()}
-        torch.save({**self.ema.state_dict(), "starts": starts, "world_size": self.trainer.world_size}, path)
+        """The EMA of every trainable weight, whole, fp32, on the CPU (backbone keys)."""
+        return {name: w.detach().to("cpu", copy=True) for name, w in self.ema.weights.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.ema is not None and not self.ema_sharded:  # DeepSpeed: save_ema_shard, called by every rank
+        if self.ema is not None:
             checkpoint[EMA_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.ema is None:
-            if EMA_KEY in checkpoint or (self.ema_resume is not None and (self.ema_resume / EMA_SHARDS).is_dir()):
+            if EMA_KEY in checkpoint:
                 log.info("train.ema_decay is off: the checkpoint's EMA weights are not used")
             return
-        state = self._saved_ema(checkpoint)
-        if state is None:
+        if EMA_KEY not in checkpoint:
             log.warning("the checkpoint holds no EMA weights: the EMA starts from the resumed weights")
             return
+        state = checkpoint[EMA_KEY]
         if set(state["weights"]) != set(self.trainable_names):
             raise CogvidError("train.resume: the checkpoint's EMA averages other weights than this run trains")
         if state["decay"] != self.ema.decay:
@@ -225,25 +201,8 @@ class VideoDiffusionModule(L.LightningModule):
                 state["decay"],
                 self.ema.decay,
             )
-        self.ema.load_state_dict(state)  # on the CPU; on_fit_start moves it (single process, DDP)
-        if self.ema_sharded:  # restored after the strategy's set-up: onto the devices of this rank's partitions
-            parts = self.ema_parts()
-            self.ema.weights = {name: w.to(parts[name].values.device) for name, w in self.ema.weights.items()}
+        self.ema.load_state_dict(state, device=self.device)
         self._ema_restored = True
-
-    def _saved_ema(self, checkpoint: dict) -> dict | None:
-        """The EMA state a checkpoint holds for this process: in the Lightning checkpoint, or (DeepSpeed) this
-        rank's file beside its shards; None if it holds none."""
-        if not self.ema_sharded:
-            return checkpoint.get(EMA_KEY)
-        path = shard_file(self.ema_resume, self.global_rank) if self.ema_resume is not None else None
-        if path is None or not path.is_file():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        starts = {name: part.start for name, part in self.ema_parts().items()}
-        if state["world_size"] != self.trainer.world_size or state["starts"] != starts:
-            raise CogvidError(f"train.resume: {path} holds the EMA of another ZeRO partitioning")
-        return state
 
     # --- optimizer -------------------------------------------------------------------------------------------------
     def configure_optimizers(self):

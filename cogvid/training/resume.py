@@ -4,8 +4,6 @@ Layout under the run's output dir:
 
     checkpoints/step-00000500/state.ckpt      Lightning checkpoint: weights, optimizer, LR schedule, step, loops
                                                (a folder of shards under DeepSpeed)
-                                               with train.ema_decay: the EMA too (under DeepSpeed one file per
-                                               rank, state.ckpt/ema/rank-00000.pt)
     checkpoints/step-00000500/meta.json       written last: model, mode, strategy, world size, step, and the size and
                                                SHA-256 of every file of state.ckpt (checked before resuming)
     checkpoints/latest                        "step-00000500"
@@ -278,8 +276,6 @@ class ResumableCheckpoints(Callback):
         try:
             with writing(final / STATE):  # a full disk is one line naming the file; older checkpoints stay as they are
                 trainer.save_checkpoint(tmp / STATE, weights_only=False)  # the full training state
-                if getattr(pl_module, "ema", None) is not None and pl_module.ema_sharded:
-                    pl_module.save_ema_shard(tmp / STATE)  # every rank its own EMA partition, beside its shards
         except CogvidError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
