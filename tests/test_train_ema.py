@@ -122,3 +122,13 @@ def test_task_vae_refuses_an_ema(tmp_path):
     with pytest.raises(CogvidError, match="task=vae keeps no EMA") as info:
         run_train(cfg)
     assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_deepspeed_refuses_an_ema_for_now(tmp_path):
+    cfg = compose(
+        ["model=tiny", "train=deepspeed_zero2", "train.devices=2", f"data.root={tmp_path}", "train.ema_decay=0.9"],
+        "train",
+    )
+    with pytest.raises(CogvidError, match="not supported under DeepSpeed") as info:
+        run_train(cfg)
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []

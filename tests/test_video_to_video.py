@@ -127,8 +127,8 @@ def test_strength_0_6_repaints_to_the_prompt_and_keeps_the_background(pipeline, 
 
 def test_strength_zero_writes_the_clip_back_for_every_prompt_and_video(pipeline, source, clip, tmp_path):
     """No step is run: each written video is the clip's VAE round trip (its latents are the clip's posterior mean),
-    as close to the clip as the round trip itself up to the MP4 encode (measured PSNR: 27.7 dB before it, 27.4-27.5 in
-    the written files)."""
+    as close to the clip as the round trip itself up to the MP4 encode (measured PSNR with the v2 shapes VAE: 26.0 dB
+    before it; v1's VAE, on smaller shapes, gave 27.7)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a blue circle moving right\na green square moving up\n")
     out = tmp_path / "out"
@@ -148,7 +148,7 @@ def test_strength_zero_writes_the_clip_back_for_every_prompt_and_video(pipeline,
     assert len(videos) == 4
     src = read_mp4(clip)
     round_trip = psnr(to_uint8_frames(pipeline.decode(source)), src)
-    assert round_trip > 27  # measured: 27.7 dB
+    assert round_trip > 25.5  # measured: 26.0 dB (the v2 shapes VAE; v1's, on smaller shapes, 27.7 dB)
     for video in videos:
         assert psnr(read_mp4(video), src) > round_trip - 0.5
         unscaled = load_file(video.with_suffix(".latents.safetensors"))["latents"]

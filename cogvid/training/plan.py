@@ -77,6 +77,11 @@ def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
     strategy = strategy_name(cfg)
     if strategy == "single" and (t.devices != 1 or t.num_nodes != 1):
         raise CogvidError("train=single runs one process: use train=ddp or a deepspeed strategy for more devices")
+    if strategy == "deepspeed" and t.get("ema_decay") is not None:
+        raise CogvidError(
+            "train.ema_decay is not supported under DeepSpeed yet (each rank would have to average its own ZeRO "
+            "partition): use train=single or train=ddp, or leave train.ema_decay unset"
+        )
     if externally_launched() and int(os.environ.get("WORLD_SIZE", 1)) > 1 and not t.output_dir:
         raise CogvidError(
             "under torchrun or SLURM every rank makes its own Hydra run dir: give them one with "
