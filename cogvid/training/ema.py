@@ -6,8 +6,9 @@ update already uses `decay`, as SAT's FusedEmaAdam does (its `ema_decay`, applie
 warm-up (decay growing with the step, as in some diffusion trainers) mostly matters for runs from random weights;
 fine-tuning starts from trained weights, so the average starts from a good point.
 
-Each process keeps the average of its own part of the weights (`LocalPart`): the whole tensor in a single process
-or under DDP (every rank holds the same weights and the same average), its ZeRO partition under DeepSpeed.
+A single process, or every DDP rank (each holds the same weights and so the same average), keeps the whole average.
+Under DeepSpeed the option is refused for now (`cogvid.training.plan`): each rank would have to average its own ZeRO
+partition.
 """
 
 from __future__ import annotations
