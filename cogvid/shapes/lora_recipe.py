@@ -14,19 +14,14 @@ The stages are recorded in OUT/recipe.json and a rerun skips the finished ones, 
 
 from __future__ import annotations
 
-import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cogvid.config.compose import compose
 from cogvid.sat.checkpoint import read_lora_adapters, save_sat_checkpoint
 from cogvid.shapes.dataset import reserved_combinations, training_combinations
 from cogvid.shapes.recipe import Recipe, RecipeSettings, _ship, shipped_dir
 from cogvid.training.resume import SAT_DIR
 from cogvid.utils.files import staged_folder
-
-log = logging.getLogger(__name__)
 
 LORA_STAGES = ("data", "precompute", "lora", "ship")
 WORD = "cyan"
@@ -79,9 +74,6 @@ class LoraRecipe(Recipe):
     def lora_dir(self) -> Path:
         return self.out / "lora"
 
-    def shipped_record_file(self) -> Path:
-        return self.settings.ship_dir / "recipe.json"
-
     def model_overrides(self) -> list[str]:
         """The shipped base model (its DiT, VAE, T5 and scale factor), plus the settings' size overrides."""
         return self.base_overrides()
@@ -97,15 +89,7 @@ class LoraRecipe(Recipe):
         return {"clips": n, "seed": DATA_SEED, "word": WORD}
 
     def stage_lora(self) -> dict:
-        from cogvid.training.metrics import read_train_log
-        from cogvid.training.run import run_train
-
-        shutil.rmtree(self.lora_dir, ignore_errors=True)
-        paths = [f"data.cache={self.cache}", f"train.output_dir={self.lora_dir}"]
-        result = run_train(compose([*self.model_overrides(), *self.settings.lora, *paths], "train"))
-        losses = [row["loss"] for row in read_train_log(result.output_dir).values()]
-        tail = losses[-200:]
-        return {"steps": result.final_step, "final_loss_mean_200": round(sum(tail) / len(tail), 5)}
+        return self.train_on_cache(self.lora_dir, self.settings.lora)
 
     def stage_ship(self) -> dict:
         adapters = {k: _ship(v) for k, v in read_lora_adapters(self.lora_dir / SAT_DIR).items()}

@@ -203,13 +203,17 @@ class Recipe:
         return {"samples": len(list((self.cache / "samples").glob("*.safetensors")))}
 
     def stage_dit(self) -> dict:
+        return self.train_on_cache(self.dit_dir, self.settings.dit)
+
+    def train_on_cache(self, out_dir: Path, settings: list[str]) -> dict:
+        """A cogvid-train run of the model on the cached latents into `out_dir` (emptied first); its steps and the
+        mean loss of its last 200 steps."""
         from cogvid.training.metrics import read_train_log
         from cogvid.training.run import run_train
 
-        shutil.rmtree(self.dit_dir, ignore_errors=True)
-        paths = [f"data.cache={self.cache}", f"train.output_dir={self.dit_dir}"]
-        overrides = [*self.model_overrides(), *self.settings.dit, *paths]
-        result = run_train(compose(overrides, "train"))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        paths = [f"data.cache={self.cache}", f"train.output_dir={out_dir}"]
+        result = run_train(compose([*self.model_overrides(), *settings, *paths], "train"))
         losses = [row["loss"] for row in read_train_log(result.output_dir).values()]
         tail = losses[-200:]
         return {"steps": result.final_step, "final_loss_mean_200": round(sum(tail) / len(tail), 5)}
