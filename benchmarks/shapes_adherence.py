@@ -87,10 +87,10 @@ class VaeReconstructions:
 
     def __init__(self, overrides: list[str]):
         from cogvid.config.compose import compose
-        from cogvid.models.frozen import load_vae
+        from cogvid.sat.loading import load_vae
 
         cfg = compose(["model=shapes", *overrides])
-        self.vae = load_vae(cfg, dtype=torch.float32)
+        self.vae = load_vae(cfg.model, dtype=torch.float32)
         self.settings = {"source": "VAE reconstruction (posterior mean)", "vae_ckpt": str(cfg.model.vae_ckpt)}
         self.psnr: list[tuple[float, float]] = []
 

@@ -8,7 +8,7 @@ __all__ = ["CogvidError", "build_model", "compose"]
 
 def build_model(cfg):
     """The diffusion model (DiT backbone + denoiser) of a composed config, with `model.ckpt` loaded when set;
-    see cogvid.diffusion.model."""
-    from cogvid.diffusion.model import build_model as _build
+    see cogvid.sat.loading."""
+    from cogvid.sat.loading import build_model as _build
 
-    return _build(cfg)
+    return _build(cfg.model)

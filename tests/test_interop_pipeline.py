@@ -16,11 +16,9 @@ import torch
 from conftest import FIXTURE
 
 import cogvid
-from cogvid.diffusion.model import build_model
 from cogvid.diffusion.sampling import sample_latents
 from cogvid.interop.run import run_export
-from cogvid.models.frozen import load_vae
-from cogvid.models.t5 import load_text_encoder
+from cogvid.sat.loading import build_model, load_text_encoder, load_vae
 
 PROMPT = "a red fox in snow"
 STEPS = 5
@@ -101,9 +99,9 @@ def cogvid_latents(ckpt, t5_path, latents: torch.Tensor) -> torch.Tensor:
             f"sampler.guidance_scale={GUIDANCE}",
         ]
     )
-    model = build_model(cfg)
+    model = build_model(cfg.model)
     model.backbone.eval()
-    t5 = load_text_encoder(cfg)
+    t5 = load_text_encoder(cfg.model)
     cond, uncond = t5.encode([PROMPT]), t5.encode([""])
     return sample_latents(model, cfg.sampler, cond, uncond, noise=latents)
 
@@ -147,7 +145,7 @@ def test_pipeline_imports_to_sat_and_samples(pipeline_dir, tmp_path):
     ours = cogvid_latents(sat / "transformer", sat / "t5-v1_1-xxl", latents)
     reference = cogvid_latents(FIXTURE / "dit_ckpt", pipeline_dir, latents)
     assert torch.equal(ours, reference)
-    vae = load_vae(cogvid.compose(["model=tiny", f"model.vae_ckpt={sat / 'vae' / '3d-vae.pt'}"]))
+    vae = load_vae(cogvid.compose(["model=tiny", f"model.vae_ckpt={sat / 'vae' / '3d-vae.pt'}"]).model)
     video = vae.decode_chunked(ours.permute(0, 2, 1, 3, 4) / 1.15258426)
     assert video.shape == (1, 3, 9, 48, 64)
 

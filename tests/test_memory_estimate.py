@@ -175,10 +175,10 @@ def test_a_decode_that_does_not_fit_is_tiled(tmp_path, tiny_t5_dir):
 
 def test_t5_is_encoded_first_and_freed(tmp_path, tiny_t5_dir, monkeypatch):
     import cogvid.inference.pipeline as pipeline_module
-    from cogvid.models.t5 import load_text_encoder
+    from cogvid.sat.loading import load_text_encoder
 
     cfg = tiny(tmp_path, tiny_t5_dir, "sampler.num_steps=2", "sampler.uncond=negative_prompt")
-    t5 = load_text_encoder(cfg)
+    t5 = load_text_encoder(cfg.model)
     expected = {text: t5.encode([text]) for text in ("a fox", "a cat", "blurry")}
     pipeline = load_pipeline(cfg, prompts=["a fox", "blurry"])
     assert pipeline.text_encoder is None  # freed before the DiT and the VAE loaded

@@ -18,11 +18,11 @@ import torch
 from conftest import run_cli
 
 import cogvid
-from cogvid.diffusion.model import build_model
 from cogvid.inference.pipeline import VideoPipeline
 from cogvid.interop.run import run_export
 from cogvid.models.lora import is_adapter
 from cogvid.sat.checkpoint import read_lora_adapters, read_sat_state_dict
+from cogvid.sat.loading import build_model
 from cogvid.shapes.lora_recipe import ALPHA, LORA, LORA_STAGES, RANK, LoraRecipe, LoraSettings
 
 PROMPT, SEED, STEPS, GUIDANCE = "a cyan square moving up", 3, 4, 6.0
@@ -71,8 +71,8 @@ def test_adapter_cyan_names_the_shipped_adapter():
 
 def test_the_model_carries_the_adapters_and_they_change_it(adapter):
     folder, _ = adapter
-    with_lora = build_model(cogvid.compose([*lora_overrides(folder), "device=cpu"])).backbone
-    base = build_model(cogvid.compose(["model=shapes", "device=cpu"])).backbone
+    with_lora = build_model(cogvid.compose([*lora_overrides(folder), "device=cpu"]).model).backbone
+    base = build_model(cogvid.compose(["model=shapes", "device=cpu"]).model).backbone
     own = with_lora.state_dict()
     adapters = read_lora_adapters(folder)
     assert all(torch.equal(own[k], v.float()) for k, v in adapters.items())
@@ -88,7 +88,7 @@ def test_the_model_carries_the_adapters_and_they_change_it(adapter):
 def test_a_lora_of_another_rank_is_refused(adapter):
     folder, _ = adapter
     with pytest.raises(cogvid.CogvidError, match=f"rank {RANK}.*model.lora_rank=4"):
-        build_model(cogvid.compose([*lora_overrides(folder), "model.lora_rank=4", "device=cpu"]))
+        build_model(cogvid.compose([*lora_overrides(folder), "model.lora_rank=4", "device=cpu"]).model)
 
 
 def test_cogvid_sample_with_the_adapter(adapter, tmp_path):

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from cogvid.config.compose import compose
-from cogvid.diffusion.model import build_model
 from cogvid.inference.frame_strip import CAPTION_HEIGHT, GAP
 from cogvid.inference.run import run_sample
 from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.sat.loading import build_model
 from cogvid.shapes.dataset import write_dataset
 from cogvid.shapes.text_encoder import build_shapes_t5
 from cogvid.training.metrics import read_train_log
@@ -65,7 +65,7 @@ def test_the_dit_trains_from_scratch_on_precomputed_shapes_latents(tmp_path, sha
     ]
     cfg = compose(fit, "train")
     assert cfg.model.ckpt is None  # from no checkpoint: adaLN-zero blocks and a zero output projection
-    untrained = build_model(cfg).backbone
+    untrained = build_model(cfg.model).backbone
     x, context = torch.randn(1, 3, 16, 8, 8), torch.randn(1, cfg.model.text_length, 64)
     assert untrained(x, torch.tensor([500.0]), context).abs().max() == 0
 

@@ -21,8 +21,8 @@ from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
 from train_helpers.deepspeed_cpu import use_uncompiled_ops
 
 from cogvid.config.compose import compose
-from cogvid.diffusion.model import build_model
 from cogvid.sat.checkpoint import read_sat_state_dict
+from cogvid.sat.loading import build_model
 from cogvid.training.metrics import read_train_log
 from cogvid.training.resume import complete_checkpoints
 from cogvid.utils.media import read_mp4
@@ -71,7 +71,7 @@ def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t
     # both jobs trained (with different learning rates) from the same start
     assert any(not torch.equal(finals[0][k], finals[1][k]) for k in finals[0] if "matrix_B" in k)
     lora = ["model=tiny", "mode=lora", "model.lora_rank=4", f"model.ckpt={jobs[0] / 'sat'}"]
-    build_model(compose(lora, config_name="train"))  # loads model.ckpt strictly
+    build_model(compose(lora, config_name="train").model)  # loads model.ckpt strictly
 
 
 def torchrun_deepspeed(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -122,7 +122,8 @@ def deepspeed_save_resume_consolidate(tmp_path: Path, t5: Path, strategy: str, m
     before, _ = read_sat_state_dict(out / "sat" / "2" / "mp_rank_00_model_states.pt")
     assert any(not torch.equal(before[k], sat[k]) for k in sat)  # the resumed run trained on
     overrides = ["model=tiny", f"mode={mode}"] + (["model.lora_rank=4"] if mode == "lora" else [])
-    build_model(compose([*overrides, f"model.ckpt={out / 'sat'}"], config_name="train"))  # strict: every key, shape
+    # strict: every key, shape
+    build_model(compose([*overrides, f"model.ckpt={out / 'sat'}"], config_name="train").model)
 
     # cogvid-sample takes the consolidated SAT-layout weights directly
     from cogvid.inference.run import run_sample

@@ -3,9 +3,12 @@
 Composition errors (a misspelt key, an unknown config) and CogvidError in the task become one line on stderr
 and exit code 2. Anything else is a bug in cogvid and keeps its traceback.
 
-A refused job also leaves nothing behind: Hydra makes the run dir (`outputs/DATE/TIME`, or `multirun/.../N`) with
-`.hydra/*.yaml` and the job's log before the task starts, so `RunDirSnapshot` notes what exists there when Hydra
-starts, and a refusal undoes what Hydra wrote for the job since (`_undo_what_hydra_wrote`).
+A refused job also leaves nothing behind. Hydra makes the run dir (`outputs/DATE/TIME`, or `multirun/.../N`) with
+`.hydra/*.yaml` and the job's log before the task starts, but calls its callbacks' `on_run_start` before that: there
+a single run is planned (the entry point's `plan_first`, which checks everything that can be checked from the config),
+so a refusal exits before Hydra writes anything. What cannot be checked first (a sweep's later job, a full disk) is
+undone instead: `RunDirSnapshot` notes what exists where Hydra writes when it starts, and a refusal undoes what Hydra
+wrote for the job since (`_undo_what_hydra_wrote`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ MULTIRUN_FILE = "multirun.yaml"  # what Hydra's sweeper saves into the sweep dir
 # rerun into a used run dir), the size of other files (a log Hydra appends to), None for folders. None until
 # RunDirSnapshot has run.
 _before: dict[Path, bytes | int | None] | None = None
+# The entry point's planner for a single run, called with (config without its hydra node, run dir) before Hydra makes
+# the run dir, and the program name its refusals are reported under.
+_plan_first: tuple[str, Callable[[object, Path], object]] | None = None
 
 
 def _absolute(path) -> Path:
@@ -74,9 +80,31 @@ class RunDirSnapshot(Callback):
 
     def on_run_start(self, config, **kwargs) -> None:
         self._note(config.hydra.run.dir, config.hydra.output_subdir, job_dirs=False)
+        if _plan_first is not None:
+            _plan_before_run_dir(config)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._note(config.hydra.sweep.dir, config.hydra.output_subdir, job_dirs=True)
+
+
+def _plan_before_run_dir(config) -> None:
+    """Plan the run from its config (without the hydra node, as the task gets it) before Hydra writes anything; a
+    refusal is one line and exit 2 here (Hydra turns a callback's exception into a warning, not its SystemExit)."""
+    import copy
+
+    from omegaconf import open_dict
+
+    prog, plan = _plan_first
+    task_cfg = copy.deepcopy(config)
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    try:
+        plan(task_cfg, _absolute(config.hydra.run.dir))
+    except CogvidError as ex:
+        fail(prog, str(ex))
+    except OmegaConfBaseException as ex:
+        key = getattr(ex, "full_key", None)
+        fail(prog, describe_config_error(ex) + (f" (at {key})" if key else ""))
 
 
 def _close_log_files(folder: Path) -> list[Path]:
@@ -191,9 +219,18 @@ def _with_snapshot_callback(prog: str, argv: list[str]) -> list[str]:
     return [*argv[:at], SNAPSHOT_CALLBACK, *argv[at:]]
 
 
-def run_hydra_app(prog: str, config_name: str, task: Callable[[object], object]) -> None:
+def run_hydra_app(
+    prog: str,
+    config_name: str,
+    task: Callable[[object], object],
+    plan_first: Callable[[object, Path], object] | None = None,
+) -> None:
+    """Run `task(cfg)` as a Hydra app over the packaged `config_name`; `plan_first(cfg, run_dir)`, when given, plans a
+    single run before Hydra makes its run dir (see the module doc)."""
     import hydra
 
+    global _plan_first
+    _plan_first = (prog, plan_first) if plan_first is not None else None
     register_schemas()
     # Let composition errors reach us instead of Hydra's own multi-line report and exit code 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -1,6 +1,7 @@
 """cogvid-sample: prompts (and images) to MP4 videos with any CogVideoX variant, from one composed config.
 
-The work is `cogvid.inference.run.run_sample(cfg)`; this module is the command line around it.
+The work is `cogvid.inference.run.run_sample(cfg)`; this module is the command line around it. A single run is planned
+before Hydra makes its run dir (`plan_first`), so a refused run writes nothing.
 """
 
 from __future__ import annotations
@@ -9,21 +10,25 @@ import os
 import sys
 
 from cogvid.cli.hydra_app import run_hydra_app
-from cogvid.config.checks import check_values
 
 
 def _task(cfg):
-    check_values(cfg)  # before torch is imported: a refused option value costs a fraction of a second
     from cogvid.inference.run import run_sample
 
     return run_sample(cfg)
+
+
+def _plan_first(cfg, run_dir):
+    from cogvid.inference.run import plan_before_run_dir
+
+    plan_before_run_dir(cfg, run_dir)
 
 
 def main() -> None:
     if int(os.environ.get("RANK", 0)) > 0:
         # Under torchrun only rank 0 keeps a Hydra run dir; the others log to the console and write into rank 0's.
         sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
-    run_hydra_app("cogvid-sample", "sample", _task)
+    run_hydra_app("cogvid-sample", "sample", _task, plan_first=_plan_first)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,7 @@ class InferConfig:
     seed: int = 42  # video i of a run uses seed + i
     num_videos_per_prompt: int = 1
     output_dir: str | None = None  # null: the Hydra run dir
+    resume: bool = False  # make only the videos output_dir does not hold yet (same prompt, image, seed and settings)
     save_latents: bool = False  # also write the unscaled latents as safetensors beside each video
     frame_strip: bool = False  # also write <stem>.png: the video's frames side by side under its prompt
     image_latent_scaling: ImageLatentScaling = ImageLatentScaling.auto

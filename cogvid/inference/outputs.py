@@ -112,3 +112,22 @@ def write_sample(
             written.append(samples_dir / f"{stem}.latents.safetensors")
         sidecar_tmp.write_bytes(text.encode("utf-8"))
     return [*written, samples_dir / f"{stem}.json"]
+
+
+def finished_videos(samples_dir: Path, settings_hash: str) -> set[tuple[str, str | None, int]]:
+    """(prompt, image, seed) of every finished video in `samples_dir` made with these settings (`settings_hash` in its
+    sidecar): what infer.resume skips. A video is finished when its JSON sidecar is there (it is renamed last) and
+    its MP4 beside it; a sidecar that is not JSON is no finished video."""
+    done = set()
+    if not samples_dir.is_dir():
+        return done
+    for sidecar in samples_dir.glob("*.json"):
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or meta.get("settings_hash") != settings_hash:
+            continue
+        if sidecar.with_suffix(".mp4").is_file():
+            done.add((meta.get("prompt"), meta.get("image"), meta.get("seed")))
+    return done

@@ -1,14 +1,15 @@
 """Prompt (and image) to video in SAT's order (`sample_video.py`): T5, the I2V image latent, sampling, then the
 chunked VAE decode.
 
-`VideoPipeline.from_config(cfg)` loads the DiT (`model.ckpt`), the VAE (`model.vae_ckpt`) and T5
-(`model.text_encoder.path`); `generate(...)` returns one video in [-1, 1] with its unscaled latents and timings.
+`VideoPipeline.from_plan(load, cfg)` loads the weights a `LoadPlan` names (`cogvid.inference.plan.plan_loading`: the
+DiT at `model.ckpt`, the VAE at `model.vae_ckpt`, T5 at `model.text_encoder.path`, on the planned device in the
+planned dtypes); `VideoPipeline.from_config(cfg)` plans and loads in one call. `generate(...)` returns one video in
+[-1, 1] with its unscaled latents and timings.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import time
@@ -17,53 +18,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from cogvid.config.checks import check_values
-from cogvid.config.schema import Generation, ImageLatentScaling, is_image_to_video
+from cogvid.config.schema import Generation, ImageLatentScaling
 from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, unconditional_context
-from cogvid.diffusion.model import DiffusionModel, build_model
+from cogvid.diffusion.model import DiffusionModel
 from cogvid.diffusion.sampling import sample_latents, start_step
 from cogvid.inference import memory
 from cogvid.inference.video_shape import VideoShape, job_video_shape
-from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
-from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder, t5_folders
+from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.sat.checkpoint import resolve_sat_checkpoint
+from cogvid.sat.loading import build_model, load_text_encoder, load_vae
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
-from cogvid.utils.runtime import TORCH_DTYPES, peak_memory_gb, resolve_device_dtype
+from cogvid.utils.runtime import peak_memory_gb
 
 log = logging.getLogger(__name__)
-
-SAT_LAYOUT = "<variant>-sat/transformer/{latest, 1000/mp_rank_00_model_states.pt}, <variant>-sat/vae/3d-vae.pt"
-
-
-def check_weight_paths(cfg) -> None:
-    """One line per missing weight, naming what SAT's release layout puts where; nothing is loaded here."""
-    m = cfg.model
-    if not m.ckpt:
-        raise CogvidError(
-            f"model.ckpt is not set: give the SAT transformer folder, e.g. model.ckpt=/weights/{m.name}-sat/transformer"
-            f" (release layout: {SAT_LAYOUT})"
-        )
-    if not Path(m.ckpt).expanduser().exists():
-        raise CogvidError(f"model.ckpt={m.ckpt}: no such folder; expected the SAT transformer folder ({SAT_LAYOUT})")
-    resolve_sat_checkpoint(Path(m.ckpt).expanduser())  # the folder's latest / <iter> file exists (not read here)
-    if m.get("lora_ckpt"):
-        resolve_sat_checkpoint(Path(m.lora_ckpt).expanduser())
-    if not m.vae_ckpt:
-        raise CogvidError(
-            f"model.vae_ckpt is not set: give SAT's VAE file, e.g. model.vae_ckpt=/weights/{m.name}-sat/vae/3d-vae.pt"
-        )
-    check_vae_file(m.vae_ckpt)
-    if not m.text_encoder.path:
-        raise CogvidError(
-            "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
-            f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
-        )
-    t5_folders(m.text_encoder.path)  # a local folder exists and holds T5's config.json (a hub id is left to load)
 
 
 @dataclass
@@ -135,18 +105,22 @@ class VideoPipeline:
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | None = None, prompts: list[str] | None = None) -> VideoPipeline:
-        """Load a config's weights. The DiT and the VAE are read into CPU memory first (a damaged file is reported
-        before T5 loads). With `prompts` (every text the run will encode), T5 then encodes them on the device and is
-        freed before the DiT and the VAE move there, so T5 never shares a GPU with them; without, T5 stays loaded for
-        texts that come later (an interactive run)."""
-        check_values(cfg)
-        check_weight_paths(cfg)
-        resolved_device, dtype = resolve_device_dtype(cfg)
-        device = device or resolved_device
-        vae_dtype = TORCH_DTYPES[cfg.vae_dtype] if cfg.get("vae_dtype") else dtype
-        model = build_model(cfg)
-        vae = load_vae(cfg, vae_dtype)
-        text_encoder = load_text_encoder(cfg, dtype=dtype, device=device)  # SAT casts T5 to the model dtype too
+        """Plan the weights of a composed config (`plan_loading`: values, paths, device, dtypes) and load them."""
+        from cogvid.inference.plan import plan_loading
+
+        return cls.from_plan(plan_loading(cfg, device), cfg, prompts)
+
+    @classmethod
+    def from_plan(cls, load, cfg, prompts: list[str] | None = None) -> VideoPipeline:
+        """Load what a `LoadPlan` names; `cfg`: the composed config whose sampler and infer settings the videos use.
+        The DiT and the VAE are read into CPU memory first (a damaged file is reported before T5 loads). With
+        `prompts` (every text the run will encode), T5 then encodes them on the device and is freed before the DiT
+        and the VAE move there, so T5 never shares a GPU with them; without, T5 stays loaded for texts that come
+        later (an interactive run)."""
+        device, dtype, vae_dtype = load.device, load.dtype, load.vae_dtype
+        model = build_model(load.model)
+        vae = load_vae(load.model, vae_dtype)
+        text_encoder = load_text_encoder(load.model, dtype=dtype, device=device)  # SAT casts T5 to the DiT's dtype
         contexts = {}
         if prompts is not None:
             start = time.perf_counter()
@@ -156,9 +130,9 @@ class VideoPipeline:
             _release(device)
         model.backbone.to(device=device, dtype=dtype)
         vae.to(device)
-        if cfg.get("compile"):
+        if load.compile:
             compile_blocks(model.backbone)
-        log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", cfg.model.name, device, dtype, vae_dtype)
+        log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", load.model.name, device, dtype, vae_dtype)
         parts = LoadedParts(model, vae, text_encoder, contexts)
         return cls(cfg, model, vae, text_encoder, device, dtype, vae_dtype, parts=parts)
 
@@ -175,7 +149,7 @@ class VideoPipeline:
             if text not in parts.contexts:
                 if parts.text_encoder is None:
                     log.info("loading T5 again for a new text")
-                    parts.text_encoder = load_text_encoder(self.cfg, dtype=self.dtype, device=self.device)
+                    parts.text_encoder = load_text_encoder(self.model_cfg, dtype=self.dtype, device=self.device)
                 parts.contexts[text] = parts.text_encoder.encode([text])
         return torch.cat([parts.contexts[text] for text in texts])
 
@@ -277,8 +251,9 @@ class VideoPipeline:
         strength 1 is the text-to-video sample of the seed and strength 0 the clip's VAE round trip.
         """
         m = self.model_cfg
-        if is_image_to_video(m) and image is None:
-            raise CogvidError(f"{m.name} is image-to-video: give infer.image=PATH or prompt@@image lines")
+        from cogvid.inference.plan import check_image_agrees
+
+        check_image_agrees(m, image, "generate")
         if source is not None and image is not None:
             raise CogvidError(f"{m.name}: video to video takes a text-to-video model and no image")
         shape = shape or self.shape_for(None if image is None else (image.height, image.width))
@@ -358,56 +333,39 @@ def _fit_image(image, height: int, width: int, crop: bool) -> torch.Tensor:
     return (pixels[None, :, None] * 2.0 - 1.0).contiguous()
 
 
-# The pipeline this process loaded last, under the key of what its weights depend on (`_weights_key`).
+# The pipeline this process loaded last, under its LoadPlan's weights key.
 _last_loaded: tuple[str, VideoPipeline] | None = None
 
 
-def _weights_key(cfg, device: torch.device | None) -> str:
-    """What the loaded weights depend on: the whole model and mode configs (paths, sizes, LoRA), the dtypes and the
-    device. The sampler and infer settings are not in it."""
-    parts = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in ("model", "mode") if name in cfg}
-    parts |= {name: cfg.get(name) for name in ("dtype", "vae_dtype", "device")} | {"given_device": str(device)}
-    m = cfg.model  # weights rewritten in place (a training run saving to the same folder) are loaded again
-    weights = (m.get("ckpt"), m.get("lora_ckpt"), m.get("vae_ckpt"), m.text_encoder.get("path"))
-    parts["files"] = [_files_state(path) for path in weights]
-    return json.dumps(parts, sort_keys=True, default=str)
+def held_bytes(weights_key: str) -> int:
+    """The bytes of the weights this process holds under `weights_key` (a sweep's earlier job), else 0."""
+    if _last_loaded is None or _last_loaded[0] != weights_key:
+        return 0
+    held = _last_loaded[1]
+    return memory.loaded_bytes(held.model.backbone, held.vae)
 
 
-def _files_state(path) -> list:
-    """(name, size, mtime) of the file at `path`, or of every file under the folder, sorted; [] for no path."""
-    if not path:
-        return []
-    root = Path(path).expanduser()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-    return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
+def load_pipeline(
+    cfg, device: torch.device | None = None, prompts: list[str] | None = None, load=None
+) -> VideoPipeline:
+    """The pipeline of a `LoadPlan` (`load`; None: planned here from `cfg`), reusing the weights this process loaded
+    last when their key is the same: the jobs of a `cogvid-sample -m` sweep over sampler or infer settings run in
+    one process and load the DiT, VAE and T5 once. Other weights replace the kept ones (one set is held at a time).
 
-
-def loaded_pipeline(cfg, device: torch.device | None = None, key: str | None = None) -> VideoPipeline | None:
-    """The pipeline this process holds for this config's weights (`_weights_key`, or the given key), or None."""
-    key = key or _weights_key(cfg, device)
-    if _last_loaded is not None and _last_loaded[0] == key:
-        return _last_loaded[1]
-    return None
-
-
-def load_pipeline(cfg, device: torch.device | None = None, prompts: list[str] | None = None) -> VideoPipeline:
-    """`VideoPipeline.from_config`, reusing the weights this process loaded last when they are the same
-    (`_weights_key`): the jobs of a `cogvid-sample -m` sweep over sampler or infer settings run in one process and
-    load the DiT, VAE and T5 once. Other weights replace the kept ones (one set is held at a time).
-
-    prompts: every text the job encodes; they are encoded first and T5 is freed (see `from_config`)."""
+    prompts: every text the job encodes; they are encoded first and T5 is freed (see `from_plan`)."""
     global _last_loaded
-    key = _weights_key(cfg, device)
-    held = loaded_pipeline(cfg, device, key)
-    if held is not None:
-        check_values(cfg)  # what from_config checks first; the weight paths are the ones already loaded
-        log.info("%s: the weights loaded for the previous job are reused", cfg.model.name)
-        pipeline = held.with_config(cfg)
+    if load is None:
+        from cogvid.inference.plan import plan_loading
+
+        load = plan_loading(cfg, device)
+    if _last_loaded is not None and _last_loaded[0] == load.weights_key:
+        log.info("%s: the weights loaded for the previous job are reused", load.model.name)
+        pipeline = _last_loaded[1].with_config(cfg)
         if prompts is not None:
             pipeline.encode_texts(list(prompts))
             pipeline.free_text_encoder()
         return pipeline
     _last_loaded = None  # let the previous weights go before others load
-    pipeline = VideoPipeline.from_config(cfg, device=device, prompts=prompts)
-    _last_loaded = (key, pipeline)
+    pipeline = VideoPipeline.from_plan(load, cfg, prompts)
+    _last_loaded = (load.weights_key, pipeline)
     return pipeline

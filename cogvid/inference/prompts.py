@@ -125,6 +125,6 @@ def prompt_jobs(infer, stdin: TextIO | None = None) -> Iterable[PromptJob]:
     return read_interactive(stdin if stdin is not None else sys.stdin)
 
 
-def shard(jobs: Iterable[PromptJob], rank: int, world_size: int) -> Iterator[PromptJob]:
-    """This rank's jobs: index r, r + W, r + 2W, ..."""
-    return (job for job in jobs if job.index % world_size == rank)
+def shard(indices: Iterable[int], rank: int, world_size: int) -> Iterator[int]:
+    """This rank's job indices: r, r + W, r + 2W, ..."""
+    return (index for index in indices if index % world_size == rank)

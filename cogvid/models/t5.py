@@ -103,14 +103,3 @@ class T5Conditioner(nn.Module):
             list(prompts), truncation=True, max_length=self.max_length, padding="max_length", return_tensors="pt"
         ).input_ids
         return self.encoder(input_ids=ids.to(self.device)).last_hidden_state
-
-
-def load_text_encoder(cfg, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> T5Conditioner:
-    """T5 of a composed config: `model.text_encoder.path` (a SAT `t5-v1_1-xxl` folder, a diffusers pipeline folder
-    or a hub id), frozen, with the model's text_length as max_length."""
-    path = cfg.model.text_encoder.get("path")
-    if not path:
-        raise CogvidError(
-            "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
-        )
-    return T5Conditioner.from_pretrained(str(path), max_length=cfg.model.text_length, dtype=dtype, device=device)

@@ -21,10 +21,10 @@ import torch
 from cogvid.config.schema import is_image_to_video
 from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, image_network
 from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss
-from cogvid.diffusion.model import DiffusionModel, build_model
-from cogvid.models.frozen import FrozenParts, load_frozen_parts
+from cogvid.diffusion.model import DiffusionModel
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.vae import sample_posterior
+from cogvid.sat.loading import FrozenParts, build_model, load_frozen_parts
 from cogvid.training.data import step_generator
 from cogvid.training.ema import EMA_KEY, ParameterEma
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
@@ -38,14 +38,14 @@ log = logging.getLogger(__name__)
 class VideoDiffusionModule(L.LightningModule):
     """Fine-tunes the DiT with SAT's VideoDiffusionLoss (v-prediction MSE over ZeroSNR timesteps).
 
-    diffusion_model: the DiT and its denoiser (default: `build_model(cfg)`); its backbone is this module's only
+    diffusion_model: the DiT and its denoiser (default: `build_model(cfg.model)`); its backbone is this module's only
     submodule. frozen: the VAE and T5, None until `setup` loads them (never, when training from `data.cache`).
     """
 
     def __init__(self, cfg, model: DiffusionModel | None = None, precision: str = "32"):
         super().__init__()
         self.cfg = cfg
-        self.diffusion_model = model if model is not None else build_model(cfg)
+        self.diffusion_model = model if model is not None else build_model(cfg.model)
         self.backbone = self.diffusion_model.backbone
         self.trainable_names = set_trainable(self.backbone, cfg.mode)
         self.frozen: FrozenParts | None = None
@@ -69,7 +69,7 @@ class VideoDiffusionModule(L.LightningModule):
         """Load the VAE and T5 (frozen, in their dtype, onto `device`) unless training from cached latents."""
         if self.cached or self.frozen is not None:
             return
-        self.frozen = load_frozen_parts(self.cfg, self.frozen_dtype, device)
+        self.frozen = load_frozen_parts(self.cfg.model, self.frozen_dtype, device)
 
     def setup(self, stage: str) -> None:
         trainer = self._trainer

@@ -70,7 +70,7 @@ def output_dir(cfg, run_dir: Path | None = None) -> Path:
 
 def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
     """task=fit: processes and strategy, the weights, the data, then the resume point."""
-    from cogvid.models.frozen import check_vae_file
+    from cogvid.sat.loading import check_vae_file
     from cogvid.training.strategies import deepspeed_config, device_placement, externally_launched, strategy_name
 
     t = cfg.train
@@ -176,7 +176,7 @@ def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
 
 def _plan_precompute(cfg) -> TrainPlan:
     """task=precompute: the VAE and T5 it loads, the clips (one decodes), and a data.cache that takes these latents."""
-    from cogvid.models.frozen import check_vae_file
+    from cogvid.sat.loading import check_vae_file
     from cogvid.training.data import VideoClips, clip_spec, find_clips
     from cogvid.training.precompute import cache_meta, check_cache_agrees
 

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cogvid.config.schema import is_image_to_video
 from cogvid.inference.outputs import slug
-from cogvid.models.frozen import load_frozen_parts
+from cogvid.sat.loading import load_frozen_parts
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_image, to_uint8_frames, write_mp4
 from cogvid.utils.runtime import PRECISION_DTYPES
@@ -78,7 +78,7 @@ class ValidationVideos(Callback):
     def run(self, trainer: L.Trainer, pl_module, step: int) -> list[Path]:
         from cogvid.inference.pipeline import VideoPipeline
 
-        frozen = pl_module.frozen or load_frozen_parts(pl_module.cfg, pl_module.frozen_dtype, pl_module.device)
+        frozen = pl_module.frozen or load_frozen_parts(pl_module.cfg.model, pl_module.frozen_dtype, pl_module.device)
         mixed = pl_module.precision_name != "32"  # Lightning's precision: sample under the autocast it trains in
         autocast_dtype = PRECISION_DTYPES[pl_module.precision_name] if mixed else None
         model = pl_module.diffusion_model

@@ -60,8 +60,9 @@ def peak_memory_gb(device: torch.device) -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
-def resolve_device_dtype(cfg) -> tuple[torch.device, torch.dtype]:
-    """device=auto picks CUDA when present; dtype=null picks model.dtype on an accelerator and fp32 on the CPU."""
+def resolve_device_dtype(cfg) -> tuple[torch.device, torch.dtype, torch.dtype]:
+    """(device, dtype, vae_dtype): device=auto picks CUDA when present; dtype=null picks model.dtype on an accelerator
+    and fp32 on the CPU; vae_dtype=null is the dtype."""
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,4 +76,4 @@ def resolve_device_dtype(cfg) -> tuple[torch.device, torch.dtype]:
         dtype = torch_dtype(cfg.dtype)
     else:
         dtype = torch_dtype(cfg.model.dtype) if device.type != "cpu" else torch.float32
-    return device, dtype
+    return device, dtype, torch_dtype(cfg.get("vae_dtype")) or dtype

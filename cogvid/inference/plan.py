@@ -1,0 +1,284 @@
+"""Plan, then run: `plan_sample(cfg)` turns a composed `sample` config into one frozen `SamplePlan`, checked once
+before any weights load or file is written; `cogvid.inference.run.execute` then makes the videos it lists and
+decides nothing.
+
+The plan is made in this order, cheapest first, so a bad input costs a second, not a model load:
+1. the option values (`check_values`) and the weights: every path exists, the device and both dtypes, the key of
+   what the weights depend on (`plan_loading` -> `LoadPlan`, which `VideoPipeline.from_plan` loads);
+2. the prompts, each one's image (read now), its checked shape and seed; the source clip of video to video (read and
+   cut now);
+3. the memory: the largest video must fit (`cogvid.inference.memory.check_fits`);
+4. the output folder (proved writable, not created), and with infer.resume=true the videos already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cogvid.config.checks import check_values
+from cogvid.config.schema import Uncond, is_image_to_video
+from cogvid.inference.outputs import check_writable, finished_videos
+from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
+from cogvid.inference.video_shape import VideoShape, job_video_shape, video_shape
+from cogvid.utils.errors import CogvidError
+
+SAT_LAYOUT = "<variant>-sat/transformer/{latest, 1000/mp_rank_00_model_states.pt}, <variant>-sat/vae/3d-vae.pt"
+# What a video's settings hash leaves out: where prompts come from and where videos go (the prompt, the image and the
+# seed of each video are compared one by one).
+NOT_SETTINGS = (
+    "prompt",
+    "prompts_file",
+    "interactive",
+    "output_dir",
+    "resume",
+    "seed",
+    "num_videos_per_prompt",
+    "image",
+)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What the weights of a run are and where they go: everything `VideoPipeline.from_plan` needs."""
+
+    model: Any  # the composed `model` group (sizes, paths, LoRA)
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype the DiT and T5 compute in
+    vae_dtype: Any  # torch.dtype of the VAE
+    compile: bool
+    weights_key: str  # what the loaded weights depend on; a sweep's later job with the same key reuses them
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    """One video of the run: what it shows, from which seed, and at which index its files are first tried."""
+
+    index: int  # position among the run's videos (prompt index x num_videos_per_prompt + k); seed = infer.seed + index
+    prompt: str
+    seed: int
+    image: Any  # the PIL image of image to video, else None
+    image_path: str | None
+    shape: VideoShape
+    source: str  # where the prompt came from, for messages
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Every decision of one cogvid-sample job (this rank's share of it under torchrun)."""
+
+    load: LoadPlan
+    videos: tuple[PlannedVideo, ...]  # to make, in order (an interactive run plans each prompt as it comes)
+    texts: tuple[str, ...] | None  # every text T5 encodes before it is freed (None: interactive, T5 stays)
+    source_video: Any  # video to video: the clip (3, F, H, W) in [-1, 1], else None
+    samples_dir: Path  # where the videos go (rank 0's, once run_sample has agreed it across ranks)
+    first_index: int  # the first free file index in samples_dir when the run was planned
+    settings_hash: str  # every setting that shapes a video but its prompt, image and seed (the resume key)
+    skipped: int  # infer.resume: videos already in samples_dir with this prompt, image, seed and settings
+    fps: int
+    memory: Any  # the largest video's MemoryEstimate (None: interactive, sizes unknown)
+    memory_budget: int  # the bytes the run may use (memory_limit_gb, else the device's free memory)
+    rank: int
+    world_size: int
+
+
+def check_weight_paths(model) -> None:
+    """One line per missing weight, naming what SAT's release layout puts where; nothing is loaded here."""
+    from cogvid.models.t5 import RELEASE_LAYOUT, t5_folders
+    from cogvid.sat.checkpoint import resolve_sat_checkpoint
+    from cogvid.sat.loading import check_vae_file
+
+    if not model.ckpt:
+        raise CogvidError(
+            f"model.ckpt is not set: give the SAT transformer folder, e.g. model.ckpt=/weights/{model.name}-sat/"
+            f"transformer (release layout: {SAT_LAYOUT})"
+        )
+    if not Path(model.ckpt).expanduser().exists():
+        raise CogvidError(
+            f"model.ckpt={model.ckpt}: no such folder; expected the SAT transformer folder ({SAT_LAYOUT})"
+        )
+    resolve_sat_checkpoint(Path(model.ckpt).expanduser())  # the folder's latest / <iter> file exists (not read here)
+    if model.get("lora_ckpt"):
+        resolve_sat_checkpoint(Path(model.lora_ckpt).expanduser())
+    if not model.vae_ckpt:
+        raise CogvidError(
+            "model.vae_ckpt is not set: give SAT's VAE file, e.g. "
+            f"model.vae_ckpt=/weights/{model.name}-sat/vae/3d-vae.pt"
+        )
+    check_vae_file(model.vae_ckpt)
+    if not model.text_encoder.path:
+        raise CogvidError(
+            "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
+            f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
+        )
+    t5_folders(model.text_encoder.path)  # a local folder exists and holds T5's config.json (a hub id is left to load)
+
+
+def _files_state(path) -> list:
+    """(name, size, mtime) of the file at `path`, or of every file under the folder, sorted; [] for no path."""
+    if not path:
+        return []
+    root = Path(path).expanduser()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
+
+
+def weights_key(model, mode, settings: dict) -> str:
+    """What the loaded weights depend on: the whole model and mode configs (paths, sizes, LoRA), the dtypes and the
+    device, and the state of every weight file (weights rewritten in place are loaded again)."""
+    parts = {"model": OmegaConf.to_container(model, resolve=True), **settings}
+    if mode is not None:
+        parts["mode"] = OmegaConf.to_container(mode, resolve=True)
+    paths = (model.get("ckpt"), model.get("lora_ckpt"), model.get("vae_ckpt"), model.text_encoder.get("path"))
+    parts["files"] = [_files_state(path) for path in paths]
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def plan_loading(cfg, device=None) -> LoadPlan:
+    """The checked weights of a composed config: option values, weight paths, device and dtypes. `device`: where a
+    torchrun rank puts its weights (None: the config's `device`)."""
+    check_values(cfg)  # first: a refused value costs no torch import
+    return _load_plan(cfg, device)
+
+
+def _load_plan(cfg, device) -> LoadPlan:
+    """`plan_loading` after the option values are checked."""
+    check_weight_paths(cfg.model)
+    from cogvid.utils.runtime import resolve_device_dtype
+
+    resolved, dtype, vae_dtype = resolve_device_dtype(cfg)
+    device = device if device is not None else resolved
+    settings = {"dtype": str(dtype), "vae_dtype": str(vae_dtype), "device": str(device)}
+    key = weights_key(cfg.model, cfg.get("mode"), settings)
+    return LoadPlan(cfg.model, device, dtype, vae_dtype, bool(cfg.get("compile")), key)
+
+
+def check_image_agrees(model, image, source: str) -> None:
+    """One line when a job's image (a path or a PIL image, None for none) does not fit the model: image-to-video
+    needs one, text-to-video takes none."""
+    if is_image_to_video(model) and image is None:
+        raise CogvidError(f"{source}: {model.name} is image-to-video; give infer.image=PATH or a prompt@@image line")
+    if not is_image_to_video(model) and image is not None:
+        raise CogvidError(
+            f"{source}: {model.name} is text-to-video, so it takes no image (the image-to-video variants "
+            "are model=5b_i2v and model=1.5_5b_i2v)"
+        )
+
+
+def job_image(job: PromptJob, cfg):
+    """The PIL image of an image-to-video job (read and checked now), or None for text to video."""
+    from cogvid.utils.media import read_image
+
+    path = job.image or cfg.infer.image
+    check_image_agrees(cfg.model, path, job.source)
+    return None if path is None else read_image(path)
+
+
+def plan_videos(cfg, job: PromptJob) -> list[PlannedVideo]:
+    """The infer.num_videos_per_prompt videos of one prompt, with the image, shape and seed of each."""
+    image = job_image(job, cfg)
+    shape = job_video_shape(cfg.model, cfg.infer, None if image is None else (image.height, image.width))
+    n = cfg.infer.num_videos_per_prompt
+    path = job.image or cfg.infer.image
+    return [
+        PlannedVideo(i, job.prompt, cfg.infer.seed + i, image, path, shape, job.source)
+        for i in range(job.index * n, job.index * n + n)
+    ]
+
+
+def settings_hash(cfg) -> str:
+    """A short hash of every resolved setting that shapes a video, less its prompt, image and seed (NOT_SETTINGS):
+    what infer.resume compares with a finished video's sidecar, so a changed setting is never taken as done."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["infer"] = {k: v for k, v in resolved["infer"].items() if k not in NOT_SETTINGS}
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _texts(cfg, videos) -> tuple[str, ...]:
+    """Every text the run encodes: the prompts, and the negative prompt when the unconditional pass uses it."""
+    texts = [video.prompt for video in videos]
+    if Uncond(cfg.sampler.uncond) is Uncond.negative_prompt:
+        texts.append(cfg.infer.negative_prompt or "")
+    return tuple(dict.fromkeys(texts))
+
+
+def _check_memory(cfg, load: LoadPlan, shapes: list[VideoShape]):
+    """The estimate of the largest video; one line, before anything loads, when it would not fit. Weights a sweep's
+    earlier job still holds count as free to this one."""
+    from cogvid.inference import memory
+    from cogvid.inference.pipeline import held_bytes
+
+    largest = max(shapes, key=lambda s: s.num_frames * s.height * s.width)
+    held = held_bytes(load.weights_key)
+    return memory.check_fits(cfg, largest, load.device, load.dtype, load.vae_dtype, held=held)
+
+
+def plan_sample(cfg, stdin=None, run_dir: Path | None = None, rank: int = 0, world_size: int = 1, device=None):
+    """The checked plan of a composed `sample` config (see the module doc). `run_dir`: the Hydra run dir the job
+    will write to when it is planned before Hydra made it; `device`: a torchrun rank's own GPU."""
+    check_values(cfg)  # first: a refused value costs no torch import
+    if cfg.infer.interactive and world_size > 1:
+        raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
+    if cfg.infer.interactive and cfg.infer.resume:
+        raise CogvidError("infer.resume=true re-runs a prompts file or a prompt: it cannot resume infer.interactive")
+    source_video = None
+    if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
+        from cogvid.inference.source_video import read_source_video
+
+        source_video = read_source_video(
+            cfg, video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
+        )
+    jobs = prompt_jobs(cfg.infer, stdin)
+    planned: dict[int, list[PlannedVideo]] = {}
+    if not cfg.infer.interactive:  # every rank checks every prompt, image and shape before any model loads
+        planned = {job.index: plan_videos(cfg, job) for job in jobs}
+    load = _load_plan(cfg, device)  # the weights after the prompts: each bad input keeps the line it always got
+    shapes = [video.shape for videos in planned.values() for video in videos]
+    estimate, budget = _check_memory(cfg, load, shapes) if shapes else (None, 0)
+    videos = [video for index in shard(planned, rank, world_size) for video in planned[index]]
+    samples_dir = check_writable(output_dir(cfg, run_dir))
+    key = settings_hash(cfg)
+    skipped = 0
+    if cfg.infer.resume:
+        done = finished_videos(samples_dir, key)
+        kept = [v for v in videos if (v.prompt, v.image_path, v.seed) not in done]
+        skipped, videos = len(videos) - len(kept), kept
+    from cogvid.inference.outputs import next_free_index
+
+    return SamplePlan(
+        load=load,
+        videos=tuple(videos),
+        texts=None if cfg.infer.interactive else _texts(cfg, videos),
+        source_video=source_video,
+        samples_dir=samples_dir,
+        first_index=next_free_index(samples_dir),
+        settings_hash=key,
+        skipped=skipped,
+        fps=int(cfg.infer.fps or cfg.model.default_fps),
+        memory=estimate,
+        memory_budget=budget,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def output_dir(cfg, run_dir: Path | None = None) -> Path:
+    """infer.output_dir (plus the job number in a sweep), else the Hydra run dir (`run_dir` when the job is planned
+    before Hydra made it), else ./outputs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    sweeping = hc is not None and hc.mode == RunMode.MULTIRUN
+    if cfg.infer.output_dir:
+        base = Path(cfg.infer.output_dir).expanduser()
+        return base / str(hc.job.num) if sweeping else base
+    if run_dir is not None:
+        return Path(run_dir)
+    return Path(hc.runtime.output_dir) if hc is not None else Path("outputs")
