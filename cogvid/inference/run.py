@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from cogvid.config.checks import check_values
 from cogvid.config.schema import Uncond, is_image_to_video
 from cogvid.inference import memory
-from cogvid.inference.outputs import check_writable, config_hash, next_free_index, video_stem, write_sample
+from cogvid.inference.outputs import check_writable, config_hash, next_free_index, write_sample
 from cogvid.inference.pipeline import VideoPipeline, check_weight_paths, load_pipeline, loaded_pipeline
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.source_video import read_source_video
@@ -158,7 +158,7 @@ def run_sample(cfg, stdin=None) -> list[Path]:
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo")
     samples_dir = check_writable(output_dir(cfg, world))
-    first_index = next_free_index(samples_dir)  # after any earlier run's videos: nothing is overwritten
+    first_index = next_free_index(samples_dir)  # a hint: write_sample claims the first free index from here on
     if world > 1:
         import torch.distributed as dist
 
@@ -193,8 +193,8 @@ def run_sample(cfg, stdin=None) -> list[Path]:
             sidecar = _sidecar(cfg, job, index, rank, result, fps, pipeline)
             latents = result.latents if cfg.infer.save_latents else None
             caption = job.prompt if cfg.infer.frame_strip else None
-            stem = video_stem(first_index + index, job.prompt)
-            files = write_sample(samples_dir, stem, to_uint8_frames(result.video), fps, sidecar, latents, caption)
+            frames = to_uint8_frames(result.video)
+            files = write_sample(samples_dir, first_index + index, job.prompt, frames, fps, sidecar, latents, caption)
             t = result.timings
             log.info(
                 "wrote %s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB "
