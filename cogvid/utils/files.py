@@ -3,6 +3,8 @@ then renamed onto it. An error or interrupt removes the temp name, so no half-wr
 
 * `atomic_path`: the temp path for a writer that opens the file itself (ffmpeg); `write_atomic` for a file object.
 * `write_files_atomic`: several files, renamed into place only after every one of them is written.
+* `rename_no_replace` and `write_new`: a name that another process may take at the same time is taken only if free,
+  never replaced (sample files, latent-cache entries, an export's `out` without overwrite).
 * `staged_folder`: an output folder built under `.NAME.partial-OWNER`; `publish_folder` moves a finished staged
   folder onto its final name (also for training checkpoints, whose ranks share a fixed staged name).
 * `clean_stale`: the leftovers of processes that died (SIGKILL, power loss) before they could clean up: their temp files
