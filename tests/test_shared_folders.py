@@ -92,13 +92,13 @@ def check_videos(samples: Path) -> list[dict]:
     return sidecars
 
 
-@pytest.mark.parametrize("rounds", [3])
-def test_four_writers_at_once_claim_an_index_each(tmp_path, rounds):
+def test_four_writers_at_once_claim_an_index_each(tmp_path):
     """Round 0: every writer's prompt has one slug; round 1: each its own; round 2: two and two. Every video of
     every round is there, whole, once, at an index of its own."""
     samples = tmp_path / "samples"
     frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
     prompts = [["a cat"] * 4, [f"fox {w}" for w in range(4)], ["a cat", "a cat", "a dog", "a dog"]]
+    rounds = len(prompts)
     for r in range(rounds):
 
         def write_two(w: int, barrier, r=r) -> None:
