@@ -5,6 +5,8 @@
 POINT picks the moment, counted over the whole process (Hydra's files included):
   fsync    just before the Nth fsync: a temp file or staged folder is complete but not yet renamed;
   replace  just before the Nth os.replace: some files of a run are in place, others not;
+  link     just before the Nth os.link: a file claiming its name without replacing (a sample's files, a cache
+           sample): the ones before are in place, this one and those after are not;
   rmtree   just before the Nth shutil.rmtree (e.g. after a folder swap, before the old folder is deleted);
   write    halfway through the Nth write() to a binary file that Python opened for writing (open, io.open,
            pathlib): a temp file is cut off;
@@ -93,7 +95,7 @@ def kill_in_nth_write(n: int) -> None:
 def main() -> None:
     point, n, prog, *args = sys.argv[1:]
     n = int(n)
-    if point in ("fsync", "replace"):
+    if point in ("fsync", "replace", "link"):
         kill_before_nth(os, point, n)
     elif point == "rmtree":
         kill_before_nth(shutil, "rmtree", n)

@@ -88,9 +88,9 @@ def test_cogvid_sample_killed_anywhere_keeps_every_video_whole(tmp_path):
     samples = tmp_path / "out" / "samples"
     args = [*SAMPLE, f"infer.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     kept: dict[Path, str] = {}
-    # fsync 1: the first MP4 is encoded, not yet renamed; write 1: half of the first latents file; replace 6: the
-    # first video's files are in place, the second's are not; then a kill from outside at a random moment.
-    points = [("fsync", 1, None), ("write", 1, None), ("replace", 6, None), ("never", 0, RANDOM.uniform(1.0, 4.0))]
+    # fsync 1: the first MP4 is encoded, not yet renamed; write 1: half of the first latents file; link 5: the
+    # first video's four files are in place, the second's are not; then a kill from outside at a random moment.
+    points = [("fsync", 1, None), ("write", 1, None), ("link", 5, None), ("never", 0, RANDOM.uniform(1.0, 4.0))]
     for point, n, after in points:
         code, log, _ = run(point, n, "cogvid-sample", *args, cwd=tmp_path, kill_after=after)
         # a kill from outside may come after a fast run has ended: then it must have ended well
@@ -100,7 +100,7 @@ def test_cogvid_sample_killed_anywhere_keeps_every_video_whole(tmp_path):
         if point in ("fsync", "write"):
             assert leftovers(samples), "the kill should have left a temp file behind"
         kept = now
-    assert len([p for p in kept if p.suffix == ".json"]) >= 1  # replace 6: one whole video came before the kill
+    assert len([p for p in kept if p.suffix == ".json"]) >= 1  # link 5: one whole video came before the kill
 
     code, log, _ = run("never", 0, "cogvid-sample", *args, cwd=tmp_path)
     assert code == 0, log
@@ -152,9 +152,9 @@ def test_precompute_killed_anywhere_resumes_and_keeps_what_was_encoded(tmp_path,
     args = ["model=shapes", "task=precompute", f"data.root={shapes_clips}", f"data.cache={cache}", "device=cpu"]
     args.append(f"hydra.run.dir={tmp_path / 'hydra'}")
     kept: dict[Path, str] = {}
-    # write 2: meta.json is in place, the first sample half written; replace 4: a few samples in place;
+    # write 2: meta.json is in place, the first sample half written; link 4: a few samples in place;
     # then a kill from outside at a random moment.
-    for point, n, after in [("write", 2, None), ("replace", 4, None), ("never", 0, 3.0)]:
+    for point, n, after in [("write", 2, None), ("link", 4, None), ("never", 0, 3.0)]:
         if after is not None:
             after = RANDOM.uniform(0.4, 1.0) * after
         code, log, _ = run(point, n, "cogvid-train", *args, cwd=tmp_path, kill_after=after)
@@ -164,7 +164,7 @@ def test_precompute_killed_anywhere_resumes_and_keeps_what_was_encoded(tmp_path,
         if point == "write":
             assert leftovers(cache / "samples"), "the kill should have left a cut-off temp file behind"
         kept = now
-    assert len([p for p in kept if p.parent.name == "samples"]) >= 3  # replace 4: three samples were in place
+    assert len([p for p in kept if p.parent.name == "samples"]) >= 3  # link 4: three samples were in place
 
     code, log, _ = run("never", 0, "cogvid-train", *args, cwd=tmp_path)
     assert code == 0, log

@@ -84,7 +84,7 @@ def test_resume_skips_only_videos_of_the_same_prompt_seed_and_settings(tmp_path)
         json.dumps({"prompt": PROMPTS[0], "image": None, "seed": 43, "settings_hash": key})
     )  # no MP4 beside it: not finished
     (samples / "0002_c.json").write_text("{not json")
-    assert finished_videos(samples, key) == {(PROMPTS[0], None, 42)}
+    assert finished_videos(samples, key) == {(PROMPTS[0], None, 42): 0}
 
     plan = plan_sample(cfg)
     assert (plan.skipped, [v.seed for v in plan.videos]) == (1, [43])

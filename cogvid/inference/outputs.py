@@ -2,10 +2,18 @@
 strip on request).
 
 The slug is made from the prompt with only `[a-z0-9_]`, so no prompt can name a path outside the output dir; the
-index in front keeps two videos of one prompt, or two prompts with the same slug, apart. A run into a dir that
-already holds videos numbers its own after the highest index there (`next_free_index`), so no finished video is
-ever replaced; the seed of a video still depends only on its position in its own run (`infer.seed + i`). Every file is
-written under a temporary name and renamed, so an interrupted run leaves no half video.
+index in front keeps two videos of one prompt, or two prompts with the same slug, apart.
+
+Names are claimed, never replaced. A finished video's files are written under temp names first; then, holding the
+folder's lock (`.claims.lock`, `cogvid.utils.locks`), the writer takes the first index from its wanted one on that no
+file in the folder starts with, and gives every file its final name with a rename that fails when the name exists
+(`cogvid.utils.files.rename_no_replace`). So any number of runs writing into one folder at once (separate runs, the
+jobs of a sweep, torchrun ranks) each keep every video, whole, under an index of its own, whatever their prompts; a
+video whose index was taken meanwhile moves on to the next free one. The MP4, PNG and latents of one video take one
+index together, the JSON last (it marks completion), so an interrupted run leaves no half video under a final name.
+The wanted index is the run's start (`next_free_index`: after the highest index in the folder, a hint) plus the
+video's position in the run; the seed (`infer.seed + i`) and the sidecar's "index" are the position, so they never
+depend on what else is in the folder.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +33,13 @@ from safetensors.torch import save
 
 from cogvid.inference.frame_strip import frame_strip
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import atomic_path, clean_stale, owner_tag
+from cogvid.utils.files import clean_stale, fsync_path, owner_tag, rename_no_replace, temp_name, writing
+from cogvid.utils.locks import hold_lock
 from cogvid.utils.media import encode_mp4
 
 SLUG_LENGTH = 60
 SAMPLES_DIR = "samples"
+CLAIM_LOCK = ".claims.lock"  # held while a video picks its index and takes its names
 
 
 def slug(prompt: str, max_length: int = SLUG_LENGTH) -> str:
@@ -45,12 +56,17 @@ def video_stem(index: int, prompt: str) -> str:
 STEM_INDEX = re.compile(r"^(\d{4,})_")
 
 
-def next_free_index(samples_dir: Path) -> int:
-    """1 + the highest `<index>_` prefix among the files in `samples_dir` (0 when it holds none)."""
+def used_indices(samples_dir: Path) -> set[int]:
+    """Every `<index>_` prefix among the entries of `samples_dir`: an index any file has is taken, whatever its slug."""
     if not samples_dir.is_dir():
-        return 0
-    found = [int(m.group(1)) for p in samples_dir.iterdir() if (m := STEM_INDEX.match(p.name))]
-    return max(found) + 1 if found else 0
+        return set()
+    return {int(m.group(1)) for p in samples_dir.iterdir() if (m := STEM_INDEX.match(p.name))}
+
+
+def next_free_index(samples_dir: Path) -> int:
+    """1 + the highest `<index>_` prefix among the files in `samples_dir` (0 when it holds none): where a run starts
+    numbering, a hint only (another run may take these indices first; `claim_index` decides)."""
+    return max(used_indices(samples_dir), default=-1) + 1
 
 
 def config_hash(resolved: dict) -> str:
@@ -78,47 +94,86 @@ def check_writable(out_dir: Path) -> Path:
     return samples
 
 
+def claim_index(samples_dir: Path, index: int, prompt: str, staged: dict[str, Path]) -> list[Path]:
+    """Give the finished temp files `staged` ({suffix: path}, in order, the JSON last) the names
+    `<index>_<slug><suffix>` of the first free index from `index` on, all of one index, none replacing a file; returns
+    the final paths. See the module doc."""
+    with hold_lock(samples_dir / CLAIM_LOCK):
+        taken = used_indices(samples_dir)
+        while True:
+            while index in taken:
+                index += 1
+            stem = video_stem(index, prompt)
+            done: list[tuple[Path, Path]] = []
+            try:
+                for suffix, tmp in staged.items():
+                    final = samples_dir / f"{stem}{suffix}"
+                    rename_no_replace(tmp, final)
+                    done.append((final, tmp))
+            except FileExistsError:  # a writer that does not take the lock got there first: give the names back
+                for final, tmp in reversed(done):
+                    os.replace(final, tmp)
+                taken.add(index)
+                continue
+            fsync_path(samples_dir)
+            return [final for final, _ in done]
+
+
 def write_sample(
     samples_dir: Path,
-    stem: str,
+    index: int,
+    prompt: str,
     frames: np.ndarray,
     fps: int,
     sidecar: dict,
     latents: torch.Tensor | None = None,
     strip_caption: str | None = None,
 ) -> list[Path]:
-    """Write `<stem>.mp4`, optional `<stem>.latents.safetensors` and `<stem>.png` (a frame strip under
-    `strip_caption`), and `<stem>.json`, as one step: every file is written under its temp name first and renamed
-    only when all are written (the JSON last: it marks completion), so a failed write (disk full) leaves none."""
+    """Write one video as `<i>_<slug(prompt)>.mp4`, optional `.latents.safetensors` and `.png` (a frame strip under
+    `strip_caption`), and `.json`, where `i` is the first free index from `index` on (`claim_index`): every file is
+    written under its temp name first and claims its name only when all are written, so a failed write (disk full)
+    leaves none. Returns the final paths, the JSON last."""
     from PIL import Image
 
     text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str) + "\n"
-    with contextlib.ExitStack() as stack:
+    stem = video_stem(index, prompt)
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}
 
-        def staged(suffix: str) -> Path:
-            return stack.enter_context(atomic_path(samples_dir / f"{stem}{suffix}"))
+    @contextlib.contextmanager
+    def stage(suffix: str) -> Iterator[Path]:  # a storage failure names the file's own final name
+        target = samples_dir / f"{stem}{suffix}"
+        staged[suffix] = temp_name(target)
+        with writing(target):
+            yield staged[suffix]
+            fsync_path(staged[suffix])
 
-        sidecar_tmp = staged(".json")  # entered first, so renamed last
-        encode_mp4(staged(".mp4"), frames, fps)
-        written = [samples_dir / f"{stem}.mp4"]
+    try:
+        with stage(".mp4") as tmp:
+            encode_mp4(tmp, frames, fps)
         if strip_caption is not None:
-            Image.fromarray(frame_strip(frames, strip_caption)).save(staged(".png"), format="PNG")
-            written.append(samples_dir / f"{stem}.png")
+            with stage(".png") as tmp:
+                Image.fromarray(frame_strip(frames, strip_caption)).save(tmp, format="PNG")
         if latents is not None:
-            tensors = {"latents": latents.detach().float().cpu().contiguous()}
-            staged(".latents.safetensors").write_bytes(
-                save(tensors, metadata={"layout": "b c t h w", "scaled": "false"})
-            )
-            written.append(samples_dir / f"{stem}.latents.safetensors")
-        sidecar_tmp.write_bytes(text.encode("utf-8"))
-    return [*written, samples_dir / f"{stem}.json"]
+            with stage(".latents.safetensors") as tmp:
+                tensors = {"latents": latents.detach().float().cpu().contiguous()}
+                tmp.write_bytes(save(tensors, metadata={"layout": "b c t h w", "scaled": "false"}))
+        with stage(".json") as tmp:
+            tmp.write_bytes(text.encode("utf-8"))
+        with writing(samples_dir / f"{stem}.json"):
+            return claim_index(samples_dir, index, prompt, staged)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
-def finished_videos(samples_dir: Path, settings_hash: str) -> set[tuple[str, str | None, int]]:
-    """(prompt, image, seed) of every finished video in `samples_dir` made with these settings (`settings_hash` in its
-    sidecar): what infer.resume skips. A video is finished when its JSON sidecar is there (it is renamed last) and
-    its MP4 beside it; a sidecar that is not JSON is no finished video."""
-    done = set()
+def finished_videos(samples_dir: Path, settings_hash: str) -> dict[tuple[str, str | None, int], int]:
+    """(prompt, image, seed) -> the first file index of the run that made it, for every finished video in
+    `samples_dir` made with these settings (`settings_hash` in its sidecar): what infer.resume skips, and where the
+    run it resumes numbered from (its file index less its place in that run, the sidecar's "index"). A video is
+    finished when its JSON sidecar is there (it takes its name last) and its MP4 beside it; a sidecar that is not
+    JSON is no finished video."""
+    done = {}
     if not samples_dir.is_dir():
         return done
     for sidecar in samples_dir.glob("*.json"):
@@ -128,6 +183,7 @@ def finished_videos(samples_dir: Path, settings_hash: str) -> set[tuple[str, str
             continue
         if not isinstance(meta, dict) or meta.get("settings_hash") != settings_hash:
             continue
-        if sidecar.with_suffix(".mp4").is_file():
-            done.add((meta.get("prompt"), meta.get("image"), meta.get("seed")))
+        number = STEM_INDEX.match(sidecar.name)
+        if number and sidecar.with_suffix(".mp4").is_file() and isinstance(meta.get("index"), int):
+            done[(meta.get("prompt"), meta.get("image"), meta.get("seed"))] = int(number.group(1)) - meta["index"]
     return done

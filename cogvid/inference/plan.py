@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from cogvid.config.checks import check_values
 from cogvid.config.schema import Uncond, is_image_to_video
-from cogvid.inference.outputs import check_writable, finished_videos
+from cogvid.inference.outputs import check_writable, finished_videos, next_free_index
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import VideoShape, job_video_shape, video_shape
 from cogvid.utils.errors import CogvidError
@@ -77,7 +77,8 @@ class SamplePlan:
     texts: tuple[str, ...] | None  # every text T5 encodes before it is freed (None: interactive, T5 stays)
     source_video: Any  # video to video: the clip (3, F, H, W) in [-1, 1], else None
     samples_dir: Path  # where the videos go (rank 0's, once run_sample has agreed it across ranks)
-    first_index: int  # the first free file index in samples_dir when the run was planned
+    first_index: int  # video i is first tried at index first_index + i (the first free index when planned; resumed:
+    # the first index of the run it resumes)
     settings_hash: str  # every setting that shapes a video but its prompt, image and seed (the resume key)
     skipped: int  # infer.resume: videos already in samples_dir with this prompt, image, seed and settings
     fps: int
@@ -244,20 +245,20 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None, rank: int = 0, wor
     videos = [video for index in shard(planned, rank, world_size) for video in planned[index]]
     samples_dir = check_writable(output_dir(cfg, run_dir))
     key = settings_hash(cfg)
+    first_index = next_free_index(samples_dir)  # a hint: each video claims the first free index from its own on
     skipped = 0
-    if cfg.infer.resume:
+    if cfg.infer.resume:  # the finished videos are skipped, and the others take the numbers the run gave them
         done = finished_videos(samples_dir, key)
         kept = [v for v in videos if (v.prompt, v.image_path, v.seed) not in done]
         skipped, videos = len(videos) - len(kept), kept
-    from cogvid.inference.outputs import next_free_index
-
+        first_index = min(done.values(), default=first_index)
     return SamplePlan(
         load=load,
         videos=tuple(videos),
         texts=None if cfg.infer.interactive else _texts(cfg, videos),
         source_video=source_video,
         samples_dir=samples_dir,
-        first_index=next_free_index(samples_dir),
+        first_index=first_index,
         settings_hash=key,
         skipped=skipped,
         fps=int(cfg.infer.fps or cfg.model.default_fps),

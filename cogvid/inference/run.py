@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cogvid.config.schema import Uncond
-from cogvid.inference.outputs import config_hash, video_stem, write_sample
+from cogvid.inference.outputs import config_hash, write_sample
 from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_sample, plan_videos
 from cogvid.inference.prompts import prompt_jobs
 from cogvid.utils.media import to_uint8_frames
@@ -74,8 +74,11 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
     sidecar = _sidecar(cfg, plan, video, result, pipeline)
     latents = result.latents if cfg.infer.save_latents else None
     caption = video.prompt if cfg.infer.frame_strip else None
-    stem = video_stem(plan.first_index + video.index, video.prompt)
-    files = write_sample(plan.samples_dir, stem, to_uint8_frames(result.video), plan.fps, sidecar, latents, caption)
+    # the first free index from the plan's on: write_sample claims it, or the next free one (another run's video may
+    # have taken it since)
+    index = plan.first_index + video.index
+    frames = to_uint8_frames(result.video)
+    files = write_sample(plan.samples_dir, index, video.prompt, frames, plan.fps, sidecar, latents, caption)
     t = result.timings
     log.info(
         "wrote %s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB (%d frames %dx%d, seed %d)",

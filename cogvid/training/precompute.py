@@ -18,6 +18,12 @@ SAT's own pre-encoded 1.5 latents (`latent_input: true`) are one fixed posterior
 Ranks split the clips round-robin (clip i goes to rank i mod world); a sample file is written atomically and an
 existing one is kept, so an interrupted precompute continues where it stopped. The temp files of a killed run are
 removed when the next one starts, and a reader takes only finished sample names (no leading dot).
+
+Several precomputes may fill one cache at once (separate runs, or a run and its own restart): each encodes the clips
+it finds missing, and a finished file takes its name only if no other run's file has it yet (`write_new`: a rename
+that never replaces), so every sample ends there once, whole, from whichever run finished it first; a later one
+drops its copy and counts it as kept. `meta.json` is taken the same way, and a run whose settings differ from the
+meta.json another run wrote first refuses in one line before it writes a sample.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from cogvid.models.layout import to_vae_layout
 from cogvid.training.data import BadVideo, ClipSpec, latent_frames, load_clip
 from cogvid.training.plan import TrainPlan
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import clean_stale, write_atomic
+from cogvid.utils.files import clean_stale, write_atomic, write_new
 from cogvid.utils.runtime import TORCH_DTYPES, dist_env
 
 log = logging.getLogger(__name__)
@@ -115,7 +121,8 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
 
     root = plan.cache  # both models loaded: the cache is written from here on
     if rank == 0 and not (root / "meta.json").is_file():
-        write_atomic(root / "meta.json", lambda f: f.write(json.dumps(plan.cache_meta, indent=2).encode()))
+        write_new(root / "meta.json", lambda f: f.write(json.dumps(plan.cache_meta, indent=2).encode()))
+    check_cache_agrees(root, plan.cache_meta)  # also a meta.json another precompute wrote since this one was planned
     for folder in (root, root / "samples"):
         if folder.is_dir():
             clean_stale(folder)  # temp files of a killed precompute
@@ -136,8 +143,10 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
             continue
         tensors = {k: v.to(dtype_out).cpu().contiguous() for k, v in encode(video, clip.caption, i).items()}
         blob = save(tensors, metadata={"caption": clip.caption, "source": str(clip.path)})
-        write_atomic(target, lambda f, b=blob: f.write(b))
-        written += 1
+        if write_new(target, lambda f, b=blob: f.write(b)):
+            written += 1
+        else:  # another precompute of this cache finished it first
+            kept += 1
     report = root / f"skipped-rank{rank}.txt"
     write_atomic(report, lambda f: f.write("".join(s + "\n" for s in skipped).encode()))
     log.info(

@@ -1,16 +1,59 @@
 """`run_train(cfg)`: the testable core of cogvid-train. It plans the job (`cogvid.training.plan.plan_train`: every
 check, once), starts this node's other processes when needed, and runs the task: fit (`cogvid.training.fit`, the
 only one that imports Lightning), precompute the latent cache (`cogvid.training.precompute`) or train the VAE
-(`cogvid.training.vae_module`)."""
+(`cogvid.training.vae_module`).
+
+One run at a time writes into an output dir: rank 0 holds `<out>/.cogvid-train.lock` (`cogvid.utils.locks`) from
+before the first file to the end, and a second run into that dir, while the first is alive, refuses in one line. So
+two runs never interleave their `checkpoints/step-N` folders, `latest`, SAT weights or validation videos. The lock
+dies with its holder (even under SIGKILL): a crashed run's dir is free for `train.resume=auto` at once. Precompute
+writes into `data.cache` and takes no lock (see `cogvid.training.precompute`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from cogvid.config.schema import TrainTask
 from cogvid.training.plan import TrainPlan, plan_train
 from cogvid.training.precompute import run_precompute
 from cogvid.training.strategies import end_process_group, start_local_workers
+from cogvid.utils.errors import CogvidError
+from cogvid.utils.locks import LockHeld, hold_lock
+
+RUN_LOCK = ".cogvid-train.lock"
+
+
+def _launch_rank() -> int:
+    """This process's rank in its run, from its launcher, before Lightning sets up: RANK (torchrun), SLURM_PROCID
+    (srun), LOCAL_RANK (the ranks cogvid-train starts itself); 0 when alone."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+@contextlib.contextmanager
+def one_run_in(out_dir: Path | None) -> Iterator[None]:
+    """Hold `out_dir`'s run lock for the block (rank 0 only: the other ranks are the same run); one line naming the
+    holder when another live run has it."""
+    if out_dir is None or _launch_rank() != 0:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_lock(out_dir / RUN_LOCK, wait=False))
+        except LockHeld as ex:
+            pid, _, host = ex.holder.partition("-")
+            holder = f"pid {pid} on {host}" if host else "another process"
+            raise CogvidError(
+                f"{out_dir} is the output dir of a cogvid-train run that is still going ({holder}); wait for it to "
+                "end or give this run another train.output_dir"
+            ) from None
+        yield
 
 
 def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None = None, plan: TrainPlan | None = None):
@@ -21,23 +64,24 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
     `relaunch`: the command that runs this entry point again (cogvid-train passes `python -m` of its own module).
     `plan`: the job's plan when the caller made it (None: planned here)."""
     plan = plan or plan_train(cfg)
-    if plan.task is TrainTask.vae:  # one process, no DiT
-        from cogvid.training.vae_module import fit_vae
+    with one_run_in(plan.out_dir):
+        if plan.task is TrainTask.vae:  # one process, no DiT
+            from cogvid.training.vae_module import fit_vae
 
-        return fit_vae(cfg, plan)
-    workers = start_local_workers(cfg, plan.processes, plan.out_dir, relaunch)
-    ok = False
-    try:
-        if plan.task is TrainTask.precompute:
-            run_precompute(cfg, plan)
-            result = None
-        else:
-            from cogvid.training.fit import fit
+            return fit_vae(cfg, plan)
+        workers = start_local_workers(cfg, plan.processes, plan.out_dir, relaunch)
+        ok = False
+        try:
+            if plan.task is TrainTask.precompute:
+                run_precompute(cfg, plan)
+                result = None
+            else:
+                from cogvid.training.fit import fit
 
-            result = fit(cfg, plan, deepspeed_strategy_class)
-        ok = True
-        return result
-    finally:
-        if workers is not None:
-            workers.finish(ok)
-        end_process_group()
+                result = fit(cfg, plan, deepspeed_strategy_class)
+            ok = True
+            return result
+        finally:
+            if workers is not None:
+                workers.finish(ok)
+            end_process_group()

@@ -3,6 +3,8 @@ then renamed onto it. An error or interrupt removes the temp name, so no half-wr
 
 * `atomic_path`: the temp path for a writer that opens the file itself (ffmpeg); `write_atomic` for a file object.
 * `write_files_atomic`: several files, renamed into place only after every one of them is written.
+* `rename_no_replace` and `write_new`: a name that another process may take at the same time is taken only if free,
+  never replaced (sample files, latent-cache entries, an export's `out` without overwrite).
 * `staged_folder`: an output folder built under `.NAME.partial-OWNER`; `publish_folder` moves a finished staged
   folder onto its final name (also for training checkpoints, whose ranks share a fixed staged name).
 * `clean_stale`: the leftovers of processes that died (SIGKILL, power loss) before they could clean up: their temp files
@@ -34,8 +36,8 @@ from cogvid.utils.errors import CogvidError
 log = logging.getLogger(__name__)
 
 
-def _fsync(path: Path) -> None:
-    """fsync a file's data, or a folder's entries (what was renamed into it), by path."""
+def fsync_path(path: Path) -> None:
+    """fsync a file's data, or a folder's entries (what was renamed or linked into it), by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -82,21 +84,47 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     format from it); when the block ends normally the file is fsynced and renamed onto `target`, otherwise deleted."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp-{owner_tag()}{target.suffix}")
+    tmp = temp_name(target)
     try:
         with writing(target):
             yield tmp
-            _fsync(tmp)
+            fsync_path(tmp)
             os.replace(tmp, target)
-            _fsync(target.parent)
+            fsync_path(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temp_name(target: Path) -> Path:
+    """`.STEM.tmp-OWNER.SUFFIX` beside `target`: where this process writes it before it gets its name."""
+    return target.with_name(f".{target.stem}.tmp-{owner_tag()}{target.suffix}")
 
 
 def write_atomic(target: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through `write(file)` to a temp name beside `target`, fsync, then rename onto `target`."""
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         write(f)
+
+
+def write_new(target: str | os.PathLike, write: Callable[[BinaryIO], object]) -> bool:
+    """Like `write_atomic`, but never replaces: the finished file takes the name `target` only if nothing has it
+    (`rename_no_replace`). False, and nothing changed, when another process wrote `target` first."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(target)
+    try:
+        with writing(target):
+            with open(tmp, "wb") as f:
+                write(f)
+            fsync_path(tmp)
+            try:
+                rename_no_replace(tmp, target)
+            except FileExistsError:
+                return False
+            fsync_path(target.parent)
+            return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_files_atomic(files: Mapping[Path, bytes]) -> None:
@@ -121,15 +149,18 @@ def check_output_free(out: str | os.PathLike | None, overwrite: bool) -> Path:
     return path
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the system or the file system
-    cannot, so the caller falls back to two renames."""
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # <linux/fs.h>
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> bool:
+    """Linux renameat2(a, b, flags); False where the system or the file system cannot, so the caller falls back.
+    A failure of the rename itself is an OSError (FileExistsError for RENAME_NOREPLACE onto an existing name)."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return False
-    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h> AT_FDCWD, <linux/fs.h> RENAME_EXCHANGE
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    at_fdcwd = -100  # <fcntl.h> AT_FDCWD
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -137,28 +168,76 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def publish_folder(staged: Path, out: Path) -> None:
-    """Rename the finished folder `staged` onto `out`. An existing `out` is swapped with it in one step where the
-    system can (then deleted); elsewhere it is moved aside first and deleted after the rename, and a kill in between
-    leaves it as `.NAME.old-OWNER`, which `clean_stale` puts back."""
-    _fsync(staged)
-    if out.exists() and _exchange(staged, out):
-        shutil.rmtree(staged, ignore_errors=True)  # now the old folder
-    elif out.exists():
-        old = out.parent / f".{out.name}.old-{owner_tag()}"
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (RENAME_EXCHANGE); False where that is not available."""
+    return _renameat2(a, b, RENAME_EXCHANGE)
+
+
+def rename_no_replace(src: Path, target: Path) -> None:
+    """Rename `src` to `target` only if no entry has that name; FileExistsError (and `src` kept) if one has, so a
+    name that another process took is never replaced, unlike with os.replace.
+
+    A file is hard-linked to `target` and its old name unlinked (a link never replaces, also on NFS); a folder, or a
+    file where the file system has no hard links, is renamed with RENAME_NOREPLACE. Where neither is available a
+    folder is renamed with os.rename, which fails onto a folder that is not empty, and a file is renamed after a check
+    that `target` is free: that last fallback keeps apart only writers that hold one lock (`cogvid.utils.locks`)."""
+    if not src.is_dir():
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            raise
+        except OSError as ex:
+            if ex.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+        else:
+            os.unlink(src)
+            return
+    if _renameat2(src, target, RENAME_NOREPLACE):
+        return
+    if os.path.lexists(target) and not src.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    try:
+        os.rename(src, target)
+    except OSError as ex:
+        if ex.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+        raise
+
+
+def publish_folder(staged: Path, out: Path, replace: bool = True) -> None:
+    """Rename the finished folder `staged` onto `out`. A missing `out` is taken with a rename that never replaces.
+    With `replace` an existing `out` is swapped with it in one step where the system can (then deleted); elsewhere it
+    is moved aside first and deleted after the rename, and a kill in between leaves it as `.NAME.old-OWNER`, which
+    `clean_stale` puts back. Runs that publish onto one `out` at once end with the last one's folder, whole.
+    Without `replace` an existing `out` (another run's, finished meanwhile) is FileExistsError and stays as it is."""
+    fsync_path(staged)
+    old = out.parent / f".{out.name}.old-{owner_tag()}"
+    while True:
+        try:
+            rename_no_replace(staged, out)
+            break
+        except FileExistsError:
+            if not replace:
+                raise
+        try:
+            if _exchange(staged, out):
+                shutil.rmtree(staged, ignore_errors=True)  # now the old folder
+                break
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        except FileNotFoundError:
+            continue  # another run moved `out` away in between: try again
+    if old.exists():
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staged, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, out)
-    _fsync(out.parent)
+    fsync_path(out.parent)
 
 
 @contextlib.contextmanager
 def staged_folder(out: str | os.PathLike | None, overwrite: bool) -> Iterator[Path]:
     """Yield `.NAME.partial-OWNER` beside `out`; on success it becomes `out` (replacing it if overwrite), on any error
-    or interrupt it is deleted, so no half-written `out` is ever left. A storage failure names the file under `out`."""
+    or interrupt it is deleted, so no half-written `out` is ever left. A storage failure names the file under `out`.
+    Of several runs into one `out` at once, the last to finish wins whole with overwrite; without it the first one
+    to finish writes `out` and the others refuse in one line, their work deleted."""
     out = check_output_free(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.parent / f".{out.name}.partial-{owner_tag()}"
@@ -167,7 +246,12 @@ def staged_folder(out: str | os.PathLike | None, overwrite: bool) -> Iterator[Pa
     try:
         with writing(out):
             yield staged
-            publish_folder(staged, out)
+            try:
+                publish_folder(staged, out, replace=overwrite)
+            except FileExistsError:
+                raise CogvidError(
+                    f"out={out} was written by another run while this one worked; pass overwrite=true to replace it"
+                ) from None
     except CogvidError as ex:
         shutil.rmtree(staged, ignore_errors=True)
         raise CogvidError(str(ex).replace(str(staged), str(out))) from None
