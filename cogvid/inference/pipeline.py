@@ -28,7 +28,7 @@ from cogvid.inference import memory
 from cogvid.inference.video_shape import VideoShape, job_video_shape
 from cogvid.models.frozen import check_vae_file, load_vae
 from cogvid.models.layout import to_dit_layout, to_vae_layout
-from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, load_text_encoder, t5_folders
+from cogvid.models.t5 import RELEASE_LAYOUT, T5Conditioner, check_t5_folder, load_text_encoder
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.sat.checkpoint import resolve_sat_checkpoint
 from cogvid.utils.errors import CogvidError
@@ -63,7 +63,7 @@ def check_weight_paths(cfg) -> None:
             "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
             f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
         )
-    t5_folders(m.text_encoder.path)  # a local folder exists and holds T5's config.json (a hub id is left to load)
+    check_t5_folder(m.text_encoder.path, m.text_hidden_size)  # a local folder's files are readable (not a hub id)
 
 
 @dataclass
