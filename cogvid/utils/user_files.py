@@ -70,9 +70,9 @@ def parse_json(text: str, name: str, top: type = dict, hint: str = "") -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as ex:
         where = f"line {ex.lineno}, column {ex.colno}"
-        if ex.pos >= len(text.rstrip()):
-            raise CogvidError(f"{damaged} is cut off (the JSON ends early, {where}){hint}") from None
-        raise CogvidError(f"{damaged} is not valid JSON ({ex.msg} at {where}){hint}") from None
+        if ex.pos >= len(text.rstrip()) or ex.msg.startswith("Unterminated string"):
+            raise CogvidError(f"{damaged} is cut off (the JSON ends early; {ex.msg}: {where}){hint}") from None
+        raise CogvidError(f"{damaged} is not valid JSON ({ex.msg}: {where}){hint}") from None
     except RecursionError:  # arrays or objects nested thousands deep
         raise CogvidError(f"{damaged} is not valid JSON (nested too deeply){hint}") from None
     if not isinstance(data, top):
