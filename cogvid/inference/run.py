@@ -77,6 +77,8 @@ def _image_for(job: PromptJob, cfg):
 
 
 def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipeline: VideoPipeline) -> dict:
+    from cogvid.config.pairings import ignored_options
+
     hc = _hydra_config()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return {
@@ -86,6 +88,7 @@ def _sidecar(cfg, job: PromptJob, index: int, rank: int, result, fps: int, pipel
         "image": job.image or cfg.infer.image,
         "video": cfg.infer.video,  # video to video: the source clip, re-noised to `strength`
         "strength": cfg.infer.strength if cfg.infer.video is not None else None,
+        "ignored": ignored_options(cfg),  # set options that act only with another one, which is off here
         "index": index,
         "rank": rank,
         "seed": result.seed,
