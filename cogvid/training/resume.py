@@ -103,7 +103,7 @@ def damage(step_dir: Path) -> str | None:
     try:
         recorded = read_json(step_dir / META).get("state_files")
     except CogvidError as ex:
-        return str(ex).removeprefix(f"{step_dir / META} is ")
+        return f"{META} {str(ex).removeprefix(f'{step_dir / META} ')}"  # "meta.json is damaged: it is cut off (...)"
     if recorded is None:
         return None
     if not isinstance(recorded, dict) or not all(isinstance(w, dict) and "size" in w for w in recorded.values()):
