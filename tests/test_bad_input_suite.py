@@ -78,6 +78,23 @@ PROMPTS_FILE = ("model=shapes", "infer.prompts_file={in}/prompts.txt")
 # The shapes model loads (its T5's weights with a progress bar of transformers') before standard input is read.
 LOADS_BEFORE_STDIN = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
+# The shipped shapes T5 (config.json, spiece.model, model.safetensors) copied into a case's inputs, one file damaged.
+SHAPES_T5 = {f"t5/{p.name}": p.read_bytes() for p in sorted((SHAPES_WEIGHTS / "t5").iterdir())}
+T5_PATH = "model.text_encoder.path={in}/t5"
+
+
+def damaged_t5(name: str, change) -> dict[str, bytes]:
+    """The shapes T5 with `t5/name` replaced by change(its bytes)."""
+    return {**SHAPES_T5, f"t5/{name}": change(SHAPES_T5[f"t5/{name}"])}
+
+
+T5_CASES = [  # (name, file, change, expect): through cogvid-sample; the last one through cogvid-export too
+    ("t5-config-not-json", "config.json", lambda b: b"{not json", "config.json is damaged: it is not valid JSON"),
+    ("t5-spiece-damaged", "spiece.model", lambda b: b[:1000], "spiece.model is damaged"),
+    ("t5-weights-truncated", "model.safetensors", lambda b: b[: len(b) // 2], "model.safetensors is truncated"),
+    ("t5-other-width", "config.json", lambda b: b.replace(b'"d_model": 64', b'"d_model": 32'), "width d_model=32"),
+]
+
 SAMPLE_CASES = [
     # misspelt keys, unknown configs, wrong types, command lines Hydra cannot parse
     sample("misspelt-model-key", "model.hiden_size=3", expect="Key 'hiden_size' not in 'ModelConfig'"),
@@ -303,6 +320,10 @@ TRAIN_CASES = [
     ),
 ]
 
+SAMPLE_CASES += [
+    sample(name, T5_PATH, expect=expect, inputs=damaged_t5(file, change)) for name, file, change, expect in T5_CASES
+]
+
 EXPORT_TO_DIFFUSERS = ("task=to_diffusers", "model=tiny", TINY_DIT, TINY_VAE, "parts=[transformer,vae]")
 EXPORT_CASES = [
     export("unknown-task", "task=to_onnx", "model=tiny", "out={in}/o", expect="Invalid value 'to_onnx'"),
@@ -464,6 +485,12 @@ EXPORT_CASES = [
         "out={in}/conf",
         expect="needs name=NAME",
     ),
+]
+
+EXPORT_T5 = ("task=to_diffusers", "model=shapes", T5_PATH, "parts=[text_encoder,tokenizer]", "out={in}/o")
+EXPORT_CASES += [
+    export(name, *EXPORT_T5, expect=expect, inputs=damaged_t5(file, change))
+    for name, file, change, expect in T5_CASES[-1:]
 ]
 
 CASES = SAMPLE_CASES + TRAIN_CASES + EXPORT_CASES

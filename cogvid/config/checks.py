@@ -1,5 +1,6 @@
 """Option values checked as soon as a config is composed: before any weights load, any video is read or any file
-is written. Each error is one line that names the option (`sampler.guidance_scale=nan must be ...`).
+is written. Each error is one line that names the option (`sampler.guidance_scale=nan must be ...`); options set
+without the one they act with are refused or warned about by `cogvid.config.pairings`.
 
 `check_values(cfg)` checks whichever of the sections model (its LoRA settings), infer, sampler, train, data and the
 export's `out` the config has; the commands call it first, before torch is even imported, so this module imports
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from cogvid.config.pairings import check_pairings
 from cogvid.utils.errors import CogvidError
 
 # torch.Generator.manual_seed takes [-2**63, 2**64); video i of a run uses seed + i, so seeds stay in int64's
@@ -122,9 +124,6 @@ def _check_train(train) -> None:
     if ema_decay is not None:
         if not _number(ema_decay) or not 0.0 < ema_decay < 1.0:
             raise CogvidError(f"train.ema_decay={ema_decay} must lie in (0, 1), e.g. 0.999 (null: no EMA)")
-    sat_weights = str(getattr(train.get("sat_weights"), "value", train.get("sat_weights")))
-    if sat_weights == "ema" and ema_decay is None:
-        raise CogvidError("train.sat_weights=ema needs an EMA: set train.ema_decay (e.g. 0.999)")
     betas = list(train.betas)
     if len(betas) != 2 or not all(_number(b) and 0.0 <= b < 1.0 for b in betas):
         raise CogvidError(f"train.betas={betas} must be two numbers in [0, 1)")
@@ -165,3 +164,4 @@ def check_values(cfg) -> None:
         check_finite("memory_limit_gb", cfg.memory_limit_gb, 0.0, strict=True)
     if "out" in cfg and isinstance(cfg.get("out"), str):
         check_folder_path("out", cfg.get("out"))
+    check_pairings(cfg)  # options that act only with another one (cogvid.config.pairings)

@@ -18,6 +18,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 
 from cogvid.utils.files import write_atomic
+from cogvid.utils.user_files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
         sidecars = sorted((job_dir / SAMPLES_DIR).glob("*.json"))
         if not sidecars:
             continue
-        meta = json.loads(sidecars[0].read_text(encoding="utf-8"))
+        meta = read_json(sidecars[0])
         overrides = dict(kv for kv in map(_parse_override, meta.get("overrides", [])) if kv)
         jobs.append({"dir": job_dir, "video": sidecars[0].with_suffix(".mp4"), "overrides": overrides})
     return jobs

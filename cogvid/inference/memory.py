@@ -25,7 +25,6 @@ smaller size).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -106,14 +105,14 @@ def vae_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
 
 def t5_sizes(path) -> dict | None:
     """T5's config.json of a local `model.text_encoder.path` (SAT or diffusers layout); None for a hub id."""
-    from cogvid.models.t5 import t5_folders
+    from cogvid.models.t5 import read_t5_config, t5_folders
 
     if not path:
         return None
     encoder = Path(t5_folders(str(path))[1])
     if not encoder.is_dir():
         return None
-    return json.loads((encoder / "config.json").read_text())
+    return read_t5_config(encoder)
 
 
 def t5_weight_bytes(config: dict, dtype: torch.dtype) -> int:

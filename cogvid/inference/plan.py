@@ -90,7 +90,7 @@ class SamplePlan:
 
 def check_weight_paths(model) -> None:
     """One line per missing weight, naming what SAT's release layout puts where; nothing is loaded here."""
-    from cogvid.models.t5 import RELEASE_LAYOUT, t5_folders
+    from cogvid.models.t5 import RELEASE_LAYOUT, check_t5_folder
     from cogvid.sat.checkpoint import resolve_sat_checkpoint
     from cogvid.sat.loading import check_vae_file
 
@@ -117,7 +117,9 @@ def check_weight_paths(model) -> None:
             "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
             f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
         )
-    t5_folders(model.text_encoder.path)  # a local folder exists and holds T5's config.json (a hub id is left to load)
+    check_t5_folder(
+        model.text_encoder.path, model.text_hidden_size
+    )  # a local folder's files are readable (not a hub id)
 
 
 def _files_state(path) -> list:

@@ -29,6 +29,8 @@ log = logging.getLogger("cogvid.sample")
 def _sidecar(cfg, plan: SamplePlan, video: PlannedVideo, result, pipeline) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
+    from cogvid.config.pairings import ignored_options
+
     hc = HydraConfig.get() if HydraConfig.initialized() else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return {
@@ -38,6 +40,7 @@ def _sidecar(cfg, plan: SamplePlan, video: PlannedVideo, result, pipeline) -> di
         "image": video.image_path,
         "video": cfg.infer.video,  # video to video: the source clip, re-noised to `strength`
         "strength": cfg.infer.strength if cfg.infer.video is not None else None,
+        "ignored": ignored_options(cfg),  # set options that act only with another one, which is off here
         "index": video.index,
         "rank": plan.rank,
         "seed": result.seed,

@@ -13,7 +13,6 @@ checked against the composed model first, so weights of another variant are refu
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -34,21 +33,11 @@ from cogvid.interop.vae_map import check_vae_config, sat_vae_shapes, vae_key_map
 from cogvid.sat.checkpoint import SAT_ITERATION, save_sat_checkpoint, write_sat_model_states
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.lazy_tensors import TensorSource
+from cogvid.utils.user_files import read_json
 
 log = logging.getLogger(__name__)
 
 T5_FOLDER = "t5-v1_1-xxl"
-
-
-def _read_json_object(path: Path) -> dict:
-    """A JSON file that must hold an object (diffusers' config.json)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as ex:  # RecursionError: arrays nested thousands deep
-        raise CogvidError(f"{path} is not valid JSON ({ex})") from ex
-    if not isinstance(data, dict):
-        raise CogvidError(f"{path} holds a JSON {type(data).__name__}, not an object (a diffusers config)")
-    return data
 
 
 def read_diffusers_component(folder: Path) -> tuple[dict, TensorSource]:
@@ -56,7 +45,7 @@ def read_diffusers_component(folder: Path) -> tuple[dict, TensorSource]:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CogvidError(f"{folder} has no config.json: not a diffusers model folder")
-    config = _read_json_object(config_file)
+    config = read_json(config_file)
     source, _ = read_safetensors(find_weight_files(folder, WEIGHTS_STEM))
     source.origin = str(folder)
     return config, source
@@ -77,7 +66,7 @@ def source_folders(source: str | Path) -> dict[str, Path]:
         return parts
     config_file = path / "config.json"
     if config_file.is_file():
-        cls = _read_json_object(config_file).get("_class_name", "")
+        cls = read_json(config_file).get("_class_name", "")
         if cls == "CogVideoXTransformer3DModel":
             return {"transformer": path}
         if cls == "AutoencoderKLCogVideoX":

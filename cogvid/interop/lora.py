@@ -29,6 +29,7 @@ from cogvid.models.lora import is_adapter, lora_rank
 from cogvid.sat.checkpoint import SAT_ITERATION, read_sat_state_dict, save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.lazy_tensors import TensorInfo, TensorSource, TensorTarget, mapped_source
+from cogvid.utils.user_files import parse_json, require_fields
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,12 @@ def read_diffusers_lora(source: str | Path) -> tuple[TensorSource, float, int]:
     rank = ranks.pop()
     scale = 1.0
     if METADATA_KEY in header:
-        meta = {k.removeprefix(f"{COMPONENT}."): v for k, v in json.loads(header[METADATA_KEY]).items()}
+        stored = parse_json(header[METADATA_KEY], f"{path}: the metadata {METADATA_KEY}")
+        meta = {k.removeprefix(f"{COMPONENT}."): v for k, v in stored.items()}
         if meta.get("rank_pattern") or meta.get("alpha_pattern"):
             raise CogvidError(f"{path}: per-module ranks or alphas (rank_pattern) cannot become one SAT LoRA")
-        if int(meta.get("r", rank)) != rank:
+        require_fields({"r": rank, "lora_alpha": rank, **meta}, path, {"r": int, "lora_alpha": float}, "a PEFT LoRA")
+        if meta.get("r", rank) != rank:
             raise CogvidError(f"{path}: metadata says r={meta.get('r')} but the tensors have rank {rank}")
         scale = float(meta.get("lora_alpha", rank)) / rank
     return adapters, scale, rank

@@ -137,37 +137,26 @@ def scheduler_config(cfg) -> dict:
     }
 
 
-def _t5_weight_files(folder: Path) -> list[Path]:
-    """model.safetensors, or its shards and index (transformers' names)."""
-    return sorted(folder.glob("model*.safetensors")) + sorted(folder.glob("model.safetensors.index.json"))
-
-
 def export_text_encoder(cfg, t5_path: str, out: Path, parts: set[ExportPart]) -> None:
     """Copy T5's config and weights to `text_encoder/`, save its tokenizer to `tokenizer/` with the variant's
     max length and no id the encoder cannot embed. `t5_path`: a SAT-release T5 folder (spiece.model + config +
     weights) or a diffusers pipeline."""
-    from cogvid.models.t5 import load_t5_tokenizer, t5_folders
+    from cogvid.models.t5 import check_t5_folder, load_t5_tokenizer, t5_folders, t5_weight_files
 
     path = Path(t5_path).expanduser()
     if not path.is_dir():
         raise CogvidError(f"model.text_encoder.path={t5_path} is not a folder (T5 folder or diffusers pipeline)")
     tokenizer_dir, encoder_dir = (Path(p) for p in t5_folders(str(path)))
     config_file = encoder_dir / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = check_t5_folder(str(path), cfg.text_hidden_size)
     if ExportPart.text_encoder in parts:
-        if not config:
-            raise CogvidError(f"{encoder_dir} has no config.json: not a T5 folder")
-        if config.get("d_model") != cfg.text_hidden_size:
-            raise CogvidError(
-                f"{encoder_dir}: T5 width d_model={config.get('d_model')}, but model={cfg.name} takes "
-                f"text_hidden_size={cfg.text_hidden_size}"
-            )
-        weights = _t5_weight_files(encoder_dir)
+        weights = t5_weight_files(encoder_dir)
         if not weights:
             raise CogvidError(f"{encoder_dir} has no safetensors weights (model.safetensors or shards + index)")
+        index = encoder_dir / "model.safetensors.index.json"
         target = out / "text_encoder"
         target.mkdir(parents=True)
-        for file in [config_file, *weights]:
+        for file in [config_file, *weights, *([index] if index.is_file() else [])]:
             shutil.copyfile(file, target / file.name)
     if ExportPart.tokenizer in parts:
         vocab_size = config.get("vocab_size")

@@ -24,70 +24,21 @@ from tqdm.auto import tqdm
 
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import writing
-from cogvid.utils.lazy_tensors import TensorInfo, TensorSource, TensorTarget, nbytes
-from cogvid.utils.runtime import SAFETENSORS_DTYPES, SAFETENSORS_NAMES
-
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
+from cogvid.utils.lazy_tensors import TensorSource, TensorTarget
+from cogvid.utils.runtime import SAFETENSORS_NAMES
+from cogvid.utils.user_files import read_json, read_safetensors_header
 
 # ------------------------------------------------------------------------------------------------------------
 # Reading
 
 
-def _naturals(value: object) -> bool:
-    """A JSON list of integers >= 0 (JSON's true/false are not sizes)."""
-    return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)
-
-
 class _SafetensorsFile:
-    """One .safetensors file: its header parsed and checked here, each tensor read with pread."""
+    """One .safetensors file: its header checked (`read_safetensors_header`), each tensor read with pread."""
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
-                if len(head) < 8:
-                    raise CogvidError(f"{path} is not a safetensors file (shorter than its header)")
-                (size,) = struct.unpack("<Q", head)
-                if size > _MAX_HEADER:
-                    raise CogvidError(f"{path} is not a safetensors file (header size {size})")
-                text = f.read(size)
-                if len(text) < size:
-                    raise CogvidError(f"{path} is truncated (its header of {size} bytes runs past the end)")
-                header = json.loads(text)
-                file_size = os.fstat(f.fileno()).st_size
-        except (OSError, ValueError, RecursionError) as ex:  # RecursionError: JSON nested thousands deep
-            raise CogvidError(f"{path} is not a readable safetensors file ({type(ex).__name__}: {ex})") from ex
-        if not isinstance(header, dict):
-            raise CogvidError(f"{path} is not a safetensors file (its header is a JSON {type(header).__name__})")
-        self.metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
-            raise CogvidError(f"{path} is corrupt (__metadata__ is not a map of strings)")
-        self.data_start = 8 + size
-        self.entries = {name: self._entry(name, entry, file_size - self.data_start) for name, entry in header.items()}
-
-    def _entry(self, name: str, entry: object, data_size: int) -> tuple[TensorInfo, int, int]:
-        """(info, begin, end) of one header entry, after checking it describes bytes inside the file."""
-        if not name.isprintable():
-            raise CogvidError(f"{self.path} is corrupt (tensor name {name[:60]!r} has control characters)")
-        if not isinstance(entry, dict):
-            raise CogvidError(f"{self.path} is corrupt (tensor {name}: {type(entry).__name__}, not an entry)")
-        code = entry.get("dtype")
-        dtype = SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
-        if dtype is None:
-            raise CogvidError(f"{self.path}: tensor {name} has dtype {str(code)[:20]!r}, which cogvid does not read")
-        shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not _naturals(shape) or not _naturals(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-            raise CogvidError(
-                f"{self.path} is corrupt (tensor {name}: shape and data_offsets must be non-negative integers, "
-                "data_offsets [begin, end] with begin <= end)"
-            )
-        begin, end = offsets
-        info = TensorInfo(tuple(shape), dtype)
-        if end - begin != nbytes(info.shape, dtype) or end > data_size:
-            raise CogvidError(f"{self.path} is truncated or corrupt (tensor {name} lies outside the file)")
-        return info, begin, end
+        header = read_safetensors_header(path)
+        self.metadata, self.data_start, self.entries = header.metadata, header.data_start, header.entries
 
     def load(self, name: str) -> torch.Tensor:
         info, begin, end = self.entries[name]
@@ -125,10 +76,10 @@ def find_weight_files(folder: Path, stem: str) -> list[Path]:
     single = folder / f"{stem}.safetensors"
     index = folder / f"{stem}.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as ex:
-            raise CogvidError(f"{index} is not a safetensors index (no weight_map)") from ex
+        data = read_json(index, top=object)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if weight_map is None:
+            raise CogvidError(f"{index} is not a safetensors index (no weight_map)")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CogvidError(f"{index} is not a safetensors index (weight_map is not a non-empty object)")
         # A shard is a file of this folder: a path elsewhere ("../x", "/etc/x") is refused, not read.

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.user_files import read_json, read_safetensors_header, read_sentencepiece, require_fields
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,57 @@ def t5_folders(path: str) -> tuple[str, str]:
     if p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1:
         raise CogvidError(f"model.text_encoder.path: no folder at {path}; expected {RELEASE_LAYOUT}")
     return path, path  # a hub id such as google/t5-v1_1-xxl, for users with a network
+
+
+# What cogvid reads of T5's config.json (the memory estimate and the width check): all positive integers.
+T5_CONFIG_FIELDS = {"d_model": int, "d_ff": int, "num_layers": int, "num_heads": int, "d_kv": int, "vocab_size": int}
+# Files of a saved tokenizer that transformers reads besides spiece.model, when they are there.
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+SETTING = "model.text_encoder.path: "
+
+
+def read_t5_config(encoder_dir: str | Path, text_hidden_size: int | None = None) -> dict:
+    """T5's config.json, with the sizes cogvid reads; `text_hidden_size`: the DiT's text width, which d_model must
+    equal."""
+    config_file = Path(encoder_dir) / "config.json"
+    config = read_json(config_file, SETTING)
+    require_fields(config, config_file, T5_CONFIG_FIELDS, "a T5 config")
+    if text_hidden_size is not None and config["d_model"] != text_hidden_size:
+        raise CogvidError(
+            f"{SETTING}{config_file} is a T5 of width d_model={config['d_model']}, but the model takes "
+            f"text_hidden_size={text_hidden_size}: the T5 of another model?"
+        )
+    return config
+
+
+def t5_weight_files(encoder_dir: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names (transformers' names); [] for a folder with only a torch
+    `pytorch_model.bin`, which transformers loads itself."""
+    from cogvid.interop.tensor_io import find_weight_files
+
+    if not list(encoder_dir.glob("model*.safetensors*")) and (encoder_dir / "pytorch_model.bin").is_file():
+        return []
+    return find_weight_files(encoder_dir, "model")
+
+
+def check_t5_folder(path: str, text_hidden_size: int | None = None) -> dict | None:
+    """Read every file of a local T5 folder that loading it reads, through the guarded readers (config.json, the
+    weights' headers, spiece.model or a saved tokenizer's JSON), before anything loads: a damaged file is one line.
+    Returns the config; None for a hub id."""
+    tokenizer_dir, encoder_dir = (Path(p) for p in t5_folders(path))
+    if not encoder_dir.is_dir():
+        return None
+    config = read_t5_config(encoder_dir, text_hidden_size)
+    for weights in t5_weight_files(encoder_dir):
+        read_safetensors_header(weights)
+    if (tokenizer_dir / "spiece.model").is_file():
+        read_sentencepiece(tokenizer_dir / "spiece.model", SETTING)
+    elif not (tokenizer_dir / "tokenizer.json").is_file():
+        raise CogvidError(f"{SETTING}{tokenizer_dir} has no spiece.model or tokenizer.json; expected {RELEASE_LAYOUT}")
+    for name in TOKENIZER_JSON:
+        if (tokenizer_dir / name).is_file():
+            read_json(tokenizer_dir / name, SETTING)
+    return config
 
 
 SENTINEL = re.compile(r"<extra_id_\d+>")  # T5's span-corruption tokens, appended after the sentencepiece pieces
@@ -71,9 +123,18 @@ class T5Conditioner(nn.Module):
         self.tokenizer, self.encoder, self.max_length = tokenizer, encoder.eval().requires_grad_(False), max_length
 
     @classmethod
-    def from_pretrained(cls, path: str, max_length: int, dtype: torch.dtype = torch.float32, device="cpu"):
+    def from_pretrained(
+        cls,
+        path: str,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        text_hidden_size: int | None = None,
+    ):
+        """T5 from `path` (see `load_text_encoder`); `text_hidden_size`: the width the DiT takes, checked."""
         from transformers import T5Config, T5EncoderModel
 
+        check_t5_folder(path, text_hidden_size)
         tokenizer_dir, encoder_dir = t5_folders(path)
         try:
             vocab_size = T5Config.from_pretrained(encoder_dir).vocab_size

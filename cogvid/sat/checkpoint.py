@@ -11,8 +11,8 @@ Layout, as SAT and DeepSpeed write it:
     vae/3d-vae.pt                           {"state_dict": {"encoder.*", "decoder.*", "loss.*": tensor}}
 
 SAT itself unpickles with a plain `torch.load`, so a checkpoint can run code; here every file goes through
-`torch.load(weights_only=True)` with only numpy's array, scalar and dtype reconstructors allowed on top of
-torch's defaults, which is what a SAT training checkpoint's RNG states need.
+`cogvid.utils.user_files.safe_torch_load`: `torch.load(weights_only=True)` with only numpy's array, scalar and dtype
+reconstructors allowed on top of torch's defaults, which is what a SAT training checkpoint's RNG states need.
 
 The writer produces the records `torch.save` writes (data.pkl, byteorder, data/<i>) through torch's zip writer, but
 its pickle refers to each storage by key, so each tensor is built (or copied alone onto its own storage) only when
@@ -22,7 +22,6 @@ its record is written: a conversion never holds the whole checkpoint in memory. 
 from __future__ import annotations
 
 import collections
-import errno
 import io
 import json
 import logging
@@ -31,13 +30,11 @@ import os
 import pickle
 import re
 import reprlib
-import struct
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -48,11 +45,7 @@ from cogvid.utils.errors import CogvidError, first_few
 from cogvid.utils.files import atomic_path, write_atomic
 from cogvid.utils.lazy_tensors import TensorTarget
 from cogvid.utils.runtime import STORAGE_NAMES, dtype_name
-
-try:  # numpy >= 2 (numpy 1.x pickles name the same functions numpy.core.multiarray.*)
-    from numpy._core import multiarray as _np_multiarray
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _np_multiarray
+from cogvid.utils.user_files import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -64,108 +57,7 @@ SAT_MODEL_CONFIG = {"model_class": "Module", "model_parallel_size": 1}
 _STATE_DICT_WRAPPERS = ("module", "model", "state_dict")
 _DIT_KEY_STARTS = ("transformer.layers.", "transformer.final_layernorm.", "mixins.", "time_embed.")
 _SHOW = 3  # keys listed per category in a load error
-_ZIP_MAGIC = b"PK\x03\x04"
 _MAX_LATEST = 64  # bytes of DIR/latest read: an iteration number or "release"
-
-
-def _numpy_safe_globals() -> list[tuple[object, str]]:
-    """numpy's reconstructors for arrays, scalars and plain numeric dtypes, under numpy 1.x and 2.x names.
-
-    An `np.random.get_state()` tuple pickles as `_reconstruct(ndarray, ...)` + a `dtype('u4')` built then set
-    up by BUILD; the restricted unpickler only BUILDs instances whose type is allowed, so listing just the
-    numeric dtype classes keeps object and structured dtypes out.
-    """
-    allowed: list[tuple[object, str]] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed.append((_np_multiarray._reconstruct, f"{module}._reconstruct"))
-        allowed.append((_np_multiarray.scalar, f"{module}.scalar"))
-    numeric = (
-        np.bool_,
-        np.int8,
-        np.int16,
-        np.int32,
-        np.int64,
-        np.uint8,
-        np.uint16,
-        np.uint32,
-        np.uint64,
-        np.float16,
-        np.float32,
-        np.float64,
-        np.longdouble,
-        np.complex64,
-        np.complex128,
-    )
-    for scalar_type in numeric:
-        dtype_class = type(np.dtype(scalar_type))
-        allowed.append((dtype_class, f"numpy.dtypes.{dtype_class.__name__}"))
-    return allowed
-
-
-_NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
-
-
-def _first_line(text: str) -> str:
-    """The first non-empty line, cut at its first sentence end (torch appends paragraphs of advice)."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return re.split(r"(?<=[a-z\d])\. ", lines[0])[0] if lines else ""
-
-
-def _describe_load_failure(path: Path, ex: BaseException) -> str:
-    """One line for a failed `torch.load`: refused code, a truncated/corrupt file, or not a torch file."""
-    text = str(ex)
-    if isinstance(ex, pickle.UnpicklingError):
-        refused = re.search(r"GLOBAL ([\w.]+)", text)
-        if refused:
-            return (
-                f"refusing to load {path}: it would run code (GLOBAL {refused.group(1)}); a safe load allows "
-                "only tensors, Python containers and numpy arrays"
-            )
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        detail = _first_line(reason.group(1)) if reason else _first_line(text)
-        refused_type = re.search(r"<class '([\w.]+)'>", detail)
-        if refused_type:
-            return (
-                f"refusing to load {path}: it holds a {refused_type.group(1)}, which a safe load does not "
-                "build (only tensors, Python containers and numeric numpy arrays)"
-            )
-        if "reduce" in detail:
-            return f"refusing to load {path}: it would run code ({detail})"
-        return f"{path} is not a torch checkpoint or is corrupt (unpickling failed: {detail})"
-    if isinstance(ex, PermissionError):
-        return f"cannot read {path}: permission denied"
-    cut_off = isinstance(ex, (EOFError, struct.error)) or re.search(r"central directory|truncated|EOF", text)
-    if cut_off or (isinstance(ex, OSError) and ex.errno == errno.EINVAL):  # EINVAL: miniz seeks past the end
-        detail = _first_line(text) or type(ex).__name__
-        return f"{path} is truncated or corrupt ({detail}); copy or save it again"
-    if isinstance(ex, RuntimeError) and ("PytorchStreamReader" in text or "inline_container" in text):
-        return f"{path} is not a torch checkpoint or is corrupt ({_first_line(text)})"
-    return f"{path} is not a readable torch checkpoint ({type(ex).__name__}: {_first_line(text)})"
-
-
-def safe_torch_load(path: str | os.PathLike) -> dict:
-    """`torch.load` on the CPU with `weights_only=True` (+ numpy RNG states), memory-mapped for zip files."""
-    path = Path(path)
-    if not path.exists():
-        raise CogvidError(f"checkpoint file {path} does not exist")
-    if not path.is_file():
-        raise CogvidError(f"{path} is not a file")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise CogvidError(f"{path} is empty")
-    is_zip = head.startswith(_ZIP_MAGIC)
-    if not is_zip and head[0] != 0x80:  # torch's legacy format opens with a protocol >= 2 pickle
-        hint = " (a safetensors file?)" if head[8:9] == b"{" else ""
-        raise CogvidError(f"{path} is not a torch checkpoint{hint}: it is neither a torch zip nor a pickle")
-    try:
-        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except Exception as ex:  # torch reports every kind of bad file with its own exception type
-        raise CogvidError(_describe_load_failure(path, ex)) from ex
-    if not isinstance(obj, dict):
-        raise CogvidError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
 
 
 def _check_names(file: str | os.PathLike, mapping: Mapping, where: str) -> None:

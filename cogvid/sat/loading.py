@@ -90,7 +90,9 @@ def load_text_encoder(
         raise CogvidError(
             "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
         )
-    return T5Conditioner.from_pretrained(str(path), max_length=model_cfg.text_length, dtype=dtype, device=device)
+    return T5Conditioner.from_pretrained(
+        str(path), model_cfg.text_length, dtype=dtype, device=device, text_hidden_size=model_cfg.text_hidden_size
+    )
 
 
 @dataclass

@@ -45,6 +45,7 @@ from cogvid.config.schema import (
 )
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import write_files_atomic
+from cogvid.utils.user_files import read_yaml
 
 # SAT class names cogvid implements, by what they configure (the last dotted component of `target:`).
 POS_EMBEDS = {
@@ -90,27 +91,7 @@ class SatImport:
 
 def read_sat_yaml(path: str | os.PathLike) -> dict:
     """Load a SAT YAML with `yaml.safe_load` (no tags, no code) and insist on a mapping at the top."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CogvidError(f"SAT config {p} does not exist") from None
-    except IsADirectoryError:
-        raise CogvidError(f"SAT config {p} is a directory, not a YAML file") from None
-    except (OSError, UnicodeDecodeError) as ex:
-        raise CogvidError(f"cannot read SAT config {p}: {ex}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except RecursionError:  # PyYAML composes nodes recursively: a few thousand nested brackets
-        raise CogvidError(f"SAT config {p} is not plain YAML: it is nested too deeply") from None
-    except yaml.YAMLError as ex:
-        problem = getattr(ex, "problem", None) or str(ex).strip().splitlines()[0]
-        mark = getattr(ex, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise CogvidError(f"SAT config {p} is not plain YAML: {problem}{where}") from None
-    if not isinstance(doc, dict):
-        raise CogvidError(f"SAT config {p} holds {type(doc).__name__}, not a mapping with a top-level 'model:' key")
-    return doc
+    return read_yaml(path, "SAT config")
 
 
 def _bounded_repr() -> reprlib.Repr:

@@ -30,6 +30,7 @@ from cogvid.training.resume import SAT_DIR
 from cogvid.training.vae_module import EVAL_FILE, VAE_CKPT
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import staged_folder, write_atomic
+from cogvid.utils.user_files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Recipe:
         self.workers = workers
         self.settings = settings or RecipeSettings()
         self.record_file = self.out / "recipe.json"
-        self.record: dict = json.loads(self.record_file.read_text()) if self.record_file.is_file() else {}
+        self.record: dict = read_json(self.record_file) if self.record_file.is_file() else {}
 
     # --- paths --------------------------------------------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class Recipe:
         return self.settings.ship_dir / "recipe.json"
 
     def vae_report(self) -> dict:
-        return json.loads((self.vae_dir / EVAL_FILE).read_text())
+        return read_json(self.vae_dir / EVAL_FILE)
 
     def base_overrides(self) -> list[str]:
         """Every stage's: the model (and the settings' size overrides), in this process, on the CPU."""

@@ -145,10 +145,6 @@ def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
     t, v = cfg.train, cfg.train.vae
     if strategy_name(cfg) != "single" or t.devices != 1 or t.num_nodes != 1:
         raise CogvidError("task=vae trains in one process: use train=single train.devices=1 train.num_nodes=1")
-    if t.resume:
-        raise CogvidError(f"task=vae does not resume (train.resume={t.resume}): start the run again")
-    if t.get("ema_decay") is not None:
-        raise CogvidError("train.ema_decay averages the DiT's weights (task=fit); task=vae keeps no EMA")
     if cfg.data.cache:
         raise CogvidError("task=vae trains on videos (data.root or data.manifest), not on data.cache latents")
     if v.init and not Path(v.init).expanduser().is_file():

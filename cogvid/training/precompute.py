@@ -48,6 +48,7 @@ from cogvid.training.plan import TrainPlan
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import clean_stale, write_atomic, write_new
 from cogvid.utils.runtime import TORCH_DTYPES, dist_env
+from cogvid.utils.user_files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else torch.float32
     vae = load_sat_vae(cfg.model.vae_ckpt, CausalVideoVAE.from_config(cfg.model.vae)).to(device, dtype)
-    t5 = T5Conditioner.from_pretrained(cfg.model.text_encoder.path, cfg.model.text_length, dtype=dtype, device=device)
+    t5 = T5Conditioner.from_pretrained(
+        cfg.model.text_encoder.path, cfg.model.text_length, dtype, device, text_hidden_size=cfg.model.text_hidden_size
+    )
     encode = partial(_encode_clip, vae, t5, image_seed=cfg.train.seed if plan.cache_meta["image_latents"] else None)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
 
@@ -179,17 +182,8 @@ def _encode_clip(vae, t5, video: torch.Tensor, caption: str, index: int, image_s
 
 def read_cache_meta(root: Path) -> dict:
     """`root/meta.json` as a dict, or one line saying that it is damaged (cut off, not JSON, not UTF-8)."""
-    try:
-        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as ex:
-        reason = ex.msg if isinstance(ex, json.JSONDecodeError) else ex.reason
-        raise CogvidError(
-            f"data.cache={root}: meta.json is damaged ({reason}); write the cache again with task=precompute "
-            "into a new folder"
-        ) from None
-    if not isinstance(meta, dict):
-        raise CogvidError(f"data.cache={root}: meta.json is not a JSON object; write the cache again")
-    return meta
+    hint = "write the cache again with task=precompute into a new folder"
+    return read_json(root / "meta.json", f"data.cache={root}: ", hint=hint)
 
 
 class CachedLatents(Dataset):

@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import Callback
 from cogvid.sat.checkpoint import save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import publish_folder, write_atomic, writing
+from cogvid.utils.user_files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,13 @@ def damage(step_dir: Path) -> str | None:
     changed since it was written), or None if it is intact. Checkpoints from before sizes and hashes were recorded
     are taken as they are."""
     try:
-        meta = json.loads((step_dir / META).read_text(encoding="utf-8"))
-        recorded = meta.get("state_files") if isinstance(meta, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as ex:
-        return f"{META} unreadable ({type(ex).__name__})"
+        recorded = read_json(step_dir / META).get("state_files")
+    except CogvidError as ex:
+        return f"{META} {str(ex).removeprefix(f'{step_dir / META} ')}"  # "meta.json is damaged: it is cut off (...)"
     if recorded is None:
         return None
+    if not isinstance(recorded, dict) or not all(isinstance(w, dict) and "size" in w for w in recorded.values()):
+        return f"{META} is damaged: its state_files is not a map of files to sizes and hashes"
     for name, want in recorded.items():
         f = step_dir / name
         if not f.is_file():
@@ -167,11 +169,10 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
 
 def check_resumable(step_dir: Path, signature: dict) -> int:
     """The checkpoint's step, after checking it was written by a run like this one (one line if not)."""
-    try:
-        meta = json.loads((step_dir / META).read_text())
-    except (OSError, json.JSONDecodeError) as ex:
-        raise CogvidError(f"train.resume: {step_dir / META} is unreadable ({ex})") from ex
+    meta = read_json(step_dir / META, "train.resume: ")
     theirs = meta.get("signature", {})
+    if not isinstance(theirs, dict):
+        raise CogvidError(f"train.resume: {step_dir / META} is damaged: its signature is not an object")
     keys = ("model", "hidden_size", "num_layers", "in_channels", "mode", "lora_rank")
     differ = [f"{k} {theirs.get(k)!r} (this run: {signature[k]!r})" for k in keys if theirs.get(k) != signature[k]]
     if differ:
@@ -192,7 +193,10 @@ def check_resumable(step_dir: Path, signature: dict) -> int:
             theirs.get("world_size"),
             signature["world_size"],
         )
-    return int(meta["step"])
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CogvidError(f"train.resume: {step_dir / META} is damaged: its step is {step!r}, not a step number")
+    return step
 
 
 # --- SAT-layout weights ---------------------------------------------------------------------------------------------
