@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save
 
 from cogvid.inference.frame_strip import frame_strip
+from cogvid.interop.tensor_io import safetensors_bytes
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import clean_stale, fsync_path, owner_tag, rename_no_replace, temp_name, writing
 from cogvid.utils.locks import hold_lock
@@ -157,7 +157,7 @@ def write_sample(
         if latents is not None:
             with stage(".latents.safetensors") as tmp:
                 tensors = {"latents": latents.detach().float().cpu().contiguous()}
-                tmp.write_bytes(save(tensors, metadata={"layout": "b c t h w", "scaled": "false"}))
+                tmp.write_bytes(safetensors_bytes(tensors, {"layout": "b c t h w", "scaled": "false"}))
         with stage(".json") as tmp:
             tmp.write_bytes(text.encode("utf-8"))
         with writing(samples_dir / f"{stem}.json"):

@@ -134,21 +134,38 @@ def plan_shards(targets: list[TensorTarget], max_bytes: int) -> list[list[Tensor
     return [s for s in shards if s]
 
 
-def _write_safetensors_file(path: Path, targets: list[TensorTarget], metadata: dict[str, str], progress) -> None:
-    header: dict[str, object] = {"__metadata__": dict(metadata)}
+def _safetensors_header(
+    entries: list[tuple[str, torch.dtype, tuple[int, ...], int]], metadata: dict[str, str]
+) -> bytes:
+    """The length-prefixed header of a safetensors file holding (name, dtype, shape, nbytes) in order: written here,
+    in the order given and with sorted metadata, so the same tensors always give the same bytes (the safetensors
+    package writes its metadata in a hash map's order, which changes from process to process)."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
     offset = 0
-    for t in targets:
-        header[t.name] = {
-            "dtype": SAFETENSORS_NAMES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + t.nbytes],
+    for name, dtype, shape, nbytes in entries:
+        header[name] = {
+            "dtype": SAFETENSORS_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += t.nbytes
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A whole safetensors file of small CPU tensors, byte for byte the same for the same tensors and metadata."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    entries = [(name, t.dtype, tuple(t.shape), t.numel() * t.element_size()) for name, t in tensors.items()]
+    data = [t.reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors.values() if t.numel()]
+    return _safetensors_header(entries, metadata) + b"".join(data)
+
+
+def _write_safetensors_file(path: Path, targets: list[TensorTarget], metadata: dict[str, str], progress) -> None:
+    header = _safetensors_header([(t.name, t.dtype, tuple(t.shape), t.nbytes) for t in targets], metadata)
     with writing(path), open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
+        f.write(header)
         for t in targets:
             tensor = t.materialize()
             if tensor.numel():

@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from cogvid.config.schema import is_image_to_video
+from cogvid.interop.tensor_io import safetensors_bytes
 from cogvid.models.layout import to_vae_layout
 from cogvid.training.data import BadVideo, ClipSpec, latent_frames, load_clip
 from cogvid.training.plan import TrainPlan
@@ -145,7 +146,7 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
             skipped.append(f"{clip.path}\t{ex}")
             continue
         tensors = {k: v.to(dtype_out).cpu().contiguous() for k, v in encode(video, clip.caption, i).items()}
-        blob = save(tensors, metadata={"caption": clip.caption, "source": str(clip.path)})
+        blob = safetensors_bytes(tensors, {"caption": clip.caption, "source": str(clip.path)})
         if write_new(target, lambda f, b=blob: f.write(b)):
             written += 1
         else:  # another precompute of this cache finished it first
