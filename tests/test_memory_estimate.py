@@ -16,6 +16,7 @@ from test_sample import tiny
 from cogvid.config.compose import compose
 from cogvid.inference import memory
 from cogvid.inference.pipeline import VideoPipeline, load_pipeline
+from cogvid.inference.plan import plan_loading
 from cogvid.inference.video_shape import video_shape
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.models.vae import CausalVideoVAE
@@ -180,7 +181,7 @@ def test_t5_is_encoded_first_and_freed(tmp_path, tiny_t5_dir, monkeypatch):
     cfg = tiny(tmp_path, tiny_t5_dir, "sampler.num_steps=2", "sampler.uncond=negative_prompt")
     t5 = load_text_encoder(cfg.model)
     expected = {text: t5.encode([text]) for text in ("a fox", "a cat", "blurry")}
-    pipeline = load_pipeline(cfg, prompts=["a fox", "blurry"])
+    pipeline = load_pipeline(plan_loading(cfg), cfg, prompts=["a fox", "blurry"])
     assert pipeline.text_encoder is None  # freed before the DiT and the VAE loaded
 
     def no_t5(*args, **kwargs):

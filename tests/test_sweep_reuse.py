@@ -10,24 +10,31 @@ import sys
 
 from cogvid.config.compose import compose
 from cogvid.inference.pipeline import load_pipeline
+from cogvid.inference.plan import plan_loading
 
 TORCH_THREADS = 1
 
 
+def load(overrides: list[str]):
+    """The pipeline of a composed config's planned weights, as each job of a sweep loads it."""
+    cfg = compose(overrides)
+    return load_pipeline(plan_loading(cfg), cfg)
+
+
 def test_the_same_weights_load_once_and_changed_ones_load_again(tmp_path):
-    first = load_pipeline(compose(["model=shapes", "device=cpu"]))
-    other_sampler = load_pipeline(compose(["model=shapes", "device=cpu", "sampler=ddim", "sampler.guidance_scale=3"]))
+    first = load(["model=shapes", "device=cpu"])
+    other_sampler = load(["model=shapes", "device=cpu", "sampler=ddim", "sampler.guidance_scale=3"])
     assert other_sampler.model is first.model and other_sampler.vae is first.vae
     assert other_sampler.cfg.sampler.solver == "ddim" and other_sampler.cfg.sampler.guidance_scale == 3
 
     vae = tmp_path / "3d-vae.pt"
     shutil.copy(first.cfg.model.vae_ckpt, vae)
-    elsewhere = load_pipeline(compose(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"]))
+    elsewhere = load(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"])
     assert elsewhere.model is not first.model  # another path: loaded
-    again = load_pipeline(compose(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"]))
+    again = load(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"])
     assert again.model is elsewhere.model
     os.utime(vae, ns=(0, 0))  # the file was rewritten: load it again
-    assert load_pipeline(compose(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"])).vae is not elsewhere.vae
+    assert load(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"]).vae is not elsewhere.vae
 
 
 def test_a_sweep_over_sampler_settings_loads_the_weights_once(tmp_path):

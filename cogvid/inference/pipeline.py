@@ -104,11 +104,11 @@ class VideoPipeline:
         self.parts.contexts.clear()
 
     @classmethod
-    def from_config(cls, cfg, device: torch.device | None = None, prompts: list[str] | None = None) -> VideoPipeline:
+    def from_config(cls, cfg, prompts: list[str] | None = None) -> VideoPipeline:
         """Plan the weights of a composed config (`plan_loading`: values, paths, device, dtypes) and load them."""
         from cogvid.inference.plan import plan_loading
 
-        return cls.from_plan(plan_loading(cfg, device), cfg, prompts)
+        return cls.from_plan(plan_loading(cfg), cfg, prompts)
 
     @classmethod
     def from_plan(cls, load, cfg, prompts: list[str] | None = None) -> VideoPipeline:
@@ -345,19 +345,14 @@ def held_bytes(weights_key: str) -> int:
     return memory.loaded_bytes(held.model.backbone, held.vae)
 
 
-def load_pipeline(
-    cfg, device: torch.device | None = None, prompts: list[str] | None = None, load=None
-) -> VideoPipeline:
-    """The pipeline of a `LoadPlan` (`load`; None: planned here from `cfg`), reusing the weights this process loaded
-    last when their key is the same: the jobs of a `cogvid-sample -m` sweep over sampler or infer settings run in
-    one process and load the DiT, VAE and T5 once. Other weights replace the kept ones (one set is held at a time).
+def load_pipeline(load, cfg, prompts: list[str] | None = None) -> VideoPipeline:
+    """The pipeline of a `LoadPlan` (`cogvid.inference.plan.plan_loading`) for a composed config's sampler and infer
+    settings, reusing the weights this process loaded last when their key is the same: the jobs of a
+    `cogvid-sample -m` sweep over sampler or infer settings run in one process and load the DiT, VAE and T5 once.
+    Other weights replace the kept ones (one set is held at a time).
 
     prompts: every text the job encodes; they are encoded first and T5 is freed (see `from_plan`)."""
     global _last_loaded
-    if load is None:
-        from cogvid.inference.plan import plan_loading
-
-        load = plan_loading(cfg, device)
     if _last_loaded is not None and _last_loaded[0] == load.weights_key:
         log.info("%s: the weights loaded for the previous job are reused", load.model.name)
         pipeline = _last_loaded[1].with_config(cfg)

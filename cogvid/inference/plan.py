@@ -52,6 +52,7 @@ class LoadPlan:
     dtype: Any  # torch.dtype the DiT and T5 compute in
     vae_dtype: Any  # torch.dtype of the VAE
     compile: bool
+    dtype_names: tuple[str, str]  # of dtype and vae_dtype, as sidecars write them
     weights_key: str  # what the loaded weights depend on; a sweep's later job with the same key reuses them
 
 
@@ -81,7 +82,7 @@ class SamplePlan:
     # the first index of the run it resumes)
     settings_hash: str  # every setting that shapes a video but its prompt, image and seed (the resume key)
     skipped: int  # infer.resume: videos already in samples_dir with this prompt, image, seed and settings
-    fps: int
+    sidecar: dict  # what every video's sidecar says of the run
     memory: Any  # the largest video's MemoryEstimate (None: interactive, sizes unknown)
     memory_budget: int  # the bytes the run may use (memory_limit_gb, else the device's free memory)
     rank: int
@@ -142,23 +143,21 @@ def weights_key(model, mode, settings: dict) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def plan_loading(cfg, device=None) -> LoadPlan:
-    """The checked weights of a composed config: option values, weight paths, device and dtypes. `device`: where a
-    torchrun rank puts its weights (None: the config's `device`)."""
+def plan_loading(cfg) -> LoadPlan:
+    """The checked weights of a composed config: option values, weight paths, device and dtypes."""
     check_values(cfg)  # first: a refused value costs no torch import
-    return _load_plan(cfg, device)
+    return _load_plan(cfg)
 
 
-def _load_plan(cfg, device) -> LoadPlan:
-    """`plan_loading` after the option values are checked."""
+def _load_plan(cfg, local_rank: int | None = None) -> LoadPlan:
+    """`plan_loading` after the option values are checked; `local_rank`: a torchrun rank's GPU."""
     check_weight_paths(cfg.model)
-    from cogvid.utils.runtime import resolve_device_dtype
+    from cogvid.utils.runtime import dtype_name, resolve_device_dtype
 
-    resolved, dtype, vae_dtype = resolve_device_dtype(cfg)
-    device = device if device is not None else resolved
-    settings = {"dtype": str(dtype), "vae_dtype": str(vae_dtype), "device": str(device)}
-    key = weights_key(cfg.model, cfg.get("mode"), settings)
-    return LoadPlan(cfg.model, device, dtype, vae_dtype, bool(cfg.get("compile")), key)
+    device, dtype, vae_dtype = resolve_device_dtype(cfg, local_rank)
+    names = (dtype_name(dtype), dtype_name(vae_dtype))
+    key = weights_key(cfg.model, cfg.get("mode"), {"dtype": names[0], "vae_dtype": names[1], "device": str(device)})
+    return LoadPlan(cfg.model, device, dtype, vae_dtype, bool(cfg.get("compile")), names, key)
 
 
 def check_image_agrees(model, image, source: str) -> None:
@@ -203,33 +202,61 @@ def settings_hash(cfg) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _texts(cfg, videos) -> tuple[str, ...]:
-    """Every text the run encodes: the prompts, and the negative prompt when the unconditional pass uses it."""
-    texts = [video.prompt for video in videos]
-    if Uncond(cfg.sampler.uncond) is Uncond.negative_prompt:
-        texts.append(cfg.infer.negative_prompt or "")
-    return tuple(dict.fromkeys(texts))
-
-
 def _check_memory(cfg, load: LoadPlan, shapes: list[VideoShape]):
-    """The estimate of the largest video; one line, before anything loads, when it would not fit. Weights a sweep's
-    earlier job still holds count as free to this one."""
+    """(the estimate of the largest video, the budget); one line, before anything loads, when it would not fit.
+    Weights a sweep's earlier job still holds count as free to this one."""
     from cogvid.inference import memory
     from cogvid.inference.pipeline import held_bytes
 
     largest = max(shapes, key=lambda s: s.num_frames * s.height * s.width)
-    held = held_bytes(load.weights_key)
-    return memory.check_fits(cfg, largest, load.device, load.dtype, load.vae_dtype, held=held)
+    return memory.check_fits(cfg, largest, load.device, load.dtype, load.vae_dtype, held=held_bytes(load.weights_key))
 
 
-def plan_sample(cfg, stdin=None, run_dir: Path | None = None, rank: int = 0, world_size: int = 1, device=None):
-    """The checked plan of a composed `sample` config (see the module doc). `run_dir`: the Hydra run dir the job
-    will write to when it is planned before Hydra made it; `device`: a torchrun rank's own GPU."""
-    check_values(cfg)  # first: a refused value costs no torch import
+def _sidecar_fields(cfg, load: LoadPlan, negative: bool, ignored: list[str], key: str, rank: int) -> dict:
+    """What every video's JSON sidecar says of the run (its own prompt, seed, size and timings come with it)."""
+    from cogvid.inference.outputs import config_hash
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "negative_prompt": cfg.infer.negative_prompt if negative else None,
+        "uncond": Uncond(cfg.sampler.uncond).value,
+        "video": cfg.infer.video,  # video to video: the source clip, re-noised to `strength`
+        "strength": cfg.infer.strength if cfg.infer.video is not None else None,
+        "ignored": ignored,  # set options that act only with another one, which is off here
+        "rank": rank,
+        "fps": int(cfg.infer.fps or cfg.model.default_fps),
+        "model": cfg.model.name,
+        "sampler": resolved["sampler"],
+        "steps": cfg.sampler.num_steps,
+        "guidance_scale": cfg.sampler.guidance_scale,
+        "dtype": load.dtype_names[0],
+        "vae_dtype": load.dtype_names[1],
+        "device": str(load.device),
+        "config_hash": config_hash(resolved),
+        "settings_hash": key,  # what infer.resume compares (settings_hash)
+    }
+
+
+def _refuse_mode(cfg, world_size: int) -> None:
     if cfg.infer.interactive and world_size > 1:
         raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
     if cfg.infer.interactive and cfg.infer.resume:
         raise CogvidError("infer.resume=true re-runs a prompts file or a prompt: it cannot resume infer.interactive")
+
+
+def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
+    """The checked plan of a composed `sample` config (see the module doc) for this process (its share under
+    torchrun). `run_dir`: the Hydra run dir the job will write to when it is planned before Hydra made it."""
+    from cogvid.config.pairings import ignored_options
+    from cogvid.utils.runtime import dist_env
+
+    # 1. the option values, and what they make of the run: config only, no torch import yet
+    check_values(cfg)
+    negative = Uncond(cfg.sampler.uncond) is Uncond.negative_prompt
+    ignored = ignored_options(cfg)
+    rank, world_size, local_rank = dist_env()
+    _refuse_mode(cfg, world_size)
+    # 2. the inputs: the source clip, every prompt with its image and shape (every rank checks them all)
     source_video = None
     if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
         from cogvid.inference.source_video import read_source_video
@@ -237,16 +264,17 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None, rank: int = 0, wor
         source_video = read_source_video(
             cfg, video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
         )
-    jobs = prompt_jobs(cfg.infer, stdin)
     planned: dict[int, list[PlannedVideo]] = {}
-    if not cfg.infer.interactive:  # every rank checks every prompt, image and shape before any model loads
-        planned = {job.index: plan_videos(cfg, job) for job in jobs}
-    load = _load_plan(cfg, device)  # the weights after the prompts: each bad input keeps the line it always got
+    if not cfg.infer.interactive:
+        planned = {job.index: plan_videos(cfg, job) for job in prompt_jobs(cfg.infer, stdin)}
+    # 3. the weights, and the memory of the largest video beside them
+    load = _load_plan(cfg, local_rank if world_size > 1 else None)
     shapes = [video.shape for videos in planned.values() for video in videos]
     estimate, budget = _check_memory(cfg, load, shapes) if shapes else (None, 0)
-    videos = [video for index in shard(planned, rank, world_size) for video in planned[index]]
+    # 4. where the videos go, and which of them a resumed run still makes
     samples_dir = check_writable(output_dir(cfg, run_dir))
     key = settings_hash(cfg)
+    videos = [video for index in shard(planned, rank, world_size) for video in planned[index]]
     first_index = next_free_index(samples_dir)  # a hint: each video claims the first free index from its own on
     skipped = 0
     if cfg.infer.resume:  # the finished videos are skipped, and the others take the numbers the run gave them
@@ -254,16 +282,17 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None, rank: int = 0, wor
         kept = [v for v in videos if (v.prompt, v.image_path, v.seed) not in done]
         skipped, videos = len(videos) - len(kept), kept
         first_index = min(done.values(), default=first_index)
+    texts = [video.prompt for video in videos] + ([cfg.infer.negative_prompt or ""] if negative else [])
     return SamplePlan(
         load=load,
         videos=tuple(videos),
-        texts=None if cfg.infer.interactive else _texts(cfg, videos),
+        texts=None if cfg.infer.interactive else tuple(dict.fromkeys(texts)),
         source_video=source_video,
         samples_dir=samples_dir,
         first_index=first_index,
         settings_hash=key,
         skipped=skipped,
-        fps=int(cfg.infer.fps or cfg.model.default_fps),
+        sidecar=_sidecar_fields(cfg, load, negative, ignored, key, rank),
         memory=estimate,
         memory_budget=budget,
         rank=rank,

@@ -16,54 +16,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cogvid.config.schema import Uncond
-from cogvid.inference.outputs import config_hash, write_sample
-from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_sample, plan_videos
+from cogvid.inference.outputs import SAMPLES_DIR, write_sample
+from cogvid.inference.plan import PlannedVideo, SamplePlan, output_dir, plan_sample, plan_videos
 from cogvid.inference.prompts import prompt_jobs
 from cogvid.utils.media import to_uint8_frames
-from cogvid.utils.runtime import dist_env, dtype_name
+from cogvid.utils.runtime import dist_env
 
 log = logging.getLogger("cogvid.sample")
 
 
-def _sidecar(cfg, plan: SamplePlan, video: PlannedVideo, result, pipeline) -> dict:
+def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list[Path]:
+    """Make one planned video and write its files, its sidecar completed with its timings."""
     from hydra.core.hydra_config import HydraConfig
 
-    from cogvid.config.pairings import ignored_options
-
-    hc = HydraConfig.get() if HydraConfig.initialized() else None
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {
-        "prompt": video.prompt,
-        "negative_prompt": cfg.infer.negative_prompt if Uncond(cfg.sampler.uncond) is Uncond.negative_prompt else None,
-        "uncond": Uncond(cfg.sampler.uncond).value,
-        "image": video.image_path,
-        "video": cfg.infer.video,  # video to video: the source clip, re-noised to `strength`
-        "strength": cfg.infer.strength if cfg.infer.video is not None else None,
-        "ignored": ignored_options(cfg),  # set options that act only with another one, which is off here
-        "index": video.index,
-        "rank": plan.rank,
-        "seed": result.seed,
-        "num_frames": int(result.video.shape[1]),
-        "height": int(result.video.shape[2]),
-        "width": int(result.video.shape[3]),
-        "fps": plan.fps,
-        "model": cfg.model.name,
-        "sampler": resolved["sampler"],
-        "steps": cfg.sampler.num_steps,
-        "guidance_scale": cfg.sampler.guidance_scale,
-        "dtype": dtype_name(pipeline.dtype),
-        "vae_dtype": dtype_name(pipeline.vae_dtype),
-        "device": str(pipeline.device),
-        "config_hash": config_hash(resolved),
-        "settings_hash": plan.settings_hash,  # what infer.resume compares (cogvid.inference.plan.settings_hash)
-        "overrides": list(hc.overrides.task) if hc is not None else [],
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-    }
-
-
-def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list[Path]:
-    """Make one planned video and write its files."""
     result = pipeline.generate(
         video.prompt,
         seed=video.seed,
@@ -74,14 +39,26 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
         source=source,
         strength=cfg.infer.strength,
     )
-    sidecar = _sidecar(cfg, plan, video, result, pipeline)
+    shape = video.shape
+    sidecar = {
+        "prompt": video.prompt,
+        "image": video.image_path,
+        "index": video.index,
+        "seed": video.seed,
+        "num_frames": shape.num_frames,
+        "height": shape.height,
+        "width": shape.width,
+        **plan.sidecar,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+    }
     latents = result.latents if cfg.infer.save_latents else None
     caption = video.prompt if cfg.infer.frame_strip else None
     # the first free index from the plan's on: write_sample claims it, or the next free one (another run's video may
     # have taken it since)
     index = plan.first_index + video.index
     frames = to_uint8_frames(result.video)
-    files = write_sample(plan.samples_dir, index, video.prompt, frames, plan.fps, sidecar, latents, caption)
+    files = write_sample(plan.samples_dir, index, video.prompt, frames, plan.sidecar["fps"], sidecar, latents, caption)
     t = result.timings
     log.info(
         "wrote %s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB (%d frames %dx%d, seed %d)",
@@ -90,10 +67,10 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
         t["sampling_s"],
         t["decoding_s"],
         t["peak_memory_gb"],
-        result.shape.num_frames,
-        result.shape.height,
-        result.shape.width,
-        result.seed,
+        shape.num_frames,
+        shape.height,
+        shape.width,
+        video.seed,
     )
     return files
 
@@ -113,7 +90,7 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
     if plan.texts is not None and not plan.videos:
         return []
     # T5 encodes every text first and is freed before the DiT and VAE load; a sweep's later jobs reuse the weights
-    pipeline = load_pipeline(cfg, prompts=None if plan.texts is None else list(plan.texts), load=plan.load)
+    pipeline = load_pipeline(plan.load, cfg, prompts=None if plan.texts is None else list(plan.texts))
     source = None
     if plan.source_video is not None:  # one clip for every prompt and video: encoded once
         start = time.perf_counter()
@@ -130,60 +107,50 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
 
 def _agree_across_ranks(plan: SamplePlan) -> SamplePlan:
     """Under torchrun: every rank writes into rank 0's samples dir (their own run-dir timestamps may differ by a
-    second), numbering from the first free index rank 0 found."""
+    second), numbering from the first free index rank 0 found; returns when every rank has read the dir."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     shared = [plan.samples_dir, plan.first_index]
     dist.broadcast_object_list(shared, src=0)
+    dist.barrier()  # every rank has read the dir before any rank writes into it
     return dataclasses.replace(plan, samples_dir=shared[0], first_index=shared[1])
 
 
-# A plan made before Hydra made the run dir (`cogvid.cli.hydra_app`), for the job it was made for.
+# A plan made before Hydra made the run dir (`cogvid.cli.hydra_app`), with the config it was made from.
 _planned: tuple[object, SamplePlan] | None = None
 
 
 def plan_before_run_dir(cfg, run_dir: Path) -> None:
     """Plan a single run from its config before Hydra writes anything: a refusal then leaves no run dir."""
     global _planned
-    rank, world, local_rank = dist_env()
-    if world == 1:
+    if dist_env()[1] == 1:
         _planned = (cfg, plan_sample(cfg, run_dir=run_dir))
 
 
-def _same_job(planned: tuple[object, SamplePlan], cfg) -> bool:
-    """Whether a plan made before Hydra made the run dir is this job's: the same config, the same samples dir."""
-    from cogvid.inference.outputs import SAMPLES_DIR
-    from cogvid.inference.plan import output_dir
-
-    same_config = OmegaConf.to_container(planned[0]) == OmegaConf.to_container(cfg)
-    return same_config and planned[1].samples_dir.resolve() == (output_dir(cfg) / SAMPLES_DIR).resolve()
+def _plan(cfg, stdin) -> SamplePlan:
+    """The plan made before Hydra made the run dir, when it is this job's (the same config, the same samples dir),
+    else a plan made now."""
+    global _planned
+    planned, _planned = _planned, None
+    if planned is not None and OmegaConf.to_container(planned[0]) == OmegaConf.to_container(cfg):
+        plan = planned[1]
+        if plan.samples_dir.resolve() == (output_dir(cfg) / SAMPLES_DIR).resolve():
+            return plan
+    return plan_sample(cfg, stdin)
 
 
 def run_sample(cfg, stdin=None) -> list[Path]:
     """Sample every prompt of a composed `sample` config; returns the files written by this rank.
 
     `stdin`: where infer.interactive=true reads prompts (default sys.stdin)."""
-    global _planned
-    rank, world, local_rank = dist_env()
-    planned, _planned = _planned, None
-    if planned is not None and _same_job(planned, cfg):
-        plan = planned[1]
-    else:
-        device = None
-        if world > 1:
-            import torch
-
-            if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-                device = torch.device("cuda", local_rank)
-        plan = plan_sample(cfg, stdin, rank=rank, world_size=world, device=device)
-    if world > 1:
+    plan = _plan(cfg, stdin)
+    if plan.world_size > 1:
+        plan = _agree_across_ranks(plan)
+    written = execute(cfg, plan, stdin)
+    if plan.world_size > 1:
         import torch.distributed as dist
 
-        plan = _agree_across_ranks(plan)
-        dist.barrier()  # every rank has read the dir before any rank writes into it
-        written = execute(cfg, plan, stdin)
         dist.barrier()
-        return written
-    return execute(cfg, plan, stdin)
+    return written

@@ -60,12 +60,14 @@ def peak_memory_gb(device: torch.device) -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
-def resolve_device_dtype(cfg) -> tuple[torch.device, torch.dtype, torch.dtype]:
-    """(device, dtype, vae_dtype): device=auto picks CUDA when present; dtype=null picks model.dtype on an accelerator
-    and fp32 on the CPU; vae_dtype=null is the dtype."""
+def resolve_device_dtype(cfg, local_rank: int | None = None) -> tuple[torch.device, torch.dtype, torch.dtype]:
+    """(device, dtype, vae_dtype): device=auto picks CUDA when present (under torchrun, `local_rank`'s GPU);
+    dtype=null picks model.dtype on an accelerator and fp32 on the CPU; vae_dtype=null is the dtype."""
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank is not None and torch.cuda.is_available():
+        name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError as ex:
