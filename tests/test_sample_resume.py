@@ -78,10 +78,10 @@ def test_resume_skips_only_videos_of_the_same_prompt_seed_and_settings(tmp_path)
     key = settings_hash(cfg)
     (samples / "0000_a.mp4").write_bytes(b"video")
     (samples / "0000_a.json").write_text(
-        json.dumps({"prompt": PROMPTS[0], "image": None, "seed": 42, "settings_hash": key})
+        json.dumps({"prompt": PROMPTS[0], "image": None, "seed": 42, "index": 0, "settings_hash": key})
     )
     (samples / "0001_b.json").write_text(
-        json.dumps({"prompt": PROMPTS[0], "image": None, "seed": 43, "settings_hash": key})
+        json.dumps({"prompt": PROMPTS[0], "image": None, "seed": 43, "index": 1, "settings_hash": key})
     )  # no MP4 beside it: not finished
     (samples / "0002_c.json").write_text("{not json")
     assert finished_videos(samples, key) == {(PROMPTS[0], None, 42): 0}
