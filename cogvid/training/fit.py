@@ -51,7 +51,7 @@ def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
     callbacks = [  # in this order: a step is logged, then checkpointed, then validated
         TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches * world_size),
         checkpoints,
-        ValidationVideos(cfg, out_dir),
+        ValidationVideos(cfg, out_dir, plan.image_to_video),
     ]
     trainer = build_trainer(
         cfg,

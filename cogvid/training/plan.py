@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cogvid.config.checks import check_values
-from cogvid.config.schema import TrainTask
+from cogvid.config.schema import TrainTask, is_image_to_video
 from cogvid.utils.errors import CogvidError
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class TrainPlan:
     task: TrainTask
     out_dir: Path | None  # fit, vae: the run's folder (precompute writes into `cache`)
     processes: int  # this node's processes; run_train starts ranks 1.. when no launcher did
+    image_to_video: bool = False  # fit, precompute: an I2V model (its cache holds image latents, validation images)
     spec: ClipSpec | None = None  # how a video becomes a clip (None: fit from data.cache)
     clips: tuple[Clip, ...] = ()  # precompute: the clips to encode; vae: those to train on (one decodes)
     holdout: tuple[Clip, ...] = ()  # vae: the held-out clips its PSNR is measured on
@@ -48,11 +49,12 @@ def plan_train(cfg, run_dir: Path | None = None) -> TrainPlan:
     """The checked plan of a composed `train` config (see the module doc). `run_dir`: the Hydra run dir the job will
     write to, when it is planned before Hydra made it (None: Hydra's own, else ./outputs/cogvid-train)."""
     check_values(cfg)  # first: a refused option value costs no torch import (the planners below import it)
+    image_to_video = is_image_to_video(cfg.model)
     task = TrainTask(cfg.task)
     if task is TrainTask.precompute:
-        return _plan_precompute(cfg)
+        return _plan_precompute(cfg, image_to_video)
     out_dir = output_dir(cfg, run_dir)
-    return _plan_vae(cfg, out_dir) if task is TrainTask.vae else _plan_fit(cfg, out_dir)
+    return _plan_vae(cfg, out_dir) if task is TrainTask.vae else _plan_fit(cfg, out_dir, image_to_video)
 
 
 def output_dir(cfg, run_dir: Path | None = None) -> Path:
@@ -68,8 +70,8 @@ def output_dir(cfg, run_dir: Path | None = None) -> Path:
     return Path("outputs") / "cogvid-train"
 
 
-def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
-    """task=fit: processes and strategy, the weights, the data, then the resume point."""
+def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
+    """task=fit: processes and strategy, the weights, the validation videos, the data, then the resume point."""
     from cogvid.sat.loading import check_vae_file
     from cogvid.training.strategies import deepspeed_config, device_placement, externally_launched, strategy_name
 
@@ -98,7 +100,8 @@ def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
         check_vae_file(cfg.model.vae_ckpt)
     if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
         raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
-    spec, dataset = _fit_dataset(cfg)  # read before Lightning is imported (resume.py imports it)
+    _check_validation(cfg, image_to_video)
+    spec, dataset = _fit_dataset(cfg, image_to_video)  # read before Lightning is imported (resume.py imports it)
     from cogvid.training.resume import check_resumable, resolve_resume, run_signature
 
     world_size = t.devices * t.num_nodes if strategy != "single" else 1
@@ -108,6 +111,7 @@ def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
         task=TrainTask.fit,
         out_dir=out_dir,
         processes=t.devices if strategy != "single" else 1,
+        image_to_video=image_to_video,
         spec=spec,
         cache=Path(cfg.data.cache).expanduser() if cfg.data.cache else None,
         dataset=dataset,
@@ -122,14 +126,30 @@ def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
     )
 
 
-def _fit_dataset(cfg) -> tuple[ClipSpec | None, Any]:
+def _check_validation(cfg, image_to_video: bool) -> None:
+    """train.validation: prompts (and, for an I2V model, one image each) and the VAE and T5 that sample them."""
+    v = cfg.train.validation
+    if v.every <= 0:
+        return
+    if not v.prompts:
+        raise CogvidError("train.validation.every > 0 needs train.validation.prompts='[a prompt, ...]'")
+    if image_to_video and len(v.images) != len(v.prompts):
+        raise CogvidError(
+            f"{cfg.model.name} is image-to-video: give one train.validation.images entry per prompt "
+            f"({len(v.prompts)} prompts, {len(v.images)} images)"
+        )
+    if not (cfg.model.vae_ckpt and cfg.model.text_encoder.path):
+        raise CogvidError("validation videos need model.vae_ckpt and model.text_encoder.path (also with data.cache)")
+
+
+def _fit_dataset(cfg, image_to_video: bool) -> tuple[ClipSpec | None, Any]:
     """task=fit's training data: the latent cache (data.cache, checked against the model) or the videos, one of
     which must decode."""
     from cogvid.training.data import VideoClips, clip_spec, find_clips
     from cogvid.training.precompute import CachedLatents
 
     if cfg.data.cache:
-        return None, CachedLatents(cfg)
+        return None, CachedLatents(cfg, image_to_video)
     spec = clip_spec(cfg)
     dataset = VideoClips(find_clips(cfg), spec)
     dataset.check_readable()
@@ -174,7 +194,7 @@ def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
     )
 
 
-def _plan_precompute(cfg) -> TrainPlan:
+def _plan_precompute(cfg, image_to_video: bool) -> TrainPlan:
     """task=precompute: the VAE and T5 it loads, the clips (one decodes), and a data.cache that takes these latents."""
     from cogvid.sat.loading import check_vae_file
     from cogvid.training.data import VideoClips, clip_spec, find_clips
@@ -191,12 +211,13 @@ def _plan_precompute(cfg) -> TrainPlan:
     check_vae_file(cfg.model.vae_ckpt)  # before a video is decoded
     videos.check_readable()  # one clip decodes to enough frames, before meta.json is written
     cache = Path(cfg.data.cache).expanduser()
-    meta = cache_meta(cfg, spec)
+    meta = cache_meta(cfg, spec, image_to_video)
     check_cache_agrees(cache, meta)
     return TrainPlan(
         task=TrainTask.precompute,
         out_dir=None,
         processes=cfg.train.devices,
+        image_to_video=image_to_video,
         spec=spec,
         clips=tuple(videos.clips),
         cache=cache,
