@@ -105,7 +105,7 @@ def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
     from cogvid.training.resume import check_resumable, resolve_resume, run_signature
 
     world_size = t.devices * t.num_nodes if strategy != "single" else 1
-    signature = run_signature(cfg, world_size)
+    signature = run_signature(cfg, strategy, world_size)
     resume_dir = resolve_resume(t.resume, out_dir)
     return TrainPlan(
         task=TrainTask.fit,
