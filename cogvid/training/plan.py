@@ -40,6 +40,7 @@ class TrainPlan:
     strategy: str = "single"  # train.strategy: single | ddp | deepspeed
     deepspeed: dict | None = None  # the DeepSpeed JSON config (strategy deepspeed)
     world_size: int = 1  # fit: the processes of the whole run
+    sat_from_ema: bool = False  # fit: the SAT weights of a checkpoint hold the EMA (train.sat_weights=ema)
     signature: dict | None = None  # fit: what a resumed run must share with this one
     resume_dir: Path | None = None  # fit: the checkpoint folder to continue from
     start_step: int = 0
@@ -120,6 +121,7 @@ def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
         strategy=strategy,
         deepspeed=deepspeed,
         world_size=world_size,
+        sat_from_ema=str(getattr(t.sat_weights, "value", t.sat_weights)) == "ema",
         signature=signature,
         resume_dir=resume_dir,
         start_step=check_resumable(resume_dir, signature) if resume_dir is not None else 0,
