@@ -47,7 +47,7 @@ def test_a_damaged_cache_meta_json(tmp_path, text):
     assert "\n" not in str(info.value)
     cfg = compose(["model=shapes", f"data.cache={cache}"], "train")
     with pytest.raises(CogvidError, match="meta.json is (damaged|not a JSON object)"):
-        CachedLatents(cfg)
+        CachedLatents(cfg, image_to_video=False)
 
 
 def test_an_intact_cache_meta_json_reads_back(tmp_path):

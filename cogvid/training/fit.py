@@ -46,12 +46,13 @@ def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
     data = TrainData(plan.dataset, t.batch_size, t.seed, cfg.data.num_workers, t.accumulate_grad_batches)
 
     sat_dtype = None if precision == "32" else PRECISION_DTYPES[precision]  # SAT stores the training dtype
-    sat_from_ema = str(getattr(t.sat_weights, "value", t.sat_weights)) == "ema"
-    checkpoints = ResumableCheckpoints(out_dir, t.checkpoint_every, t.keep_last, signature, sat_dtype, sat_from_ema)
+    checkpoints = ResumableCheckpoints(
+        out_dir, t.checkpoint_every, t.keep_last, signature, sat_dtype, sat_from_ema=plan.sat_from_ema
+    )
     callbacks = [  # in this order: a step is logged, then checkpointed, then validated
         TrainMetrics(out_dir, t.log_every, t.batch_size * t.accumulate_grad_batches * world_size),
         checkpoints,
-        ValidationVideos(cfg, out_dir),
+        ValidationVideos(cfg, out_dir, plan.image_to_video),
     ]
     trainer = build_trainer(
         cfg,
@@ -80,7 +81,7 @@ def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
             "EMA of the %d trainable weights, decay %s, in every checkpoint; the SAT weights hold the %s weights",
             len(module.trainable_names),
             module.ema.decay,
-            "EMA" if sat_from_ema else "trained",
+            "EMA" if plan.sat_from_ema else "trained",
         )
     ckpt_path = str(resume_dir / STATE) if resume_dir is not None else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)

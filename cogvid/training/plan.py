@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cogvid.config.checks import check_values
-from cogvid.config.schema import TrainTask
+from cogvid.config.schema import TrainTask, is_image_to_video
 from cogvid.utils.errors import CogvidError
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class TrainPlan:
     task: TrainTask
     out_dir: Path | None  # fit, vae: the run's folder (precompute writes into `cache`)
     processes: int  # this node's processes; run_train starts ranks 1.. when no launcher did
+    image_to_video: bool = False  # fit, precompute: an I2V model (its cache holds image latents, validation images)
     spec: ClipSpec | None = None  # how a video becomes a clip (None: fit from data.cache)
     clips: tuple[Clip, ...] = ()  # precompute: the clips to encode; vae: those to train on (one decodes)
     holdout: tuple[Clip, ...] = ()  # vae: the held-out clips its PSNR is measured on
@@ -39,6 +40,7 @@ class TrainPlan:
     strategy: str = "single"  # train.strategy: single | ddp | deepspeed
     deepspeed: dict | None = None  # the DeepSpeed JSON config (strategy deepspeed)
     world_size: int = 1  # fit: the processes of the whole run
+    sat_from_ema: bool = False  # fit: the SAT weights of a checkpoint hold the EMA (train.sat_weights=ema)
     signature: dict | None = None  # fit: what a resumed run must share with this one
     resume_dir: Path | None = None  # fit: the checkpoint folder to continue from
     start_step: int = 0
@@ -48,11 +50,12 @@ def plan_train(cfg, run_dir: Path | None = None) -> TrainPlan:
     """The checked plan of a composed `train` config (see the module doc). `run_dir`: the Hydra run dir the job will
     write to, when it is planned before Hydra made it (None: Hydra's own, else ./outputs/cogvid-train)."""
     check_values(cfg)  # first: a refused option value costs no torch import (the planners below import it)
+    image_to_video = is_image_to_video(cfg.model)
     task = TrainTask(cfg.task)
     if task is TrainTask.precompute:
-        return _plan_precompute(cfg)
+        return _plan_precompute(cfg, image_to_video)
     out_dir = output_dir(cfg, run_dir)
-    return _plan_vae(cfg, out_dir) if task is TrainTask.vae else _plan_fit(cfg, out_dir)
+    return _plan_vae(cfg, out_dir) if task is TrainTask.vae else _plan_fit(cfg, out_dir, image_to_video)
 
 
 def output_dir(cfg, run_dir: Path | None = None) -> Path:
@@ -68,8 +71,8 @@ def output_dir(cfg, run_dir: Path | None = None) -> Path:
     return Path("outputs") / "cogvid-train"
 
 
-def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
-    """task=fit: processes and strategy, the weights, the data, then the resume point."""
+def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
+    """task=fit: processes and strategy, the weights, the validation videos, the data, then the resume point."""
     from cogvid.sat.loading import check_vae_file
     from cogvid.training.strategies import deepspeed_config, device_placement, externally_launched, strategy_name
 
@@ -98,16 +101,18 @@ def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
         check_vae_file(cfg.model.vae_ckpt)
     if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
         raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
-    spec, dataset = _fit_dataset(cfg)  # read before Lightning is imported (resume.py imports it)
+    _check_validation(cfg, image_to_video)
+    spec, dataset = _fit_dataset(cfg, image_to_video)  # read before Lightning is imported (resume.py imports it)
     from cogvid.training.resume import check_resumable, resolve_resume, run_signature
 
     world_size = t.devices * t.num_nodes if strategy != "single" else 1
-    signature = run_signature(cfg, world_size)
+    signature = run_signature(cfg, strategy, world_size)
     resume_dir = resolve_resume(t.resume, out_dir)
     return TrainPlan(
         task=TrainTask.fit,
         out_dir=out_dir,
         processes=t.devices if strategy != "single" else 1,
+        image_to_video=image_to_video,
         spec=spec,
         cache=Path(cfg.data.cache).expanduser() if cfg.data.cache else None,
         dataset=dataset,
@@ -116,20 +121,37 @@ def _plan_fit(cfg, out_dir: Path) -> TrainPlan:
         strategy=strategy,
         deepspeed=deepspeed,
         world_size=world_size,
+        sat_from_ema=str(getattr(t.sat_weights, "value", t.sat_weights)) == "ema",
         signature=signature,
         resume_dir=resume_dir,
         start_step=check_resumable(resume_dir, signature) if resume_dir is not None else 0,
     )
 
 
-def _fit_dataset(cfg) -> tuple[ClipSpec | None, Any]:
+def _check_validation(cfg, image_to_video: bool) -> None:
+    """train.validation: prompts (and, for an I2V model, one image each) and the VAE and T5 that sample them."""
+    v = cfg.train.validation
+    if v.every <= 0:
+        return
+    if not v.prompts:
+        raise CogvidError("train.validation.every > 0 needs train.validation.prompts='[a prompt, ...]'")
+    if image_to_video and len(v.images) != len(v.prompts):
+        raise CogvidError(
+            f"{cfg.model.name} is image-to-video: give one train.validation.images entry per prompt "
+            f"({len(v.prompts)} prompts, {len(v.images)} images)"
+        )
+    if not (cfg.model.vae_ckpt and cfg.model.text_encoder.path):
+        raise CogvidError("validation videos need model.vae_ckpt and model.text_encoder.path (also with data.cache)")
+
+
+def _fit_dataset(cfg, image_to_video: bool) -> tuple[ClipSpec | None, Any]:
     """task=fit's training data: the latent cache (data.cache, checked against the model) or the videos, one of
     which must decode."""
     from cogvid.training.data import VideoClips, clip_spec, find_clips
     from cogvid.training.precompute import CachedLatents
 
     if cfg.data.cache:
-        return None, CachedLatents(cfg)
+        return None, CachedLatents(cfg, image_to_video)
     spec = clip_spec(cfg)
     dataset = VideoClips(find_clips(cfg), spec)
     dataset.check_readable()
@@ -170,7 +192,7 @@ def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
     )
 
 
-def _plan_precompute(cfg) -> TrainPlan:
+def _plan_precompute(cfg, image_to_video: bool) -> TrainPlan:
     """task=precompute: the VAE and T5 it loads, the clips (one decodes), and a data.cache that takes these latents."""
     from cogvid.sat.loading import check_vae_file
     from cogvid.training.data import VideoClips, clip_spec, find_clips
@@ -187,12 +209,13 @@ def _plan_precompute(cfg) -> TrainPlan:
     check_vae_file(cfg.model.vae_ckpt)  # before a video is decoded
     videos.check_readable()  # one clip decodes to enough frames, before meta.json is written
     cache = Path(cfg.data.cache).expanduser()
-    meta = cache_meta(cfg, spec)
+    meta = cache_meta(cfg, spec, image_to_video)
     check_cache_agrees(cache, meta)
     return TrainPlan(
         task=TrainTask.precompute,
         out_dir=None,
         processes=cfg.train.devices,
+        image_to_video=image_to_video,
         spec=spec,
         clips=tuple(videos.clips),
         cache=cache,

@@ -41,7 +41,6 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from cogvid.config.schema import is_image_to_video
 from cogvid.interop.tensor_io import safetensors_bytes
 from cogvid.models.layout import to_vae_layout
 from cogvid.training.data import BadVideo, ClipSpec, latent_frames, load_clip
@@ -57,8 +56,9 @@ CACHE_FORMAT = "cogvid-latents"
 CACHE_VERSION = 1
 
 
-def cache_meta(cfg, spec: ClipSpec) -> dict:
-    """What `data.cache/meta.json` says of latents made from clips cut as `spec` for `cfg.model`."""
+def cache_meta(cfg, spec: ClipSpec, image_to_video: bool) -> dict:
+    """What `data.cache/meta.json` says of latents made from clips cut as `spec` for `cfg.model` (`image_to_video`:
+    with the latents of each clip's first frame)."""
     m = cfg.model
     return {
         "format": CACHE_FORMAT,
@@ -75,7 +75,7 @@ def cache_meta(cfg, spec: ClipSpec) -> dict:
         "skip_frms_num": spec.skip_frms_num,
         "text_length": m.text_length,
         "text_hidden_size": m.text_hidden_size,
-        "image_latents": is_image_to_video(m),
+        "image_latents": image_to_video,
         "source": cfg.data.root or cfg.data.manifest,
     }
 
@@ -120,16 +120,16 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     t5 = T5Conditioner.from_pretrained(
         cfg.model.text_encoder.path, cfg.model.text_length, dtype, device, text_hidden_size=cfg.model.text_hidden_size
     )
-    encode = partial(_encode_clip, vae, t5, image_seed=cfg.train.seed if plan.cache_meta["image_latents"] else None)
+    encode = partial(_encode_clip, vae, t5, image_seed=cfg.train.seed if plan.image_to_video else None)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
 
     root = plan.cache  # both models loaded: the cache is written from here on
     if rank == 0 and not (root / "meta.json").is_file():
         write_new(root / "meta.json", lambda f: f.write(json.dumps(plan.cache_meta, indent=2).encode()))
-    check_cache_agrees(root, plan.cache_meta)  # also a meta.json another precompute wrote since this one was planned
     for folder in (root, root / "samples"):
         if folder.is_dir():
             clean_stale(folder)  # temp files of a killed precompute
+    check_cache_agrees(root, plan.cache_meta)  # also a meta.json another precompute wrote since this one was planned
 
     written = kept = 0
     skipped: list[str] = []
@@ -188,10 +188,10 @@ def read_cache_meta(root: Path) -> dict:
 
 
 class CachedLatents(Dataset):
-    """Samples of a `data.cache` folder: item {"mean", "logvar" | "latent", "crossattn", ["image_mean", ...],
-    "batch_pos", "skipped"}."""
+    """Samples of a `data.cache` folder, checked against `cfg.model` (`image_to_video`: it needs image latents): item
+    {"mean", "logvar" | "latent", "crossattn", ["image_mean", ...], "batch_pos", "skipped"}."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, image_to_video: bool):
         root = Path(cfg.data.cache).expanduser()
         meta_file = root / "meta.json"
         if not meta_file.is_file():
@@ -206,7 +206,7 @@ class CachedLatents(Dataset):
             raise CogvidError(
                 f"data.cache={root} was made for model {meta.get('model')}, not {m.name}: {', '.join(differ)}"
             )
-        if is_image_to_video(m) and not meta.get("image_latents"):
+        if image_to_video and not meta.get("image_latents"):
             raise CogvidError(f"data.cache={root} has no I2V image latents; precompute again with model={m.name}")
         self.meta = meta
         self.files = sorted(p for p in (root / "samples").glob("*.safetensors") if not p.name.startswith("."))

@@ -52,9 +52,9 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def run_signature(cfg, world_size: int) -> dict:
-    """What a resumed run must share with the one that wrote the checkpoint."""
-    m, t = cfg.model, cfg.train
+def run_signature(cfg, strategy: str, world_size: int) -> dict:
+    """What a resumed run must share with the one that wrote the checkpoint (`strategy`: train.strategy's name)."""
+    m = cfg.model
     return {
         "model": m.name,
         "hidden_size": m.hidden_size,
@@ -62,8 +62,8 @@ def run_signature(cfg, world_size: int) -> dict:
         "in_channels": m.in_channels,
         "mode": cfg.mode.name,
         "lora_rank": m.lora_rank if cfg.mode.name == "lora" else 0,
-        "strategy": str(getattr(t.strategy, "value", t.strategy)),
-        "zero_stage": t.deepspeed.stage if str(getattr(t.strategy, "value", t.strategy)) == "deepspeed" else None,
+        "strategy": strategy,
+        "zero_stage": cfg.train.deepspeed.stage if strategy == "deepspeed" else None,
         "world_size": world_size,
     }
 

@@ -72,13 +72,13 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
         workers = start_local_workers(cfg, plan.processes, plan.out_dir, relaunch)
         ok = False
         try:
-            if plan.task is TrainTask.precompute:
-                run_precompute(cfg, plan)
-                result = None
-            else:
+            if plan.task is TrainTask.fit:
                 from cogvid.training.fit import fit
 
                 result = fit(cfg, plan, deepspeed_strategy_class)
+            else:
+                run_precompute(cfg, plan)
+                result = None
             ok = True
             return result
         finally:
