@@ -23,7 +23,6 @@ from omegaconf import OmegaConf
 
 from cogvid.config.checks import check_values
 from cogvid.config.schema import Uncond, is_image_to_video
-from cogvid.inference.outputs import check_writable, finished_videos, next_free_index
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import VideoShape, job_video_shape, video_shape
 from cogvid.utils.errors import CogvidError
@@ -248,12 +247,14 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     """The checked plan of a composed `sample` config (see the module doc) for this process (its share under
     torchrun). `run_dir`: the Hydra run dir the job will write to when it is planned before Hydra made it."""
     from cogvid.config.pairings import ignored_options
-    from cogvid.utils.runtime import dist_env
 
     # 1. the option values, and what they make of the run: config only, no torch import yet
     check_values(cfg)
     negative = Uncond(cfg.sampler.uncond) is Uncond.negative_prompt
     ignored = ignored_options(cfg)
+    from cogvid.inference.outputs import check_writable, finished_videos, next_free_index  # torch from here on
+    from cogvid.utils.runtime import dist_env
+
     rank, world_size, local_rank = dist_env()
     _refuse_mode(cfg, world_size)
     # 2. the inputs: the source clip, every prompt with its image and shape (every rank checks them all)

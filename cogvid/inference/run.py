@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cogvid.inference.outputs import SAMPLES_DIR, write_sample
 from cogvid.inference.plan import PlannedVideo, SamplePlan, output_dir, plan_sample, plan_videos
 from cogvid.inference.prompts import prompt_jobs
-from cogvid.utils.media import to_uint8_frames
-from cogvid.utils.runtime import dist_env
 
 log = logging.getLogger("cogvid.sample")
 
@@ -28,6 +26,9 @@ log = logging.getLogger("cogvid.sample")
 def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list[Path]:
     """Make one planned video and write its files, its sidecar completed with its timings."""
     from hydra.core.hydra_config import HydraConfig
+
+    from cogvid.inference.outputs import write_sample
+    from cogvid.utils.media import to_uint8_frames
 
     result = pipeline.generate(
         video.prompt,
@@ -125,13 +126,15 @@ _planned: tuple[object, SamplePlan] | None = None
 def plan_before_run_dir(cfg, run_dir: Path) -> None:
     """Plan a single run from its config before Hydra writes anything: a refusal then leaves no run dir."""
     global _planned
-    if dist_env()[1] == 1:
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:  # under torchrun each rank plans in its job
         _planned = (cfg, plan_sample(cfg, run_dir=run_dir))
 
 
 def _plan(cfg, stdin) -> SamplePlan:
     """The plan made before Hydra made the run dir, when it is this job's (the same config, the same samples dir),
     else a plan made now."""
+    from cogvid.inference.outputs import SAMPLES_DIR
+
     global _planned
     planned, _planned = _planned, None
     if planned is not None and OmegaConf.to_container(planned[0]) == OmegaConf.to_container(cfg):
