@@ -45,7 +45,12 @@ def sample(tmp_path, tiny_t5_dir):
 def test_a_prompt_with_punctuation_works_as_typed(tmp_path, sample):
     """The shell passes these characters to Hydra as they are; the video's sidecar holds the prompt unchanged."""
     prompt = 'a fox\'s tail, "fast" = [1] (2) {3} costs $5 ${x} \\ à 日本 🦊'
-    result = sample(f"model.ckpt={FIXTURE / 'dit_ckpt'}", f"infer.prompt={prompt}", f"infer.negative_prompt={prompt}")
+    result = sample(
+        f"model.ckpt={FIXTURE / 'dit_ckpt'}",
+        f"infer.prompt={prompt}",
+        f"infer.negative_prompt={prompt}",
+        "sampler.uncond=negative_prompt",
+    )
     assert result.returncode == 0, result.stderr
     (sidecar,) = (tmp_path / "out" / "samples").glob("*.json")
     assert json.loads(sidecar.read_text())["prompt"] == prompt

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 from cogvid.config.checks import check_values
 from cogvid.config.compose import compose
@@ -209,13 +207,9 @@ def test_strength_without_a_video_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_the_sidecar_records_strength_and_ignored_options():
-    from cogvid.inference.prompts import PromptJob
-    from cogvid.inference.run import _sidecar
+def test_the_sidecar_records_strength_and_ignored_options(tmp_path):
+    from cogvid.inference.plan import plan_sample
 
-    cfg = _compose("sample", ["sampler.guider=none", "sampler.guidance_scale=9"])
-    result = SimpleNamespace(seed=42, video=torch.zeros(3, 9, 64, 64), timings={})
-    pipeline = SimpleNamespace(dtype=torch.float32, vae_dtype=torch.float32, device=torch.device("cpu"))
-    job = PromptJob(index=0, prompt="a red circle", image=None, source="infer.prompt")
-    sidecar = _sidecar(cfg, job, 0, 0, result, 8, pipeline)
+    cfg = _compose("sample", ["sampler.guider=none", "sampler.guidance_scale=9", f"infer.output_dir={tmp_path}"])
+    sidecar = plan_sample(cfg).sidecar  # what every video's sidecar says of the run
     assert sidecar["strength"] is None and sidecar["ignored"] == ["sampler.guidance_scale=9.0"]
