@@ -15,6 +15,20 @@ from build_tiny_t5 import build_tiny_t5  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"
 BIN = Path(sys.executable).parent  # the environment's console scripts: cogvid-sample, cogvid-train, cogvid-export
+ROOT, TESTS = Path(__file__).resolve().parents[1], Path(__file__).resolve().parent
+# A guard against a hung child process, not a speed limit: the slowest child takes about 30 s on 2 idle cores, and
+# the suite must pass beside other CPU-bound work on a machine twice as slow.
+TIMEOUT = 1800
+
+
+def pythonpath(*first: str | Path) -> str:
+    """A PYTHONPATH for a child process: `first`, then this checkout (so that console scripts, `python -m` and
+    torchrun children import the cogvid under test, not another installed copy), then the inherited one."""
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys([*map(str, first), str(ROOT), *inherited]))
+
+
+os.environ["PYTHONPATH"] = pythonpath()  # every child of the test process: this checkout's cogvid
 
 
 def run_cli(
@@ -38,7 +52,7 @@ def run_cli(
         text=text,
         cwd=cwd,
         env=env,
-        timeout=120,
+        timeout=TIMEOUT,
         preexec_fn=preexec_fn,
     )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE
+from conftest import FIXTURE, TIMEOUT
 from conftest import run_cli as run
 
 
@@ -144,7 +144,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         ],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=TIMEOUT,
     )
     wheel = next(tmp_path.glob("cogvid-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -155,7 +155,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=TIMEOUT,
     )
     probe = subprocess.run(
         [
@@ -168,7 +168,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         text=True,
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(target)},
-        timeout=120,
+        timeout=TIMEOUT,
     )
     assert probe.returncode == 0, probe.stderr
     module_file, conf, hidden, shapes_ckpt = probe.stdout.split()
