@@ -121,7 +121,7 @@ def test_unknown_sat_target(tmp_path):
 
 def test_help_is_helpful():
     for prog in ("cogvid-sample", "cogvid-export", "cogvid-train"):
-        result = run(prog, "--help")
+        result = run(prog, "--help", console_script=True)
         assert result.returncode == 0 and ("model=" in result.stdout or "sat-config" in result.stdout), prog
 
 
