@@ -172,9 +172,14 @@ def _deterministic_threads(request):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n N --dist loadgroup`, the tests of a module with module- or class-scoped fixtures run in one
-    worker (one xdist_group per module), so that each such fixture is built once; other tests spread one by one."""
+    worker (one xdist_group per module), so that each such fixture is built once; the multi-process training runs
+    (`distributed`) run one after another in one worker, so that no two pick their rendezvous port at once and no more
+    than two ranks share the cores; other tests spread one by one."""
     for item in items:
         if any(item.iter_markers("xdist_group")):
+            continue
+        if any(item.iter_markers("distributed")):
+            item.add_marker(pytest.mark.xdist_group("distributed"))
             continue
         defs = getattr(item, "_fixtureinfo", None)
         scopes = {d.scope for ds in (defs.name2fixturedefs.values() if defs else ()) for d in ds}
