@@ -169,24 +169,6 @@ def _deterministic_threads(request):
     torch.set_num_threads(1 if XDIST_WORKERS > 1 else getattr(request.module, "TORCH_THREADS", 2))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n N --dist loadgroup`, the tests of a module with module- or class-scoped fixtures run in one
-    worker (one xdist_group per module), so that each such fixture is built once; the multi-process training runs
-    (`distributed`) run one after another in one worker, so that no two pick their rendezvous port at once and no more
-    than two ranks share the cores; other tests spread one by one."""
-    for item in items:
-        if any(item.iter_markers("xdist_group")):
-            continue
-        if any(item.iter_markers("distributed")):
-            item.add_marker(pytest.mark.xdist_group("distributed"))
-            continue
-        defs = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for ds in (defs.name2fixturedefs.values() if defs else ()) for d in ds}
-        if scopes & {"module", "class", "package"}:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory) -> Path:
     """A tiny T5 in the SAT release layout (spiece.model + config.json + weights), built offline in the test:
