@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), a module's tests in one of them (--dist loadscope), so that
+# a module-scoped fixture is built once and the multi-process training runs (one module) never overlap. (loadgroup's
+# xdist_group marks have no effect with pytest 9.2 and xdist 3.8.0: the @group suffix never reaches the node ids.)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20
 
 # The main job on a bundled default: the shapes model shipped in cogvid/weights/shapes (trained by cogvid itself:
 # `make shapes-model`) samples one prompt into an MP4 and a PNG strip of its frames, and the log says where.

@@ -1,4 +1,4 @@
-"""Run a cogvid command line in this process and SIGKILL it at a chosen point (used by tests/test_crash_safety.py).
+"""Run a cogvid command line in this process and SIGKILL it at a chosen event (used by tests/test_crash_safety.py).
 
     python tests/crash_run.py POINT N cogvid-sample key=value ...
 
@@ -10,8 +10,12 @@ POINT picks the moment, counted over the whole process (Hydra's files included):
   rmtree   just before the Nth shutil.rmtree (e.g. after a folder swap, before the old folder is deleted);
   write    halfway through the Nth write() to a binary file that Python opened for writing (open, io.open,
            pathlib): a temp file is cut off;
+  any      at the Nth of all the events above, whichever kind it is (a test draws N from the count of a whole run);
   never    no kill (the command runs to its end).
-The kill is a real SIGKILL of this process: no finally block, atexit hook or signal handler runs.
+The kill is a real SIGKILL of this process: no finally block, atexit hook or signal handler runs. Just before it,
+and when a run ends (any exit code), the last line on stderr is
+`crash_run events: {"fsync": .., "replace": .., "rmtree": .., "write": .., "any": ..}`: how many of each the run met
+(the one it dies at included), so that a test can choose a later kill point that a run of the same length reaches.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -29,20 +34,35 @@ ENTRY_POINTS = {
     "cogvid-export": "cogvid.cli.export",
     "cogvid-train": "cogvid.cli.train",
 }
+KINDS = ("fsync", "replace", "link", "rmtree", "write")
+COUNTS = dict.fromkeys((*KINDS, "any"), 0)
+KILL: tuple[str, int] = ("never", 0)
 
 
 def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_before_nth(module, name: str, n: int) -> None:
+def event(kind: str) -> bool:
+    """Count one event of `kind`; True when it is the one to die at."""
+    COUNTS[kind] += 1
+    COUNTS["any"] += 1
+    point, n = KILL
+    if point in (kind, "any") and COUNTS[point] == n:
+        report()  # how far the run got: the events up to this one
+        return True
+    return False
+
+
+def report() -> None:
+    print(f"crash_run events: {json.dumps(COUNTS)}", file=sys.stderr, flush=True)
+
+
+def kill_before(module, name: str, kind: str) -> None:
     real = getattr(module, name)
-    calls = 0
 
     def counted(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls == n:
+        if event(kind):
             die()
         return real(*args, **kwargs)
 
@@ -50,13 +70,14 @@ def kill_before_nth(module, name: str, n: int) -> None:
 
 
 class HalfWriteFile:
-    """A file opened for writing whose `on_write`-th write() stores half of its bytes, then the process dies."""
+    """A file opened for writing whose write() is an event: at the chosen one it stores half of its bytes, then the
+    process dies."""
 
-    def __init__(self, file, on_write):
-        self._file, self._on_write = file, on_write
+    def __init__(self, file):
+        self._file = file
 
     def write(self, data):
-        if self._on_write():
+        if event("write"):
             self._file.write(bytes(memoryview(data).cast("B")[: len(memoryview(data).cast("B")) // 2]))
             self._file.flush()
             die()
@@ -76,35 +97,32 @@ class HalfWriteFile:
         return getattr(self._file, name)
 
 
-def kill_in_nth_write(n: int) -> None:
+def count_binary_writes() -> None:
     real_open = builtins.open
-    writes = 0
-
-    def is_nth() -> bool:
-        nonlocal writes
-        writes += 1
-        return writes == n
 
     def open_(file, mode="r", *args, **kwargs):
         f = real_open(file, mode, *args, **kwargs)
-        return HalfWriteFile(f, is_nth) if "b" in mode and any(c in mode for c in "wax+") else f
+        return HalfWriteFile(f) if "b" in mode and any(c in mode for c in "wax+") else f
 
     builtins.open = io.open = open_  # pathlib's write_bytes opens through io.open
 
 
 def main() -> None:
+    global KILL
     point, n, prog, *args = sys.argv[1:]
-    n = int(n)
-    if point in ("fsync", "replace", "link"):
-        kill_before_nth(os, point, n)
-    elif point == "rmtree":
-        kill_before_nth(shutil, "rmtree", n)
-    elif point == "write":
-        kill_in_nth_write(n)
-    elif point != "never":
+    if point not in (*KINDS, "any", "never"):
         raise SystemExit(f"unknown kill point {point}")
+    KILL = (point, int(n))
+    kill_before(os, "fsync", "fsync")
+    kill_before(os, "replace", "replace")
+    kill_before(os, "link", "link")
+    kill_before(shutil, "rmtree", "rmtree")
+    count_binary_writes()
     sys.argv = [prog, *args]
-    importlib.import_module(ENTRY_POINTS[prog]).main()
+    try:
+        importlib.import_module(ENTRY_POINTS[prog]).main()
+    finally:
+        report()
 
 
 if __name__ == "__main__":

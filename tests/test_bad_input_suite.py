@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE, run_cli
+from conftest import FIXTURE, TIMEOUT, run_cli
 
 SHAPES_WEIGHTS = Path(__file__).resolve().parents[1] / "cogvid" / "weights" / "shapes"
 SHARED_INPUTS = (FIXTURE, SHAPES_WEIGHTS)  # read by many cases at once: stat-checked per case, hashed per run
@@ -632,6 +632,6 @@ def test_a_refused_value_imports_no_torch(tmp_path, module, argv):
     """The value checks run before torch, Lightning or diffusers is imported: such a refusal takes a fraction of a
     second, not the seconds those imports cost."""
     code = PROBE.format(argv=argv, module=module)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=TIMEOUT)
     assert result.stdout.split("\n")[0] == "2 []", (result.stdout, result.stderr)
     assert list(tmp_path.iterdir()) == []

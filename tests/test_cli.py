@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE
+from conftest import FIXTURE, TIMEOUT
 from conftest import run_cli as run
 
 
@@ -126,7 +126,7 @@ def test_unknown_sat_target(tmp_path):
 
 def test_help_is_helpful():
     for prog in ("cogvid-sample", "cogvid-export", "cogvid-train"):
-        result = run(prog, "--help")
+        result = run(prog, "--help", console_script=True)
         assert result.returncode == 0 and ("model=" in result.stdout or "sat-config" in result.stdout), prog
 
 
@@ -149,7 +149,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         ],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=TIMEOUT,
     )
     wheel = next(tmp_path.glob("cogvid-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -160,7 +160,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=TIMEOUT,
     )
     probe = subprocess.run(
         [
@@ -173,7 +173,7 @@ def test_a_wheel_ships_the_config_tree(tmp_path):
         text=True,
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(target)},
-        timeout=120,
+        timeout=TIMEOUT,
     )
     assert probe.returncode == 0, probe.stderr
     module_file, conf, hidden, shapes_ckpt = probe.stdout.split()

@@ -11,10 +11,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import TIMEOUT
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -24,21 +24,25 @@ from cogvid.utils.media import read_mp4
 
 RUNNER = Path(__file__).with_name("crash_run.py")
 KILLED = -signal.SIGKILL
-RANDOM = random.Random(11)  # the timed kills land at reproducible "random" moments
+RANDOM = random.Random(11)  # the "random" kills land at reproducible events
 
 
-def run(point: str, n: int, prog: str, *args: str, cwd: Path, kill_after: float | None = None):
-    """The command line under tests/crash_run.py; with `kill_after`, SIGKILLed from outside after that many s."""
+def run(point: str, n: int, prog: str, *args: str, cwd: Path) -> tuple[int, str, dict[str, int]]:
+    """The command line under tests/crash_run.py, SIGKILLed by itself at the `n`th `point` event: (exit code, output,
+    how many events of each kind it met up to its kill or its end). No kill depends on the clock."""
     cmd = [sys.executable, str(RUNNER), point, str(n), prog, *args]
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        try:
-            proc.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    out, err = proc.communicate(timeout=600)
-    return proc.returncode, out + err, time.monotonic() - started
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    log = proc.stdout + proc.stderr
+    counts = re.findall(r"crash_run events: (\{.*?\})", proc.stderr)  # after a progress bar, on its line
+    assert counts, f"{point} {n}: no event count; {log[-2000:]}"
+    return proc.returncode, log, json.loads(counts[-1])
+
+
+def killed(point: str, n: int, prog: str, *args: str, cwd: Path) -> dict[str, int]:
+    """`run`, which must end in the kill; the events met up to it."""
+    code, log, counts = run(point, n, prog, *args, cwd=cwd)
+    assert code == KILLED, f"{point} {n}: exit code {code}, not the kill; {log[-2000:]}"
+    return counts
 
 
 def digest(path: Path) -> str:
@@ -88,13 +92,15 @@ def test_cogvid_sample_killed_anywhere_keeps_every_video_whole(tmp_path):
     samples = tmp_path / "out" / "samples"
     args = [*SAMPLE, f"infer.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     kept: dict[Path, str] = {}
-    # fsync 1: the first MP4 is encoded, not yet renamed; write 1: half of the first latents file; link 5: the
-    # first video's four files are in place, the second's are not; then a kill from outside at a random moment.
-    points = [("fsync", 1, None), ("write", 1, None), ("link", 5, None), ("never", 0, RANDOM.uniform(1.0, 4.0))]
-    for point, n, after in points:
-        code, log, _ = run(point, n, "cogvid-sample", *args, cwd=tmp_path, kill_after=after)
-        # a kill from outside may come after a fast run has ended: then it must have ended well
-        assert code == KILLED or (after is not None and code == 0), f"{point} {n}: exit code {code}; {log[-2000:]}"
+    # fsync 1: the first MP4 is encoded, not yet renamed; write 1: half of the first latents file; link 5: the first
+    # video's four files have their names, the second's do not; then at a random event of a whole run (every run
+    # writes two videos; those after a kill also clean up: none is shorter than the link-5 run up to its kill).
+    points = [("fsync", 1), ("write", 1), ("link", 5), ("any", None)]
+    counts: dict[str, int] = {}
+    for point, n in points:
+        if n is None:
+            n = RANDOM.randint(1, counts["any"])
+        counts = killed(point, n, "cogvid-sample", *args, cwd=tmp_path)
         now = finished(samples)
         assert_unchanged(kept)
         if point in ("fsync", "write"):
@@ -116,22 +122,30 @@ EXPORT = ["task=to_diffusers", "model=shapes", "parts=[transformer,vae,scheduler
 
 def test_cogvid_export_killed_anywhere_leaves_the_old_or_the_new_export(tmp_path):
     out = tmp_path / "export"
-    code, log, seconds = run("never", 0, "cogvid-export", *EXPORT, f"out={out}", cwd=tmp_path)
+    code, log, _ = run("never", 0, "cogvid-export", *EXPORT, f"out={out}", cwd=tmp_path)
     assert code == 0, log
     old = {p.relative_to(out): sha for p, sha in finished(out).items()}
     assert {"transformer/config.json", "vae/config.json"} <= {str(p) for p in old}
 
     again = [*EXPORT, f"out={out}", "overwrite=true", "dtype=fp16"]  # other bytes than the old export
+
+    def staged() -> list[str]:
+        return [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
+
     seen = []
-    # write 4: in the middle of a shard; fsync 10: the staged folder is complete, not yet swapped in;
-    # rmtree 2: swapped in, the old folder not yet deleted; then a kill from outside at a random moment.
-    for point, n, after in [("write", 4, None), ("fsync", 10, None), ("rmtree", 2, None), ("never", 0, None)]:
-        if point == "never":
-            after = RANDOM.uniform(0.3, 0.9) * seconds
-        code, log, _ = run(point, n, "cogvid-export", *again, cwd=tmp_path, kill_after=after)
-        assert code in (KILLED, 0), f"{point} {n}: {log}"
+    # rmtree 2 (first, while no leftover is there to clean up): swapped in, the old folder not yet deleted; it reports
+    # how many fsyncs came before, the last of them the staged folder's: fsync at that count kills with the staged
+    # folder complete, not yet swapped in; write 4: in the middle of a shard; then at a random event of the run (the
+    # runs after a kill also clean up: none is shorter than the rmtree-2 run up to its kill).
+    counts = killed("rmtree", 2, "cogvid-export", *again, cwd=tmp_path)
+    seen.append({p.relative_to(out): sha for p, sha in finished(out).items()})
+    assert staged(), "the kill after the swap should have left the old folder under a staged name"
+    for point, n in [("fsync", counts["fsync"]), ("write", 4), ("any", RANDOM.randint(1, counts["any"]))]:
+        killed(point, n, "cogvid-export", *again, cwd=tmp_path)
         seen.append({p.relative_to(out): sha for p, sha in finished(out).items()})
-    assert any(p.name.startswith(f".{out.name}.") for p in tmp_path.iterdir()), "no kill left a staged folder"
+        if point != "any":
+            assert staged(), f"{point} {n}: the kill should have left a staged folder"
+            assert seen[-1] == seen[-2], f"{point} {n}: killed before the swap, yet the export changed"
 
     code, log, _ = run("never", 0, "cogvid-export", *again, cwd=tmp_path)
     assert code == 0, log
@@ -152,13 +166,15 @@ def test_precompute_killed_anywhere_resumes_and_keeps_what_was_encoded(tmp_path,
     args = ["model=shapes", "task=precompute", f"data.root={shapes_clips}", f"data.cache={cache}", "device=cpu"]
     args.append(f"hydra.run.dir={tmp_path / 'hydra'}")
     kept: dict[Path, str] = {}
-    # write 2: meta.json is in place, the first sample half written; link 4: a few samples in place;
-    # then a kill from outside at a random moment.
-    for point, n, after in [("write", 2, None), ("link", 4, None), ("never", 0, 3.0)]:
-        if after is not None:
-            after = RANDOM.uniform(0.4, 1.0) * after
-        code, log, _ = run(point, n, "cogvid-train", *args, cwd=tmp_path, kill_after=after)
-        assert code == KILLED or (after is not None and code == 0), f"{point} {n}: exit code {code}; {log[-2000:]}"
+    # write 2: meta.json is in place, the first sample half written; link 4: meta.json and three samples have their
+    # names (each takes it with a link that never replaces), the fourth not; then at a random event of the next run,
+    # which writes the samples left, each with at least 3 events (an fsync, the link, the folder's fsync) beside its
+    # writes.
+    for point, n in [("write", 2), ("link", 4), ("any", None)]:
+        if n is None:
+            left = 6 - len([p for p in kept if p.parent.name == "samples"])
+            n = RANDOM.randint(1, 3 * (1 + left))
+        killed(point, n, "cogvid-train", *args, cwd=tmp_path)
         now = finished(cache)
         assert_unchanged(kept)
         if point == "write":

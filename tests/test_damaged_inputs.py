@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TIMEOUT
 from PIL import Image
 
 from cogvid.config.compose import compose
@@ -93,7 +94,7 @@ def test_a_real_cogvid_sample_on_non_utf8_stdin_under_the_c_locale(tmp_path):
         input=b"caf\xe9 au lait\n",
         capture_output=True,
         env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"},
-        timeout=120,
+        timeout=TIMEOUT,
     )
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2 and "Traceback" not in stderr, stderr

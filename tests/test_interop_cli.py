@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE
+from conftest import FIXTURE, TIMEOUT
 
 from cogvid.cli import export as export_cli
 from cogvid.interop import tensor_io
@@ -147,7 +147,7 @@ def test_installed_script_reports_one_line(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=TIMEOUT,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [

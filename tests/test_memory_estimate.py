@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import TIMEOUT, run_cli
 from test_sample import tiny
 
 from cogvid.config.compose import compose
@@ -81,7 +81,7 @@ def test_estimate_follows_the_measured_cpu_peak(kind, frames, height, width, ove
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=TIMEOUT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])

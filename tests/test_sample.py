@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, reference
+from conftest import FIXTURE, TIMEOUT, reference
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -284,7 +284,7 @@ def cli(*args: str, cwd: Path, launcher: list[str] | None = None) -> subprocess.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     command = [*(launcher or []), str(BIN / "cogvid-sample"), *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT)
 
 
 def weights(t5: Path) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TIMEOUT
 
 from cogvid import CogvidError, compose
 from cogvid.config.schema import Dtype, Generation, Guider, ModelConfig, PosEmbed, SamplerConfig, Solver
@@ -51,7 +52,7 @@ def _tiny_doc() -> dict:
 
 
 def _run(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(EXPORT + [str(a) for a in args], capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run(EXPORT + [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def trap(tmp_path):
 
 def test_the_trap_works(trap):
     mod_dir, marker, env = trap
-    subprocess.run([sys.executable, "-c", "import sat_marker_trap"], env=env, check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", "import sat_marker_trap"], env=env, check=True, timeout=TIMEOUT)
     assert marker.exists()
 
 

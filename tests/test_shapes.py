@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TIMEOUT
 
 from cogvid.shapes.dataset import (
     COLOURS,
@@ -232,7 +233,7 @@ def _script_main():
 
 
 def test_script_help_and_one_line_errors(tmp_path, capsys):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0 and "--num-clips" in result.stdout and "--overwrite" in result.stdout
     main = _script_main()
     with pytest.raises(SystemExit) as exit_info:

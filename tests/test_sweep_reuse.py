@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+from conftest import TIMEOUT
+
 from cogvid.config.compose import compose
 from cogvid.inference.pipeline import load_pipeline
 from cogvid.inference.plan import plan_loading
@@ -52,7 +54,7 @@ def test_a_sweep_over_sampler_settings_loads_the_weights_once(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=TIMEOUT,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert result.returncode == 0, result.stderr[-3000:]

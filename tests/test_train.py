@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import TIMEOUT
 from safetensors.torch import load_file
 from train_helpers import FIXTURE, clip_frames, make_sat_dataset, tiny_overrides
 
@@ -394,7 +395,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=TIMEOUT,
         )
         lines = [line for line in result.stderr.splitlines() if line.startswith("cogvid-train: error:")]
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]

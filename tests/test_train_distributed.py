@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TIMEOUT, pythonpath
 from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
 from train_helpers.deepspeed_cpu import use_uncompiled_ops
 
@@ -32,7 +33,7 @@ COMPILED_OPS = os.environ.get("COGVID_TEST_COMPILED_DS_OPS") == "1"  # DeepSpeed
 
 
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    return dict(os.environ, PYTHONPATH=pythonpath(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
 
 
 @pytest.mark.distributed
@@ -53,7 +54,7 @@ def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t
         "train.lr=1e-3,2e-3",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    result = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]  # no sweep inside a sweep: the children ran their job only
@@ -85,7 +86,7 @@ def torchrun_deepspeed(tmp_path: Path, *overrides: str) -> subprocess.CompletedP
     script = TESTS / "train_helpers" / "deepspeed_cpu.py"
     command = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}", str(script)]
     result = subprocess.run(
-        [*command, *overrides], env=run_env, capture_output=True, text=True, timeout=300, cwd=TESTS.parent
+        [*command, *overrides], env=run_env, capture_output=True, text=True, timeout=TIMEOUT, cwd=TESTS.parent
     )
     built = sorted(p.name for p in extensions.iterdir()) if extensions.is_dir() else []  # one folder per op
     assert not built, f"DeepSpeed compiled {built}: give train_helpers.deepspeed_cpu a stand-in for it"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TIMEOUT, pythonpath
 from train_helpers import make_sat_dataset, tiny_overrides
 
 from cogvid.config.compose import compose
@@ -31,9 +32,9 @@ KILL = "train.callbacks=[{_target_: train_helpers.callbacks.KillAtStep, step: 6,
 
 
 def cogvid_train(*overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    env = dict(os.environ, PYTHONPATH=pythonpath(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
     return subprocess.run(
-        [sys.executable, "-m", "cogvid.cli.train", *overrides], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cogvid.cli.train", *overrides], env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
 
 
@@ -168,14 +169,14 @@ def test_a_full_disk_while_checkpointing_keeps_the_older_checkpoints(runs, tiny_
     def set_limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=pythonpath(TESTS), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "cogvid.cli.train", *overrides, f"hydra.run.dir={out}/hydra"],
         env=env,
         preexec_fn=set_limit,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TIMEOUT,
     )
     errors = [line for line in result.stderr.splitlines() if line.startswith("cogvid-train: error:")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]

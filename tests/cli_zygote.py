@@ -1,0 +1,112 @@
+"""A fork server for the command lines the tests run (used by conftest.run_cli): it imports the three commands and
+what their tasks import (torch, Hydra, Lightning, ...) once, then forks one child per request, which runs the command
+as its console script would, in a process of its own: its own working dir, environment, stdin/stdout/stderr (files),
+argv, exit code (SystemExit, or the signal that killed it) and a fresh copy of every module's state. What a child
+saves against a fresh `cogvid-*` process is only the 3-5 s of imports.
+
+Requests and answers are JSON lines on this process's stdin and stdout:
+    {"prog": "cogvid-sample", "argv0": "...", "args": [...], "cwd": "...", "env": {...},
+     "stdin": PATH, "stdout": PATH, "stderr": PATH}
+    -> {"pid": PID}, then {"returncode": CODE}
+The tests keep real console-script subprocesses where the process itself is under test (kills, resource limits,
+what is imported before a refusal, --help of each command).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import io
+import json
+import os
+import sys
+import traceback
+
+ENTRY_POINTS = {
+    "cogvid-sample": "cogvid.cli.sample",
+    "cogvid-export": "cogvid.cli.export",
+    "cogvid-train": "cogvid.cli.train",
+}
+# What the commands' tasks import after their option checks: imported here once, before any child is forked.
+PRELOAD = (
+    *ENTRY_POINTS.values(),
+    "cogvid.inference.run",
+    "cogvid.training.plan",
+    "cogvid.training.run",
+    "cogvid.interop.run",
+)
+
+
+def _stdio(request: dict) -> None:
+    """Point fds 0, 1 and 2 at the request's files, and sys.std* at them as Python sets them up for a child with
+    PYTHONUNBUFFERED=1 (run_cli's environment): UTF-8, stderr with backslashreplace, writes go straight through."""
+    for fd, key, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY)):
+        opened = os.open(request[key], flags)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), "utf-8")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), "utf-8", write_through=True, line_buffering=True
+    )
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), "utf-8", "backslashreplace", write_through=True, line_buffering=True
+    )
+
+
+def _child(request: dict, control: list[int]) -> None:
+    """Run the command in this forked process and leave with its exit code; never returns."""
+    code = 1
+    try:
+        for fd in control:
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        _stdio(request)
+        if "OMP_NUM_THREADS" in os.environ:  # what torch reads when a fresh process starts
+            import torch
+
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sys.argv = [request["argv0"], *request["args"]]
+        try:
+            importlib.import_module(ENTRY_POINTS[request["prog"]]).main()
+            code = 0
+        except SystemExit as ex:  # as the interpreter ends on an uncaught SystemExit
+            if ex.code is None:
+                code = 0
+            elif isinstance(ex.code, int):
+                code = ex.code
+            else:
+                print(ex.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code & 0xFF)
+
+
+def main() -> None:
+    for module in PRELOAD:
+        importlib.import_module(module)
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    control = [requests.fileno(), answers.fileno()]
+    print(json.dumps({"ready": True}), file=answers)
+    while line := requests.readline():
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request, control)
+        print(json.dumps({"pid": pid}), file=answers)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), file=answers)
+
+
+if __name__ == "__main__":
+    main()
