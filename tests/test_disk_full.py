@@ -105,10 +105,17 @@ def test_a_full_disk_names_the_file_and_leaves_no_temp(tmp_path, code):
 
 
 @pytest.mark.parametrize("prog", ["cogvid-sample", "cogvid-train"])
-def test_hydra_files_on_a_full_disk_are_one_line_and_taken_back(tmp_path, prog):
-    """Hydra writes .hydra/config.yaml and the job's log before the task starts; a full disk there is one line naming
-    the file, and the half-written files and new folders are removed."""
-    args = ["model=shapes", "infer.prompt=a red circle" if prog == "cogvid-sample" else "task=precompute"]
+def test_hydra_files_on_a_full_disk_are_one_line_and_taken_back(tmp_path, tmp_path_factory, prog):
+    """Hydra writes .hydra/config.yaml and the job's log before the task starts (and after the job is planned, so
+    the job must be one that plans well); a full disk there is one line naming the file, and the half-written files
+    and new folders are removed."""
+    if prog == "cogvid-sample":
+        args = ["model=shapes", "infer.prompt=a red circle"]
+    else:
+        data = tmp_path_factory.mktemp("data")
+        write_dataset(data, num_clips=1, seed=0, progress=False)
+        cache = tmp_path_factory.mktemp("cache") / "latents"
+        args = ["model=shapes", "task=precompute", f"data.root={data}", f"data.cache={cache}"]
     result = run_limited(1_000, prog, *args, cwd=tmp_path)
     errors = error_lines(result, prog)
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
