@@ -68,6 +68,10 @@ def _child(request: dict, control: list[int]) -> None:
 
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         sys.argv = [request["argv0"], *request["args"]]
+        if request.get("crash"):  # tests/crash_run.py's kill point: counted from here, as that runner counts
+            import crash_run
+
+            crash_run.arm(*request["crash"])
         try:
             importlib.import_module(ENTRY_POINTS[request["prog"]]).main()
             code = 0
@@ -82,6 +86,8 @@ def _child(request: dict, control: list[int]) -> None:
         except BaseException:
             traceback.print_exc()
             code = 1
+        if request.get("crash"):
+            crash_run.report()
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()

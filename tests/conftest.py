@@ -107,13 +107,15 @@ def run_cli(
     env: dict[str, str] | None = None,
     preexec_fn=None,
     console_script: bool = False,
+    crash: tuple[str, int] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run an installed command as a user does, without the test environment's HYDRA_FULL_ERROR (plus `env`);
     stdout and stderr captured. `preexec_fn` runs in the child before the command (e.g. to set a resource limit).
 
     The command runs in a process of its own either way: with `console_script` or `preexec_fn`, its console script
     in a subprocess; otherwise a process forked from tests/cli_zygote.py, which has imported the commands already
-    (the same command line, working dir, environment, streams and exit code, without 3-5 s of imports)."""
+    (the same command line, working dir, environment, streams and exit code, without 3-5 s of imports). `crash`:
+    (point, n) of tests/crash_run.py, armed in that process: it SIGKILLs itself at the event."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     if console_script or preexec_fn is not None:
@@ -140,6 +142,7 @@ def run_cli(
             "args": [str(a) for a in args],
             "cwd": str(cwd or os.getcwd()),
             "env": env,
+            "crash": list(crash) if crash else None,
             **{name: str(path) for name, path in paths.items()},
         }
         code = zygote.run(request, TIMEOUT)

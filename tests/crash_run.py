@@ -107,9 +107,10 @@ def count_binary_writes() -> None:
     builtins.open = io.open = open_  # pathlib's write_bytes opens through io.open
 
 
-def main() -> None:
+def arm(point: str, n: int) -> None:
+    """Count every event of this process from now on, and die at the `n`th `point` one (tests/cli_zygote.py arms a
+    forked child with it; cogvid calls these functions through their modules, so hooks set after its import hold)."""
     global KILL
-    point, n, prog, *args = sys.argv[1:]
     if point not in (*KINDS, "any", "never"):
         raise SystemExit(f"unknown kill point {point}")
     KILL = (point, int(n))
@@ -118,6 +119,11 @@ def main() -> None:
     kill_before(os, "link", "link")
     kill_before(shutil, "rmtree", "rmtree")
     count_binary_writes()
+
+
+def main() -> None:
+    point, n, prog, *args = sys.argv[1:]
+    arm(point, int(n))
     sys.argv = [prog, *args]
     try:
         importlib.import_module(ENTRY_POINTS[prog]).main()

@@ -1,6 +1,7 @@
-"""SIGKILL at many points of cogvid-sample, cogvid-export and task=precompute (tests/crash_run.py kills the real
-command line in a subprocess): no file under a final name is ever cut off, nothing finished is lost or changed, the
-next run removes the dead run's temp files and completes, and precompute keeps what was already encoded."""
+"""SIGKILL at many points of cogvid-sample, cogvid-export and task=precompute (tests/crash_run.py's hooks kill the
+real command line, in a process of its own, at a chosen file event): no file under a final name is ever cut off,
+nothing finished is lost or changed, the next run removes the dead run's temp files and completes, and precompute
+keeps what was already encoded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT
+from conftest import run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -22,16 +23,15 @@ from cogvid.shapes.dataset import write_dataset
 from cogvid.utils.files import LEFTOVER, check_output_free, clean_stale, owner_tag
 from cogvid.utils.media import read_mp4
 
-RUNNER = Path(__file__).with_name("crash_run.py")
 KILLED = -signal.SIGKILL
 RANDOM = random.Random(11)  # the "random" kills land at reproducible events
 
 
 def run(point: str, n: int, prog: str, *args: str, cwd: Path) -> tuple[int, str, dict[str, int]]:
-    """The command line under tests/crash_run.py, SIGKILLed by itself at the `n`th `point` event: (exit code, output,
-    how many events of each kind it met up to its kill or its end). No kill depends on the clock."""
-    cmd = [sys.executable, str(RUNNER), point, str(n), prog, *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    """The command line armed with tests/crash_run.py's hooks, SIGKILLed by itself at the `n`th `point` event: (exit
+    code, output, how many events of each kind it met up to its kill or its end). No kill depends on the clock. It
+    runs in a process of its own, forked from the tests' command server (conftest.run_cli)."""
+    proc = run_cli(prog, *args, cwd=cwd, crash=(point, n))
     log = proc.stdout + proc.stderr
     counts = re.findall(r"crash_run events: (\{.*?\})", proc.stderr)  # after a progress bar, on its line
     assert counts, f"{point} {n}: no event count; {log[-2000:]}"
