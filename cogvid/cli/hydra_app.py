@@ -43,6 +43,8 @@ _before: dict[Path, bytes | int | None] | None = None
 # The entry point's planner for a single run, called with (config without its hydra node, run dir) before Hydra makes
 # the run dir, and the program name its refusals are reported under.
 _plan_first: tuple[str, Callable[[object, Path], object]] | None = None
+# What `plan_first` returned, with the config (as plain data) and the run dir it was made for.
+_planned: tuple[object, Path, object] | None = None
 
 
 def _absolute(path) -> Path:
@@ -92,19 +94,36 @@ def _plan_before_run_dir(config) -> None:
     refusal is one line and exit 2 here (Hydra turns a callback's exception into a warning, not its SystemExit)."""
     import copy
 
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
+    global _planned
     prog, plan = _plan_first
     task_cfg = copy.deepcopy(config)
     with open_dict(task_cfg):
         del task_cfg["hydra"]
+    run_dir = _absolute(config.hydra.run.dir)
     try:
-        plan(task_cfg, _absolute(config.hydra.run.dir))
+        _planned = (OmegaConf.to_container(task_cfg), run_dir, plan(task_cfg, run_dir))
     except CogvidError as ex:
         fail(prog, str(ex))
     except OmegaConfBaseException as ex:
         key = getattr(ex, "full_key", None)
         fail(prog, describe_config_error(ex) + (f" (at {key})" if key else ""))
+
+
+def _take_planned(cfg):
+    """The plan made before Hydra made the run dir, when it is this job's (the same config, the same run dir), else
+    None; it is taken once."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    global _planned
+    planned, _planned = _planned, None
+    if planned is None or not HydraConfig.initialized():
+        return None
+    config, run_dir, plan = planned
+    same_dir = _absolute(HydraConfig.get().runtime.output_dir) == run_dir
+    return plan if same_dir and config == OmegaConf.to_container(cfg) else None
 
 
 def _close_log_files(folder: Path) -> list[Path]:
@@ -226,7 +245,8 @@ def run_hydra_app(
     plan_first: Callable[[object, Path], object] | None = None,
 ) -> None:
     """Run `task(cfg)` as a Hydra app over the packaged `config_name`; `plan_first(cfg, run_dir)`, when given, plans a
-    single run before Hydra makes its run dir (see the module doc)."""
+    single run before Hydra makes its run dir (see the module doc), and the task is `task(cfg, plan)`: that plan when
+    it was made for this job, else None (a sweep's job, or a run `plan_first` did not plan)."""
     import hydra
 
     global _plan_first
@@ -244,7 +264,7 @@ def run_hydra_app(
 
     def task_reporting(cfg):
         try:
-            return task(cfg)
+            return task(cfg) if plan_first is None else task(cfg, _take_planned(cfg))
         except CogvidError as ex:
             _refuse(prog, str(ex))
         except OmegaConfBaseException as ex:  # a value the config cannot give, e.g. an interpolation to nothing

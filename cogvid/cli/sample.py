@@ -12,16 +12,19 @@ import sys
 from cogvid.cli.hydra_app import run_hydra_app
 
 
-def _task(cfg):
+def _task(cfg, planned):
     from cogvid.inference.run import run_sample
 
-    return run_sample(cfg)
+    return run_sample(cfg, plan=planned)
 
 
 def _plan_first(cfg, run_dir):
-    from cogvid.inference.run import plan_before_run_dir
+    """A single run's plan; under torchrun each rank plans in its job (the ranks agree on rank 0's dir there)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return None
+    from cogvid.inference.plan import plan_sample
 
-    plan_before_run_dir(cfg, run_dir)
+    return plan_sample(cfg, run_dir=run_dir)
 
 
 def main() -> None:

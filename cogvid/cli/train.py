@@ -12,29 +12,17 @@ import sys
 
 from cogvid.cli.hydra_app import run_hydra_app
 
-# A plan made before Hydra made the run dir (`plan_first`), with the config it was made from.
-_planned = None
-
 
 def _plan_first(cfg, run_dir):
-    """Plan the job before Hydra writes anything, so a refused job leaves no run dir."""
-    global _planned
     from cogvid.training.plan import plan_train
 
-    _planned = (cfg, plan_train(cfg, run_dir))
+    return plan_train(cfg, run_dir)
 
 
-def _task(cfg):
-    from omegaconf import OmegaConf
+def _task(cfg, planned):
+    from cogvid.training.plan import plan_train
 
-    from cogvid.training.plan import output_dir, plan_train
-
-    global _planned
-    planned, _planned = _planned, None
-    same = planned is not None and OmegaConf.to_container(planned[0]) == OmegaConf.to_container(cfg)
-    if same and planned[1].out_dir is not None and planned[1].out_dir.resolve() != output_dir(cfg).resolve():
-        same = False  # planned for another run dir
-    plan = planned[1] if same else plan_train(cfg)
+    plan = planned or plan_train(cfg)
     from cogvid.training.run import run_train
 
     run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"], plan=plan)

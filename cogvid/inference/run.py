@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from cogvid.inference.plan import PlannedVideo, SamplePlan, output_dir, plan_sample, plan_videos
+from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_sample, plan_videos
 from cogvid.inference.prompts import prompt_jobs
 
 log = logging.getLogger("cogvid.sample")
@@ -119,36 +116,12 @@ def _agree_across_ranks(plan: SamplePlan) -> SamplePlan:
     return dataclasses.replace(plan, samples_dir=shared[0], first_index=shared[1])
 
 
-# A plan made before Hydra made the run dir (`cogvid.cli.hydra_app`), with the config it was made from.
-_planned: tuple[object, SamplePlan] | None = None
-
-
-def plan_before_run_dir(cfg, run_dir: Path) -> None:
-    """Plan a single run from its config before Hydra writes anything: a refusal then leaves no run dir."""
-    global _planned
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:  # under torchrun each rank plans in its job
-        _planned = (cfg, plan_sample(cfg, run_dir=run_dir))
-
-
-def _plan(cfg, stdin) -> SamplePlan:
-    """The plan made before Hydra made the run dir, when it is this job's (the same config, the same samples dir),
-    else a plan made now."""
-    from cogvid.inference.outputs import SAMPLES_DIR
-
-    global _planned
-    planned, _planned = _planned, None
-    if planned is not None and OmegaConf.to_container(planned[0]) == OmegaConf.to_container(cfg):
-        plan = planned[1]
-        if plan.samples_dir.resolve() == (output_dir(cfg) / SAMPLES_DIR).resolve():
-            return plan
-    return plan_sample(cfg, stdin)
-
-
-def run_sample(cfg, stdin=None) -> list[Path]:
+def run_sample(cfg, stdin=None, plan: SamplePlan | None = None) -> list[Path]:
     """Sample every prompt of a composed `sample` config; returns the files written by this rank.
 
-    `stdin`: where infer.interactive=true reads prompts (default sys.stdin)."""
-    plan = _plan(cfg, stdin)
+    `stdin`: where infer.interactive=true reads prompts (default sys.stdin); `plan`: the job's plan when the caller
+    made it (cogvid-sample plans a single run before Hydra makes its run dir), else it is planned here."""
+    plan = plan or plan_sample(cfg, stdin)
     if plan.world_size > 1:
         plan = _agree_across_ranks(plan)
     written = execute(cfg, plan, stdin)
