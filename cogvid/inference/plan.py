@@ -13,7 +13,6 @@ The plan is made in this order, cheapest first, so a bad input costs a second, n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,10 +194,11 @@ def plan_videos(cfg, job: PromptJob) -> list[PlannedVideo]:
 def settings_hash(cfg) -> str:
     """A short hash of every resolved setting that shapes a video, less its prompt, image and seed (NOT_SETTINGS):
     what infer.resume compares with a finished video's sidecar, so a changed setting is never taken as done."""
+    from cogvid.inference.outputs import config_hash
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["infer"] = {k: v for k, v in resolved["infer"].items() if k not in NOT_SETTINGS}
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return config_hash(resolved)
 
 
 def _check_memory(cfg, load: LoadPlan, shapes: list[VideoShape]):
