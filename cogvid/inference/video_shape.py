@@ -2,8 +2,9 @@
 
 A video of F pixel frames has T = (F - 1) / 4 + 1 latent frames (the causal VAE keeps frame 0 apart). Both code
 generations decode an odd T (v1.0 chunks [0:3], [3:5], ...; 1.5 pads T to even for its temporal patches and drops
-that padding latent at decode), so F = 8k + 1: 49 and 81 as released. Sizes are multiples of 16 (the VAE's 8 times
-the DiT's patch of 2). The largest F, H and W are the model's positional limits (model.num_frames,
+that padding latent at decode), so F = 8k + 1: 49 and 81 as released. Sizes are multiples of the VAE's spatial
+factor times the DiT's patch: 8 x 2 = 16 for every released variant (4 levels of `model.vae.ch_mult`), 4 x 2 = 8
+for the shapes model's 3-level VAE. The largest F, H and W are the model's positional limits (model.num_frames,
 latent_height and latent_width).
 """
 
@@ -11,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogvid.config.schema import Generation, is_image_to_video
+from cogvid.config.schema import Generation, is_image_to_video, size_multiple, vae_spatial
 from cogvid.utils.errors import CogvidError
 
-SIZE_MULTIPLE = 16
-VAE_SPATIAL = 8
 FRAME_STEP = 8  # F = 8k + 1 (see the module docstring)
 
 
@@ -28,10 +27,12 @@ class VideoShape:
     width: int
     latent_frames: int  # including the 1.5 family's padding latent
     latent_channels: int
+    vae_spatial: int = 8  # pixels per latent, each way
 
     @property
     def latent(self) -> tuple[int, int, int, int]:
-        return (self.latent_frames, self.latent_channels, self.height // VAE_SPATIAL, self.width // VAE_SPATIAL)
+        s = self.vae_spatial
+        return (self.latent_frames, self.latent_channels, self.height // s, self.width // s)
 
 
 def _nearest(value: int, low: int, high: int, step: int, base: int) -> int:
@@ -54,13 +55,14 @@ def check_num_frames(model, num_frames: int) -> int:
 
 
 def check_size(model, height: int, width: int) -> tuple[int, int]:
-    """(height, width) if both are multiples of 16 within the model's latent grid, else one line."""
-    limits = {"height": model.latent_height * VAE_SPATIAL, "width": model.latent_width * VAE_SPATIAL}
+    """(height, width) if both are multiples of `size_multiple` within the model's latent grid, else one line."""
+    spatial, step = vae_spatial(model), size_multiple(model)
+    limits = {"height": model.latent_height * spatial, "width": model.latent_width * spatial}
     for name, value in (("height", height), ("width", width)):
-        if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE or value > limits[name]:
-            nearest = _nearest(value, SIZE_MULTIPLE, limits[name] - limits[name] % SIZE_MULTIPLE, SIZE_MULTIPLE, 0)
+        if value < step or value % step or value > limits[name]:
+            nearest = _nearest(value, step, limits[name] - limits[name] % step, step, 0)
             raise CogvidError(
-                f"infer.{name}={value}: {model.name} samples multiples of {SIZE_MULTIPLE} up to {limits[name]}; "
+                f"infer.{name}={value}: {model.name} samples multiples of {step} up to {limits[name]}; "
                 f"the nearest valid value is {nearest}"
             )
     return height, width
@@ -76,20 +78,20 @@ def video_shape(model, num_frames: int | None, height: int | None, width: int | 
     )
     t = (frames - 1) // model.time_compressed_rate + 1
     t += t % model.patch_size_t  # 1.5: an even latent count for the temporal patches (one leading extra latent)
-    return VideoShape(frames, h, w, t, model.out_channels)
+    return VideoShape(frames, h, w, t, model.out_channels, vae_spatial(model))
 
 
 def size_from_image_aspect(model, image_height: int, image_width: int) -> tuple[int, int]:
     """1.5-I2V (SAT HEAD `sample_video.py`): the short side is the variant's (768), the long side keeps the image's
-    aspect, rounded to the nearest multiple of 16 (ties up)."""
-    short_side = min(model.default_height, model.default_width)
+    aspect, rounded to the nearest multiple of 16 (ties up; `size_multiple`)."""
+    short_side, step = min(model.default_height, model.default_width), size_multiple(model)
 
-    def round16(x: float) -> int:
-        return int(x / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE
+    def rounded(x: float) -> int:
+        return int(x / step + 0.5) * step
 
     if image_height < image_width:
-        return short_side, round16(image_width / image_height * short_side)
-    return round16(image_height / image_width * short_side), short_side
+        return short_side, rounded(image_width / image_height * short_side)
+    return rounded(image_height / image_width * short_side), short_side
 
 
 def job_video_shape(model, infer, image_size: tuple[int, int] | None = None) -> VideoShape:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
+from cogvid.config.schema import size_multiple, vae_spatial
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
 
@@ -47,14 +48,16 @@ class ClipSpec:
 
 
 def clip_spec(cfg) -> ClipSpec:
-    """From `cfg.data` and the model (video_size defaults to the latent grid x 8, num_frames to model.num_frames)."""
+    """From `cfg.data` and the model (video_size defaults to the latent grid in pixels, num_frames to
+    model.num_frames)."""
     d, m = cfg.data, cfg.model
-    height, width = d.video_size if d.video_size else (m.latent_height * 8, m.latent_width * 8)
+    spatial, step = vae_spatial(m), size_multiple(m)
+    height, width = d.video_size if d.video_size else (m.latent_height * spatial, m.latent_width * spatial)
     num_frames = d.max_num_frames or m.num_frames
     if (num_frames - 1) % m.time_compressed_rate:
         raise CogvidError(f"data.max_num_frames={num_frames} must be {m.time_compressed_rate}k+1 (e.g. 49, 81)")
-    if height % 16 or width % 16:
-        raise CogvidError(f"data.video_size=[{height}, {width}] must be multiples of 16")
+    if height % step or width % step:
+        raise CogvidError(f"data.video_size=[{height}, {width}] must be multiples of {step}")
     return ClipSpec(int(height), int(width), int(d.fps), int(num_frames), int(d.skip_frms_num), int(d.min_num_frames))
 
 
