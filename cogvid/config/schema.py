@@ -149,17 +149,6 @@ def is_image_to_video(model) -> bool:
     return bool(model.noised_image_input)
 
 
-def vae_spatial(model) -> int:
-    """Pixels per latent, each way, of a `model` config: the VAE halves the size at every level of `vae.ch_mult` but
-    its last (8 for the released 4-level VAE)."""
-    return 2 ** (len(model.vae.ch_mult) - 1)
-
-
-def size_multiple(model) -> int:
-    """What a video's height and width must be a multiple of: one DiT patch of latents, in pixels (16 as released)."""
-    return vae_spatial(model) * model.patch_size
-
-
 @dataclass
 class SamplerConfig:
     """Solver, step count and guidance (SAT sampler_config + guider_config)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogvid.config.schema import Generation, is_image_to_video, size_multiple, vae_spatial
+from cogvid.config.schema import Generation, is_image_to_video
 from cogvid.utils.errors import CogvidError
 
 FRAME_STEP = 8  # F = 8k + 1 (see the module docstring)
@@ -33,6 +33,17 @@ class VideoShape:
     def latent(self) -> tuple[int, int, int, int]:
         s = self.vae_spatial
         return (self.latent_frames, self.latent_channels, self.height // s, self.width // s)
+
+
+def vae_spatial(model) -> int:
+    """Pixels per latent, each way, of a `model` config: the VAE halves the size at every level of `vae.ch_mult` but
+    its last (8 for the released 4-level VAE)."""
+    return 2 ** (len(model.vae.ch_mult) - 1)
+
+
+def size_multiple(model) -> int:
+    """What a video's height and width must be a multiple of: one DiT patch of latents, in pixels (16 as released)."""
+    return vae_spatial(model) * model.patch_size
 
 
 def _nearest(value: int, low: int, high: int, step: int, base: int) -> int:

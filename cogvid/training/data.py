@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
-from cogvid.config.schema import size_multiple, vae_spatial
+from cogvid.inference.video_shape import size_multiple, vae_spatial
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
 
