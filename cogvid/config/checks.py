@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cogvid.config.pairings import check_pairings
+from cogvid.config.schema import is_image_to_video
 from cogvid.utils.errors import CogvidError
 
 # torch.Generator.manual_seed takes [-2**63, 2**64); video i of a run uses seed + i, so seeds stay in int64's
@@ -91,7 +92,7 @@ def _check_infer(infer) -> None:
     if infer.strength > 1.0:
         raise CogvidError(f"infer.strength={infer.strength} must lie in [0, 1] (1: start from pure noise)")
     if infer.video is not None:
-        # Whether the file holds a usable clip is cogvid.inference.source_video's to say (it knows the model).
+        # Whether the file holds a usable clip is cogvid.inference.source_video's to say (it knows the size).
         if infer.image is not None:
             raise CogvidError(
                 "infer.video and infer.image exclude each other: video to video takes a text-to-video model, no image"
@@ -164,4 +165,9 @@ def check_values(cfg) -> None:
         check_finite("memory_limit_gb", cfg.memory_limit_gb, 0.0, strict=True)
     if "out" in cfg and isinstance(cfg.get("out"), str):
         check_folder_path("out", cfg.get("out"))
+    if "infer" in cfg and cfg.infer.video is not None and is_image_to_video(cfg.model):
+        raise CogvidError(
+            f"infer.video={cfg.infer.video}: {cfg.model.name} is image-to-video; video to video takes a text-to-video "
+            "model (model=2b, 5b, 1.5_5b or shapes)"
+        )
     check_pairings(cfg)  # options that act only with another one (cogvid.config.pairings)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from cogvid.config.schema import is_image_to_video
 from cogvid.inference.video_shape import FRAME_STEP, VideoShape
 from cogvid.training.data import BadVideo, ClipSpec, frame_indices, probe, read_frames
 from cogvid.utils.errors import CogvidError
@@ -23,12 +22,7 @@ from cogvid.utils.media import resize_cover_center_crop
 
 def read_source_video(cfg, shape: VideoShape) -> torch.Tensor:
     """infer.video as (3, F, H, W) float32 in [-1, 1] at the result's rate, frame count and size, or one line."""
-    option = f"infer.video={cfg.infer.video}"
-    if is_image_to_video(cfg.model):
-        raise CogvidError(
-            f"{option}: {cfg.model.name} is image-to-video; video to video takes a text-to-video model "
-            "(model=2b, 5b, 1.5_5b or shapes)"
-        )
+    option = f"infer.video={cfg.infer.video}"  # its model takes no image: config.checks.check_values
     path = Path(str(cfg.infer.video)).expanduser()
     fps = int(cfg.infer.fps or cfg.model.default_fps)
     # min_num_frames 1: frame_indices gives what the clip has; fewer than num_frames is refused below, with advice.
