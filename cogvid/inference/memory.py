@@ -25,8 +25,10 @@ smaller size).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,8 @@ import torch
 from cogvid.config.schema import Generation
 from cogvid.inference.video_shape import FRAME_STEP, VideoShape, video_shape
 from cogvid.utils.errors import CogvidError
+
+log = logging.getLogger(__name__)
 
 GB = 1024**3
 
@@ -258,6 +262,23 @@ def decode_tile(cfg, shape: VideoShape, vae_dtype: torch.dtype, room: int) -> tu
         f"{gb(decode_bytes(m, shape, vae_dtype, smallest))} even in tiles of {list(smallest)} latents and "
         f"{gb(room)} is left after the weights: sample fewer frames or a smaller size, or vae_dtype=bf16"
     )
+
+
+def vae_tile(cfg, shape: VideoShape | None, vae_dtype: torch.dtype, room: Callable[[], int]) -> tuple[int, int] | None:
+    """The decode's spatial tile from infer.vae_tile: [h, w] as set, None for off, and for auto None when the whole
+    frame fits in `room()` bytes (the memory left beside the loaded weights), else the largest tile that does (auto
+    without the video's `shape` decodes whole frames)."""
+    setting = cfg.infer.get("vae_tile", "auto")
+    if setting is None or setting == "off" or (setting == "auto" and shape is None):
+        return None
+    if setting != "auto":
+        return tuple(setting)  # [h, w] >= 1: cogvid.config.checks
+    left = room()
+    tile = decode_tile(cfg, shape, vae_dtype, left)
+    if tile is not None:
+        need = gb(decode_bytes(cfg.model, shape, vae_dtype, None))
+        log.info("decoding in tiles of %s latents: the whole frame needs %s, %s is left", list(tile), need, gb(left))
+    return tile
 
 
 def _fewer_frames(cfg, shape: VideoShape, dtype, weights: int, budget: int) -> int | None:

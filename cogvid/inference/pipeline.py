@@ -197,37 +197,23 @@ class VideoPipeline:
         return z
 
     def decode_tile(self, shape: VideoShape | None) -> tuple[int, int] | None:
-        """The decode's spatial tile from infer.vae_tile: fixed [h, w], none (off), or auto: none when the whole
-        frame fits the memory left beside the loaded weights (`cogvid.inference.memory`), else the largest tile
-        that does; auto without the video's `shape` plans nothing and decodes whole frames."""
-        setting = self.infer_cfg.get("vae_tile", "auto")
-        if setting is None or setting == "off" or (setting == "auto" and shape is None):
-            return None
-        if setting != "auto":
-            return tuple(setting)  # [h, w] >= 1: cogvid.config.checks
-        room = memory.room_for_decode(self.cfg, self.device, memory.loaded_bytes(self.model.backbone, self.vae))
-        tile = memory.decode_tile(self.cfg, shape, self.vae_dtype, room)
-        if tile is not None:
-            need = memory.gb(memory.decode_bytes(self.model_cfg, shape, self.vae_dtype, None))
-            log.info(
-                "decoding in tiles of %s latents: the whole frame needs %s, %s is left",
-                list(tile),
-                need,
-                memory.gb(room),
-            )
-        return tile
+        """The decode's spatial tile from infer.vae_tile (`cogvid.inference.memory.vae_tile`), auto measured against
+        the memory left beside this pipeline's loaded weights now."""
+        held = memory.loaded_bytes(self.model.backbone, self.vae)
+        return memory.vae_tile(
+            self.cfg, shape, self.vae_dtype, lambda: memory.room_for_decode(self.cfg, self.device, held)
+        )
 
     def decode(self, latents: torch.Tensor, progress: bool = False, shape: VideoShape | None = None) -> torch.Tensor:
         """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes, in the
         spatial tiles of `decode_tile(shape)`."""
+        return self._decode(latents, self.decode_tile(shape), progress)
+
+    def _decode(self, latents: torch.Tensor, tile: tuple[int, int] | None, progress: bool) -> torch.Tensor:
         m, infer = self.model_cfg, self.infer_cfg
         z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
         video = self.vae.decode_chunked(
-            z,
-            Generation(m.generation),
-            head_frame_quirk=bool(infer.head_frame_quirk),
-            tile=self.decode_tile(shape),
-            progress=progress,
+            z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
         )
         return video[0].float().cpu()
 
@@ -243,20 +229,42 @@ class VideoPipeline:
         source: torch.Tensor | None = None,
         strength: float = 1.0,
     ) -> GeneratedVideo:
-        """One video: all randomness comes from CPU generators seeded with `seed` (the image posterior from its own,
-        so the sampling noise is SAT's for that seed).
+        """One video, checked and shaped here: the image must agree with the model, the shape defaults to
+        infer.num_frames/height/width (1.5-I2V sizes itself from the image) and the decode tile to infer.vae_tile.
+        Then `make_video`. All randomness comes from CPU generators seeded with `seed`.
 
         source: video to video (SDEdit): the source clip's latent from `encode_video` (1, t, c, h, w); the walk starts
         at the step `strength` selects (`start_step`), from the clip noised with this seed's initial noise, so
         strength 1 is the text-to-video sample of the seed and strength 0 the clip's VAE round trip.
         """
-        m = self.model_cfg
+        from cogvid.config.schema import is_image_to_video
         from cogvid.inference.plan import check_image_agrees
 
-        check_image_agrees(m, image, "generate")
+        m = self.model_cfg
+        check_image_agrees(m.name, is_image_to_video(m), image, "generate")
         if source is not None and image is not None:
             raise CogvidError(f"{m.name}: video to video takes a text-to-video model and no image")
         shape = shape or self.shape_for(None if image is None else (image.height, image.width))
+        return self.make_video(
+            prompt, seed, shape, self.decode_tile(shape), negative_prompt, image, progress, source, strength
+        )
+
+    def make_video(
+        self,
+        prompt: str,
+        seed: int,
+        shape: VideoShape,
+        tile: tuple[int, int] | None,
+        negative_prompt: str | None = None,
+        image=None,
+        progress: bool = False,
+        source: torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> GeneratedVideo:
+        """One video of a checked shape, decoded in `tile` (None: whole frames), deciding nothing: what
+        cogvid-sample runs for each planned video (`generate` checks and shapes first). The image posterior draws
+        from its own generator, so the sampling noise is SAT's for that seed."""
+        m = self.model_cfg
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         timings = {}
@@ -291,7 +299,7 @@ class VideoPipeline:
             )
 
         start = time.perf_counter()
-        video = self.decode(latents, progress=progress, shape=shape)
+        video = self._decode(latents, tile, progress)
         timings["decoding_s"] = time.perf_counter() - start
         if not torch.isfinite(video).all():
             raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")

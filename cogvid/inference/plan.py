@@ -14,7 +14,7 @@ The plan is made in this order, cheapest first, so a bad input costs a second, n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class PlannedVideo:
     image_path: str | None
     shape: VideoShape
     source: str  # where the prompt came from, for messages
+    tile: tuple[int, int] | None = None  # the decode's spatial tile in latents (None: whole frames)
 
 
 @dataclass(frozen=True)
@@ -158,33 +159,28 @@ def _load_plan(cfg, local_rank: int | None = None) -> LoadPlan:
     return LoadPlan(cfg.model, device, dtype, vae_dtype, bool(cfg.get("compile")), names, key)
 
 
-def check_image_agrees(model, image, source: str) -> None:
-    """One line when a job's image (a path or a PIL image, None for none) does not fit the model: image-to-video
-    needs one, text-to-video takes none."""
-    if is_image_to_video(model) and image is None:
-        raise CogvidError(f"{source}: {model.name} is image-to-video; give infer.image=PATH or a prompt@@image line")
-    if not is_image_to_video(model) and image is not None:
+def check_image_agrees(name: str, image_to_video: bool, image, source: str) -> None:
+    """One line when a job's image (a path or a PIL image, None for none) does not fit model `name`:
+    image-to-video needs one, text-to-video takes none."""
+    if image_to_video and image is None:
+        raise CogvidError(f"{source}: {name} is image-to-video; give infer.image=PATH or a prompt@@image line")
+    if not image_to_video and image is not None:
         raise CogvidError(
-            f"{source}: {model.name} is text-to-video, so it takes no image (the image-to-video variants "
+            f"{source}: {name} is text-to-video, so it takes no image (the image-to-video variants "
             "are model=5b_i2v and model=1.5_5b_i2v)"
         )
 
 
-def job_image(job: PromptJob, cfg):
-    """The PIL image of an image-to-video job (read and checked now), or None for text to video."""
+def plan_videos(cfg, job: PromptJob, image_to_video: bool) -> list[PlannedVideo]:
+    """The infer.num_videos_per_prompt videos of one prompt, with the image (read and checked now), shape and seed
+    of each."""
     from cogvid.utils.media import read_image
 
     path = job.image or cfg.infer.image
-    check_image_agrees(cfg.model, path, job.source)
-    return None if path is None else read_image(path)
-
-
-def plan_videos(cfg, job: PromptJob) -> list[PlannedVideo]:
-    """The infer.num_videos_per_prompt videos of one prompt, with the image, shape and seed of each."""
-    image = job_image(job, cfg)
+    check_image_agrees(cfg.model.name, image_to_video, path, job.source)
+    image = None if path is None else read_image(path)
     shape = job_video_shape(cfg.model, cfg.infer, None if image is None else (image.height, image.width))
     n = cfg.infer.num_videos_per_prompt
-    path = job.image or cfg.infer.image
     return [
         PlannedVideo(i, job.prompt, cfg.infer.seed + i, image, path, shape, job.source)
         for i in range(job.index * n, job.index * n + n)
@@ -209,6 +205,12 @@ def _check_memory(cfg, load: LoadPlan, shapes: list[VideoShape]):
 
     largest = max(shapes, key=lambda s: s.num_frames * s.height * s.width)
     return memory.check_fits(cfg, largest, load.device, load.dtype, load.vae_dtype, held=held_bytes(load.weights_key))
+
+
+def _tile(cfg, load: LoadPlan, shape: VideoShape, room: int) -> tuple[int, int] | None:
+    from cogvid.inference.memory import vae_tile
+
+    return vae_tile(cfg, shape, load.vae_dtype, lambda: room)
 
 
 def _sidecar_fields(cfg, load: LoadPlan, negative: bool, ignored: list[str], key: str, rank: int) -> dict:
@@ -252,6 +254,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     check_values(cfg)
     negative = Uncond(cfg.sampler.uncond) is Uncond.negative_prompt
     ignored = ignored_options(cfg)
+    image_to_video = is_image_to_video(cfg.model)
     from cogvid.inference.outputs import check_writable, finished_videos, next_free_index  # torch from here on
     from cogvid.utils.runtime import dist_env
 
@@ -267,11 +270,14 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
         )
     planned: dict[int, list[PlannedVideo]] = {}
     if not cfg.infer.interactive:
-        planned = {job.index: plan_videos(cfg, job) for job in prompt_jobs(cfg.infer, stdin)}
+        planned = {job.index: plan_videos(cfg, job, image_to_video) for job in prompt_jobs(cfg.infer, stdin)}
     # 3. the weights, and the memory of the largest video beside them
     load = _load_plan(cfg, local_rank if world_size > 1 else None)
     shapes = [video.shape for videos in planned.values() for video in videos]
     estimate, budget = _check_memory(cfg, load, shapes) if shapes else (None, 0)
+    if shapes:  # each shape's decode tile, in the memory the weights leave (a decode too large is refused now)
+        tiles = {shape: _tile(cfg, load, shape, budget - estimate.weights) for shape in set(shapes)}
+        planned = {i: [replace(v, tile=tiles[v.shape]) for v in videos] for i, videos in planned.items()}
     # 4. where the videos go, and which of them a resumed run still makes
     samples_dir = check_writable(output_dir(cfg, run_dir))
     key = settings_hash(cfg)

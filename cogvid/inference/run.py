@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from cogvid.config.schema import is_image_to_video
 from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_sample, plan_videos
 from cogvid.inference.prompts import prompt_jobs
 
@@ -27,12 +28,13 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
     from cogvid.inference.outputs import write_sample
     from cogvid.utils.media import to_uint8_frames
 
-    result = pipeline.generate(
+    result = pipeline.make_video(
         video.prompt,
-        seed=video.seed,
+        video.seed,
+        video.shape,
+        video.tile,
         negative_prompt=cfg.infer.negative_prompt,
         image=video.image,
-        shape=video.shape,
         progress=plan.rank == 0,
         source=source,
         strength=cfg.infer.strength,
@@ -95,8 +97,13 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
         source = pipeline.encode_video(plan.source_video)
         log.info("encoded %s in %.2f s (strength %g)", cfg.infer.video, time.perf_counter() - start, cfg.infer.strength)
     videos = plan.videos
-    if plan.texts is None:  # interactive: each prompt is planned (checked) as it is read
-        videos = (video for job in prompt_jobs(cfg.infer, stdin) for video in plan_videos(cfg, job))
+    if plan.texts is None:  # interactive: each prompt is planned (checked) as it is read, its tile measured now
+        image_to_video = is_image_to_video(cfg.model)
+        videos = (
+            dataclasses.replace(video, tile=pipeline.decode_tile(video.shape))
+            for job in prompt_jobs(cfg.infer, stdin)
+            for video in plan_videos(cfg, job, image_to_video)
+        )
     written: list[Path] = []
     for video in videos:
         written.extend(_write(cfg, plan, pipeline, video, source))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogvid.config.schema import Generation, is_image_to_video
+from cogvid.config.schema import Generation
 from cogvid.utils.errors import CogvidError
 
 FRAME_STEP = 8  # F = 8k + 1 (see the module docstring)
@@ -106,10 +106,11 @@ def size_from_image_aspect(model, image_height: int, image_width: int) -> tuple[
 
 
 def job_video_shape(model, infer, image_size: tuple[int, int] | None = None) -> VideoShape:
-    """The checked shape of one job from infer.num_frames / height / width: 1.5-I2V with neither height nor width
-    set sizes itself from its image's (height, width) aspect (`size_from_image_aspect`)."""
+    """The checked shape of one job from infer.num_frames / height / width: 1.5-I2V (a 1.5 model given an image,
+    whose (height, width) is `image_size`) with neither height nor width set sizes itself from the image's aspect
+    (`size_from_image_aspect`)."""
     height, width = infer.height, infer.width
-    derive = Generation(model.generation) is Generation.v1_5 and is_image_to_video(model)
-    if derive and image_size is not None and height is None and width is None:
+    derive = Generation(model.generation) is Generation.v1_5 and image_size is not None
+    if derive and height is None and width is None:
         height, width = size_from_image_aspect(model, *image_size)
     return video_shape(model, infer.num_frames, height, width)
