@@ -82,6 +82,10 @@ def check_vae_tile(tile) -> None:
 
 
 def _check_infer(infer) -> None:
+    if infer.interactive and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
+    if infer.interactive and infer.resume:
+        raise CogvidError("infer.resume=true re-runs a prompts file or a prompt: it cannot resume infer.interactive")
     check_seed("infer.seed", infer.seed)
     check_at_least("infer.num_videos_per_prompt", infer.num_videos_per_prompt, 1)
     if infer.fps is not None:

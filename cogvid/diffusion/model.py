@@ -27,8 +27,9 @@ class DiffusionModel:
 
     @classmethod
     def from_model_config(cls, model_cfg) -> DiffusionModel:
-        """A freshly initialised model (no weights loaded)."""
-        return cls(model_cfg, DiffusionTransformer(model_cfg), DiscreteDenoiser(model_cfg.shift_scale))
+        """A freshly initialised model (no weights loaded): the noise schedule, then the network."""
+        denoiser = DiscreteDenoiser(model_cfg.shift_scale)
+        return cls(model_cfg, DiffusionTransformer(model_cfg), denoiser)
 
     @property
     def device(self) -> torch.device:

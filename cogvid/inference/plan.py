@@ -84,6 +84,7 @@ class SamplePlan:
     sidecar: dict  # what every video's sidecar says of the run
     memory: Any  # the largest video's MemoryEstimate (None: interactive, sizes unknown)
     memory_budget: int  # the bytes the run may use (memory_limit_gb, else the device's free memory)
+    image_to_video: bool  # the model takes an image per prompt
     rank: int
     world_size: int
 
@@ -238,13 +239,6 @@ def _sidecar_fields(cfg, load: LoadPlan, negative: bool, ignored: list[str], key
     }
 
 
-def _refuse_mode(cfg, world_size: int) -> None:
-    if cfg.infer.interactive and world_size > 1:
-        raise CogvidError("infer.interactive=true reads one terminal: run it as a single process, not under torchrun")
-    if cfg.infer.interactive and cfg.infer.resume:
-        raise CogvidError("infer.resume=true re-runs a prompts file or a prompt: it cannot resume infer.interactive")
-
-
 def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     """The checked plan of a composed `sample` config (see the module doc) for this process (its share under
     torchrun). `run_dir`: the Hydra run dir the job will write to when it is planned before Hydra made it."""
@@ -259,7 +253,6 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     from cogvid.utils.runtime import dist_env
 
     rank, world_size, local_rank = dist_env()
-    _refuse_mode(cfg, world_size)
     # 2. the inputs: the source clip, every prompt with its image and shape (every rank checks them all)
     source_video = None
     if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
@@ -302,6 +295,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
         sidecar=_sidecar_fields(cfg, load, negative, ignored, key, rank),
         memory=estimate,
         memory_budget=budget,
+        image_to_video=image_to_video,
         rank=rank,
         world_size=world_size,
     )

@@ -14,7 +14,6 @@ import logging
 import time
 from pathlib import Path
 
-from cogvid.config.schema import is_image_to_video
 from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_sample, plan_videos
 from cogvid.inference.prompts import prompt_jobs
 
@@ -98,11 +97,10 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
         log.info("encoded %s in %.2f s (strength %g)", cfg.infer.video, time.perf_counter() - start, cfg.infer.strength)
     videos = plan.videos
     if plan.texts is None:  # interactive: each prompt is planned (checked) as it is read, its tile measured now
-        image_to_video = is_image_to_video(cfg.model)
         videos = (
             dataclasses.replace(video, tile=pipeline.decode_tile(video.shape))
             for job in prompt_jobs(cfg.infer, stdin)
-            for video in plan_videos(cfg, job, image_to_video)
+            for video in plan_videos(cfg, job, plan.image_to_video)
         )
     written: list[Path] = []
     for video in videos:
