@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import re
-import reprlib
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from cogvid.utils.errors import CogvidError, first_few
 from cogvid.utils.files import atomic_path, write_atomic
 from cogvid.utils.lazy_tensors import TensorTarget
 from cogvid.utils.runtime import STORAGE_NAMES, dtype_name
-from cogvid.utils.user_files import safe_torch_load
+from cogvid.utils.user_files import read_torch_state
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +57,6 @@ _STATE_DICT_WRAPPERS = ("module", "model", "state_dict")
 _DIT_KEY_STARTS = ("transformer.layers.", "transformer.final_layernorm.", "mixins.", "time_embed.")
 _SHOW = 3  # keys listed per category in a load error
 _MAX_LATEST = 64  # bytes of DIR/latest read: an iteration number or "release"
-
-
-def _check_names(file: str | os.PathLike, mapping: Mapping, where: str) -> None:
-    """Refuse a key that is not a printable string: checkpoint entries and tensors are named, and errors list names."""
-    for key in mapping:
-        if not isinstance(key, str) or not key.isprintable():
-            raise CogvidError(f"{file} is not a SAT checkpoint: {where} has the key {reprlib.repr(key)}, not a name")
 
 
 def _listing(directory: Path, limit: int = 8) -> str:
@@ -115,20 +107,12 @@ def read_sat_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     state-dict entries of other parts (`first_stage_model.*`, `conditioner.*`), each under its own key.
     """
     file = resolve_sat_checkpoint(path)
-    ckpt = safe_torch_load(file)
-    _check_names(file, ckpt, "its top level")
-    wrapper = next((k for k in _STATE_DICT_WRAPPERS if isinstance(ckpt.get(k), Mapping)), None)
-    if wrapper is not None:
-        full = dict(ckpt[wrapper])
-        aside = {k: v for k, v in ckpt.items() if k != wrapper}
-    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        full, aside = dict(ckpt), {}
-    else:
+    full, aside, wrapper = read_torch_state(file, _STATE_DICT_WRAPPERS)
+    if wrapper is None and not (full and all(isinstance(v, torch.Tensor) for v in full.values())):
         raise CogvidError(
             f"{file} holds no state dict: expected a top-level 'module' (or 'model' / 'state_dict') entry, "
-            f"found {sorted(ckpt)[:8]}"
+            f"found {sorted(full)[:8]}"
         )
-    _check_names(file, full, f"its {wrapper!r} entry" if wrapper else "its state dict")
     state: dict[str, torch.Tensor] = {}
     if any(k.startswith(DIT_PREFIX) for k in full):
         for k, v in full.items():
@@ -297,16 +281,13 @@ def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Also takes a bare state dict, a `module`/`model` wrapper, or a full engine state dict (`first_stage_model.*`).
     """
-    ckpt = safe_torch_load(path)
-    _check_names(path, ckpt, "its top level")
-    wrapper = next((k for k in ("state_dict", "module", "model") if isinstance(ckpt.get(k), Mapping)), None)
-    state = dict(ckpt[wrapper]) if wrapper is not None else dict(ckpt)
-    _check_names(path, state, f"its {wrapper!r} entry" if wrapper else "its state dict")
+    state, aside, wrapper = read_torch_state(path, ("state_dict", "module", "model"))
+    top = [*aside, wrapper] if wrapper else list(state)
     if any(k.startswith(VAE_PREFIX) for k in state):
         state = {k[len(VAE_PREFIX) :]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors or not state:
-        found = ", ".join(sorted(str(k) for k in ckpt)[:8])
+        found = ", ".join(sorted(str(k) for k in top)[:8])
         raise CogvidError(f"{path} holds no VAE state dict: expected {{'state_dict': {{name: tensor}}}}, found {found}")
     return {k: v for k, v in state.items() if not k.startswith("loss")}
 

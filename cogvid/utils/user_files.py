@@ -6,7 +6,8 @@ that names the file and what is wrong with it, never a decoder's traceback.
 * `read_yaml`: plain YAML (`yaml.safe_load`: no tags, so no code) with a mapping at the top.
 * `read_sentencepiece`: a sentencepiece model (T5's spiece.model).
 * `read_safetensors_header`: a safetensors file's header, every tensor checked to lie inside the file.
-* `safe_torch_load`: a torch file (zip or legacy pickle) with `weights_only=True`, plus numpy's RNG-state types.
+* `safe_torch_load`: a torch file (zip or legacy pickle) with `weights_only=True`, plus numpy's RNG-state types;
+  `read_torch_state` then finds the state dict inside it, every key a name.
 
 Every read of a user's file goes through one of these; torch, numpy and sentencepiece are imported only when a file
 of theirs is read, so the config checks that run before torch can import this module.
@@ -326,3 +327,24 @@ def safe_torch_load(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise CogvidError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+def _check_names(file, mapping: Mapping, where: str) -> None:
+    """Refuse a key that is not a printable string: checkpoint entries and tensors are named, and errors list names."""
+    for key in mapping:
+        if not isinstance(key, str) or not key.isprintable():
+            raise CogvidError(f"{file} is not a SAT checkpoint: {where} has the key {reprlib.repr(key)}, not a name")
+
+
+def read_torch_state(path: str | os.PathLike, wrappers: tuple[str, ...]) -> tuple[dict, dict, str | None]:
+    """A torch checkpoint (`safe_torch_load`) as (its state dict, its other top-level entries, the wrapper's name):
+    the mapping under the first of `wrappers` found at its top level, else the top level itself (wrapper None, no
+    other entries). Every key of both levels must be a name."""
+    ckpt = safe_torch_load(path)
+    _check_names(path, ckpt, "its top level")
+    wrapper = next((k for k in wrappers if isinstance(ckpt.get(k), Mapping)), None)
+    if wrapper is None:
+        return dict(ckpt), {}, None
+    state = dict(ckpt[wrapper])
+    _check_names(path, state, f"its {wrapper!r} entry")
+    return state, {k: v for k, v in ckpt.items() if k != wrapper}, wrapper
