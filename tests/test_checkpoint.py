@@ -20,9 +20,9 @@ from cogvid.sat.checkpoint import (
     load_backbone_state,
     read_sat_state_dict,
     resolve_sat_checkpoint,
-    safe_torch_load,
     save_sat_checkpoint,
 )
+from cogvid.utils.user_files import safe_torch_load
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"
 DIT_CKPT = FIXTURE / "dit_ckpt"

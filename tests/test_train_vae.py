@@ -12,7 +12,7 @@ import torch
 from cogvid.config.compose import compose
 from cogvid.interop.run import run_export
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.sat.checkpoint import load_sat_vae, safe_torch_load
+from cogvid.sat.checkpoint import load_sat_vae
 from cogvid.shapes.dataset import write_dataset
 from cogvid.training.data import VideoClips, clip_spec, collate, find_clips
 from cogvid.training.run import run_train
@@ -25,6 +25,7 @@ from cogvid.training.vae_module import (
     psnr_db,
 )
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.user_files import safe_torch_load
 
 TORCH_THREADS = 1  # tiny tensors: extra intra-op threads only spin
 

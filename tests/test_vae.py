@@ -17,9 +17,10 @@ from cogvid.models.vae import (
     decode_chunks,
     decode_tiled,
 )
-from cogvid.sat.checkpoint import load_sat_vae, read_sat_vae_state_dict, safe_torch_load
+from cogvid.sat.checkpoint import load_sat_vae, read_sat_vae_state_dict
 from cogvid.sat.yaml_import import import_sat_config
 from cogvid.utils.errors import CogvidError
+from cogvid.utils.user_files import safe_torch_load
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"
 VAE_PT = FIXTURE / "vae" / "3d-vae.pt"
