@@ -17,8 +17,9 @@ from cogvid.config.compose import compose
 from cogvid.inference import memory
 from cogvid.inference.pipeline import VideoPipeline, load_pipeline
 from cogvid.inference.plan import plan_loading
-from cogvid.inference.video_shape import video_shape
+from cogvid.inference.video_shape import vae_spatial, video_shape
 from cogvid.models.dit import DiffusionTransformer
+from cogvid.models.t5 import local_t5_config
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.utils.errors import CogvidError
 
@@ -54,7 +55,7 @@ def test_t5_weights_from_its_config(which, tiny_t5_dir):
     from transformers import T5EncoderModel
 
     folder = tiny_t5_dir if which == "tiny" else compose(SHAPES_VIDEO).model.text_encoder.path  # shapes: gated-gelu
-    config = memory.t5_sizes(folder)
+    config = local_t5_config(folder)
     encoder = T5EncoderModel.from_pretrained(folder)
     # T5EncoderModel ties the shared embedding and the encoder's: each parameter once
     assert memory.t5_weight_bytes(config, torch.float32) == real_bytes(encoder, torch.float32)
@@ -67,14 +68,16 @@ RELEASED_VAE = ["model.vae.ch=128", "model.vae.ch_mult=[1,2,2,4]", "model.vae.nu
 PROBES = [
     ("dit", 25, 240, 352, ["model=shapes", *MEDIUM, "model.num_layers=2"]),  # 2B layout: sin-cos, no qk-norm
     ("dit", 49, 240, 352, ["model=5b", "model.text_encoder.path=null", *MEDIUM, "model.num_layers=1"]),  # RoPE
-    ("vae", 49, 128, 192, ["model=shapes"]),  # the shapes VAE: 32 wide, 4 levels
+    ("vae", 49, 128, 192, ["model=shapes"]),  # the shapes VAE: 32 wide, 3 levels (4x in space)
     ("vae", 9, 64, 96, ["model=shapes", *RELEASED_VAE]),  # the released VAE's widths
 ]
 
 
 @pytest.mark.parametrize(("kind", "frames", "height", "width", "overrides"), PROBES)
 def test_estimate_follows_the_measured_cpu_peak(kind, frames, height, width, overrides):
-    grid = [f"model.num_frames={frames}", f"model.latent_height={height // 8}", f"model.latent_width={width // 8}"]
+    spatial = vae_spatial(compose(overrides).model)
+    grid = [f"model.num_frames={frames}", f"model.latent_height={height // spatial}"]
+    grid += [f"model.latent_width={width // spatial}"]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "2"}
     out = subprocess.run(
         [sys.executable, str(PROBE), kind, str(frames), str(height), str(width), *overrides, *grid],
@@ -107,7 +110,7 @@ def test_decode_tile_is_the_whole_frame_when_it_fits_and_the_largest_tile_when_n
     whole = memory.decode_bytes(cfg.model, shape, torch.float32, None)
     assert memory.decode_tile(cfg, shape, torch.float32, whole) is None
     tile = memory.decode_tile(cfg, shape, torch.float32, whole - 1)
-    assert tile is not None and max(tile) < 8  # 8 x 8 latents in all
+    assert tile is not None and max(tile) < 16  # 16 x 16 latents in all
     assert memory.decode_bytes(cfg.model, shape, torch.float32, tile) <= whole - 1
     with pytest.raises(CogvidError, match="even in tiles of"):
         memory.decode_tile(cfg, shape, torch.float32, 1024)

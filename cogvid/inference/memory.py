@@ -91,32 +91,23 @@ def _bytes_of(module: torch.nn.Module, dtype: torch.dtype) -> int:
     return sum(t.numel() for t in (*module.parameters(), *module.buffers())) * size
 
 
-def dit_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
-    """The DiT's parameters and buffers in `dtype`, counted on the meta device."""
+def _meta_networks(model_cfg) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The DiT and the VAE of a model config on the meta device: their sizes, in no memory."""
     from cogvid.models.dit import DiffusionTransformer
-
-    with torch.device("meta"):
-        return _bytes_of(DiffusionTransformer(model_cfg), dtype)
-
-
-def vae_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
-    """The VAE's parameters in `dtype` (encoder and decoder: both are loaded), counted on the meta device."""
     from cogvid.models.vae import CausalVideoVAE
 
     with torch.device("meta"):
-        return _bytes_of(CausalVideoVAE.from_config(model_cfg.vae), dtype)
+        return DiffusionTransformer(model_cfg), CausalVideoVAE.from_config(model_cfg.vae)
 
 
-def t5_sizes(path) -> dict | None:
-    """T5's config.json of a local `model.text_encoder.path` (SAT or diffusers layout); None for a hub id."""
-    from cogvid.models.t5 import read_t5_config, t5_folders
+def dit_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
+    """The DiT's parameters and buffers in `dtype`."""
+    return _bytes_of(_meta_networks(model_cfg)[0], dtype)
 
-    if not path:
-        return None
-    encoder = Path(t5_folders(str(path))[1])
-    if not encoder.is_dir():
-        return None
-    return read_t5_config(encoder)
+
+def vae_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
+    """The VAE's parameters in `dtype` (encoder and decoder: both are loaded)."""
+    return _bytes_of(_meta_networks(model_cfg)[1], dtype)
 
 
 def t5_weight_bytes(config: dict, dtype: torch.dtype) -> int:
@@ -179,16 +170,19 @@ def estimate(
 ) -> MemoryEstimate:
     """The estimate of a composed sample config for one video of `shape` on a device of `device_type`; `tile`: the
     decode's [h, w] tile, if any."""
+    from cogvid.models.t5 import local_t5_config
+
     m = cfg.model
     size = dtype.itemsize
-    t5 = t5_sizes(m.text_encoder.get("path"))
+    dit, vae = _meta_networks(m)
+    t5 = local_t5_config(m.text_encoder.get("path"))
     text_weights = t5_weight_bytes(t5, dtype) if t5 is not None else None
     text_activations = int(T5_WIDTHS * 2 * m.text_length * (t5["d_ff"] if t5 else 10240) * size) + PHASE_OVERHEAD
     return MemoryEstimate(
         text_weights=text_weights,
         text_activations=text_activations,
-        dit_weights=dit_weight_bytes(m, dtype),
-        vae_weights=vae_weight_bytes(m, vae_dtype),
+        dit_weights=_bytes_of(dit, dtype),
+        vae_weights=_bytes_of(vae, vae_dtype),
         sampling=sampling_bytes(cfg, shape, dtype),
         decoding=decode_bytes(m, shape, vae_dtype, tile),
         weights_beside_t5=device_type == "cpu",

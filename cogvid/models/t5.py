@@ -59,6 +59,14 @@ def read_t5_config(encoder_dir: str | Path, text_hidden_size: int | None = None)
     return config
 
 
+def local_t5_config(path) -> dict | None:
+    """The config.json of a local `model.text_encoder.path` (SAT or diffusers layout); None for a hub id or none."""
+    if not path:
+        return None
+    encoder = Path(t5_folders(str(path))[1])
+    return read_t5_config(encoder) if encoder.is_dir() else None
+
+
 def t5_weight_files(encoder_dir: Path) -> list[Path]:
     """model.safetensors, or the shards its index names (transformers' names); [] for a folder with only a torch
     `pytorch_model.bin`, which transformers loads itself."""
