@@ -166,6 +166,13 @@ def reserved_combinations(colour: str | None = None, shape: str | None = None) -
     return [(c, s, d) for c in colours for s in shapes for d in DIRECTIONS]
 
 
+def pixel_combinations() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, direction) the renderer draws, reserved words and held-out triples included: what a VAE
+    trains on. A VAE never reads captions, so it learns the pixels of every colour and shape (as a real VAE is
+    trained on all images); only the DiT is kept from the reserved words and the held-out triples."""
+    return [(c, s, d) for c in ALL_COLOURS for s in ALL_SHAPES for d in DIRECTIONS]
+
+
 def training_combinations() -> list[tuple[str, str, str]]:
     """Every (colour, shape, direction) triple except the held-out ones, in vocabulary order."""
     held = set(HELD_OUT)

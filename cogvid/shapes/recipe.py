@@ -2,6 +2,7 @@
 
     data        scripts/make_shapes_dataset.py       OUT/data       (videos/, labels/, dataset.json)
     t5          cogvid.shapes.text_encoder           OUT/t5         (word-level sentencepiece + random small T5)
+    vae_data    cogvid.shapes.dataset                OUT/vae-data   (clips of every colour and shape, reserved too)
     vae         cogvid-train model=shapes task=vae   OUT/vae        (vae/3d-vae.pt, vae_eval.json: held-out PSNR)
     precompute  cogvid-train ... task=precompute     OUT/cache      (VAE posteriors + T5 embeddings per clip)
     dit         cogvid-train model=shapes mode=sft   OUT/dit        (from no checkpoint; sat/<step>/...)
@@ -34,10 +35,14 @@ from cogvid.utils.user_files import read_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "t5", "vae", "precompute", "dit", "ship")
+STAGES = ("data", "t5", "vae_data", "vae", "precompute", "dit", "ship")
 NUM_CLIPS = 3000
 DATA_SEED = 0
 T5_SEED = 0
+# The VAE's own clips: every colour and shape the renderer draws, the reserved words (cyan, ring) included. A VAE
+# trained on the base clips alone never saw cyan, and decoded it 12 dB off on the shape's pixels, read as blue: no
+# LoRA on the DiT could then draw it.
+VAE_DATA_SEED = 2
 # The VAE: 2000 steps of 2 clips in fp32 (~1.4 s a step on 2 cores), MSE + 1e-6 KL, the shape's pixels weighted 11x
 # against the background's. Measured on the held-out clips (foreground PSNR: the shape's pixels only), 300 steps:
 #   L1, bf16-mixed: 20 dB overall, foreground 11 dB (the shape is lost: the VAE keeps only the background)
@@ -127,6 +132,10 @@ class Recipe:
         return self.out / "t5"
 
     @property
+    def vae_data(self) -> Path:
+        return self.out / "vae-data"
+
+    @property
     def vae_dir(self) -> Path:
         return self.out / "vae"
 
@@ -181,11 +190,27 @@ class Recipe:
         build_shapes_t5(self.t5, seed=T5_SEED)
         return {"seed": T5_SEED}
 
+    def stage_vae_data(self) -> dict:
+        from cogvid.shapes.dataset import pixel_combinations, write_dataset
+
+        n = self.settings.num_clips
+        combinations = pixel_combinations()
+        write_dataset(
+            self.vae_data,
+            n,
+            VAE_DATA_SEED,
+            overwrite=True,
+            workers=self.workers,
+            progress=True,
+            combinations=combinations,
+        )
+        return {"clips": n, "seed": VAE_DATA_SEED, "combinations": len(combinations)}
+
     def stage_vae(self) -> dict:
         from cogvid.training.run import run_train
 
         shutil.rmtree(self.vae_dir, ignore_errors=True)
-        paths = [f"data.root={self.data}", f"train.output_dir={self.vae_dir}"]
+        paths = [f"data.root={self.vae_data}", f"train.output_dir={self.vae_dir}"]
         result = run_train(compose([*self.base_overrides(), *paths, *self.settings.vae], "train"))
         report = self.vae_report()
         return {
