@@ -99,8 +99,8 @@ def test_exported_configs(exported):
         "patch_size": 2,
         "patch_size_t": None,
         "sample_frames": 9,
-        "sample_height": 8,
-        "sample_width": 8,
+        "sample_height": 16,
+        "sample_width": 16,
         "temporal_compression_ratio": 4,
         "spatial_interpolation_scale": 1.875,
         "use_rotary_positional_embeddings": False,
@@ -108,7 +108,7 @@ def test_exported_configs(exported):
     }
     assert {k: transformer[k] for k in expected_transformer} == expected_transformer
     expected_vae = {
-        "block_out_channels": [model.vae.ch * m for m in model.vae.ch_mult],  # [32, 32, 64, 64] for ch_mult [1,1,2,2]
+        "block_out_channels": [model.vae.ch * m for m in model.vae.ch_mult],  # [32, 64, 64] for ch_mult [1,2,2]
         "layers_per_block": 1,
         "latent_channels": 16,
         "norm_num_groups": 32,
