@@ -69,7 +69,7 @@ def test_the_shapes_model_uses_a_shapes_clip_whole(shapes_dir):
     assert item["video"].shape == (9, 3, 64, 64) and -1.0 <= item["video"].min() < item["video"].max() <= 1.0
     with torch.device("meta"):  # shapes only
         latents = CausalVideoVAE.from_config(m.vae).encode_moments(torch.empty(1, 3, 9, 64, 64))
-    assert latents.shape == (1, 2 * m.vae.z_channels, 3, m.latent_height, m.latent_width) == (1, 32, 3, 8, 8)
+    assert latents.shape == (1, 2 * m.vae.z_channels, 3, m.latent_height, m.latent_width) == (1, 32, 3, 16, 16)
     assert compose(["model=tiny"], config_name="train").data.skip_frms_num == 3  # other models keep SAT's cut
 
 
