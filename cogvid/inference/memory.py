@@ -92,22 +92,13 @@ def _bytes_of(module: torch.nn.Module, dtype: torch.dtype) -> int:
 
 
 def _meta_networks(model_cfg) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The DiT and the VAE of a model config on the meta device: their sizes, in no memory."""
+    """The DiT and the VAE of a model config on the meta device: their sizes, in no memory (the VAE's encoder and
+    decoder both: both are loaded)."""
     from cogvid.models.dit import DiffusionTransformer
     from cogvid.models.vae import CausalVideoVAE
 
     with torch.device("meta"):
         return DiffusionTransformer(model_cfg), CausalVideoVAE.from_config(model_cfg.vae)
-
-
-def dit_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
-    """The DiT's parameters and buffers in `dtype`."""
-    return _bytes_of(_meta_networks(model_cfg)[0], dtype)
-
-
-def vae_weight_bytes(model_cfg, dtype: torch.dtype) -> int:
-    """The VAE's parameters in `dtype` (encoder and decoder: both are loaded)."""
-    return _bytes_of(_meta_networks(model_cfg)[1], dtype)
 
 
 def t5_weight_bytes(config: dict, dtype: torch.dtype) -> int:
@@ -148,7 +139,7 @@ def decode_bytes(model_cfg, shape: VideoShape, dtype: torch.dtype, tile: tuple[i
     """One decoder call of the largest chunk over the whole frame or one tile (latents), plus the decoded video."""
     vae = model_cfg.vae
     size = dtype.itemsize
-    spatial = shape.height // shape.latent[2]
+    spatial = shape.vae_spatial
     h, w = (shape.height, shape.width) if tile is None else (tile[0] * spatial, tile[1] * spatial)
     h, w = min(h, shape.height), min(w, shape.width)
     mult = list(vae.ch_mult)
