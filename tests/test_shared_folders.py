@@ -25,11 +25,13 @@ from train_helpers import make_sat_dataset, tiny_overrides
 
 import cogvid.utils.files
 from cogvid import compose
-from cogvid.inference.outputs import STEM_INDEX, next_free_index, write_sample
+from cogvid.inference.frame_strip import frame_strip
+from cogvid.inference.outputs import write_sample
 from cogvid.training.resume import ResumableCheckpoints
 from cogvid.training.run import RUN_LOCK, run_train
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.locks import LockHeld, hold_lock
+from cogvid.utils.numbered_names import INDEX_PREFIX, next_free_index
 
 TORCH_THREADS = 1
 FORK = multiprocessing.get_context("fork")
@@ -75,7 +77,7 @@ def check_videos(samples: Path) -> list[dict]:
     by_index: dict[int, list[Path]] = {}
     for p in samples.iterdir():
         if not p.name.startswith("."):
-            by_index.setdefault(int(STEM_INDEX.match(p.name).group(1)), []).append(p)
+            by_index.setdefault(int(INDEX_PREFIX.match(p.name).group(1)), []).append(p)
     sidecars = []
     for index, files in by_index.items():
         stems = {p.name.split(".", 1)[0] for p in files}
@@ -108,13 +110,14 @@ def test_four_writers_at_once_claim_an_index_each(tmp_path):
                 value = 100 * r + 10 * w + k
                 latents = torch.full((1, 1, 1, 1, 1), float(value))
                 sidecar = {"round": r, "writer": w, "index": k, "value": value}
-                write_sample(samples, first + k, prompts[r][w], frames + value, 8, sidecar, latents, "strip")
+                strip = frame_strip(frames + value, "strip")
+                write_sample(samples, first + k, prompts[r][w], frames + value, 8, sidecar, latents, strip)
 
         assert all(kind == "ok" for kind, _ in together(4, write_two))
         sidecars = check_videos(samples)
         made = Counter((m["round"], m["writer"], m["index"]) for m in sidecars)
         assert made == Counter((q, w, k) for q in range(r + 1) for w in range(4) for k in range(2))
-    assert sorted(int(STEM_INDEX.match(p.name).group(1)) for p in samples.glob("*.json")) == list(range(8 * rounds))
+    assert sorted(int(INDEX_PREFIX.match(p.name).group(1)) for p in samples.glob("*.json")) == list(range(8 * rounds))
     assert hidden(samples) == []  # no temp file, and the lock file went with its last holder
 
 

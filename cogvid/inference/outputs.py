@@ -4,16 +4,15 @@ strip on request).
 The slug is made from the prompt with only `[a-z0-9_]`, so no prompt can name a path outside the output dir; the
 index in front keeps two videos of one prompt, or two prompts with the same slug, apart.
 
-Names are claimed, never replaced. A finished video's files are written under temp names first; then, holding the
-folder's lock (`.claims.lock`, `cogvid.utils.locks`), the writer takes the first index from its wanted one on that no
-file in the folder starts with, and gives every file its final name with a rename that fails when the name exists
-(`cogvid.utils.files.rename_no_replace`). So any number of runs writing into one folder at once (separate runs, the
-jobs of a sweep, torchrun ranks) each keep every video, whole, under an index of its own, whatever their prompts; a
-video whose index was taken meanwhile moves on to the next free one. The MP4, PNG and latents of one video take one
-index together, the JSON last (it marks completion), so an interrupted run leaves no half video under a final name.
-The wanted index is the run's start (`next_free_index`: after the highest index in the folder, a hint) plus the
-video's position in the run; the seed (`infer.seed + i`) and the sidecar's "index" are the position, so they never
-depend on what else is in the folder.
+Names are claimed, never replaced (`cogvid.utils.numbered_names`). A finished video's files are written under temp
+names first; then, holding the folder's lock, the writer takes the first index from its wanted one on that no file in
+the folder starts with, and gives every file its final name with a rename that fails when the name exists. So any
+number of runs writing into one folder at once (separate runs, the jobs of a sweep, torchrun ranks) each keep every
+video, whole, under an index of its own, whatever their prompts; a video whose index was taken meanwhile moves on to
+the next free one. The MP4, PNG and latents of one video take one index together, the JSON last (it marks
+completion), so an interrupted run leaves no half video under a final name. The wanted index is the run's start
+(after the highest index in the folder, a hint) plus the video's position in the run; the seed (`infer.seed + i`) and
+the sidecar's "index" are the position, so they never depend on what else is in the folder.
 """
 
 from __future__ import annotations
@@ -25,21 +24,20 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cogvid.inference.frame_strip import frame_strip
 from cogvid.interop.tensor_io import safetensors_bytes
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.files import clean_stale, fsync_path, owner_tag, rename_no_replace, temp_name, writing
-from cogvid.utils.locks import hold_lock
+from cogvid.utils.files import clean_stale, fsync_path, owner_tag, temp_name, writing
 from cogvid.utils.media import encode_mp4
+from cogvid.utils.numbered_names import INDEX_PREFIX, claim_first_free, next_free_index
 
 SLUG_LENGTH = 60
 SAMPLES_DIR = "samples"
-CLAIM_LOCK = ".claims.lock"  # held while a video picks its index and takes its names
 
 
 def slug(prompt: str, max_length: int = SLUG_LENGTH) -> str:
@@ -51,22 +49,6 @@ def slug(prompt: str, max_length: int = SLUG_LENGTH) -> str:
 
 def video_stem(index: int, prompt: str) -> str:
     return f"{index:04d}_{slug(prompt)}"
-
-
-STEM_INDEX = re.compile(r"^(\d{4,})_")
-
-
-def used_indices(samples_dir: Path) -> set[int]:
-    """Every `<index>_` prefix among the entries of `samples_dir`: an index any file has is taken, whatever its slug."""
-    if not samples_dir.is_dir():
-        return set()
-    return {int(m.group(1)) for p in samples_dir.iterdir() if (m := STEM_INDEX.match(p.name))}
-
-
-def next_free_index(samples_dir: Path) -> int:
-    """1 + the highest `<index>_` prefix among the files in `samples_dir` (0 when it holds none): where a run starts
-    numbering, a hint only (another run may take these indices first; `claim_index` decides)."""
-    return max(used_indices(samples_dir), default=-1) + 1
 
 
 def config_hash(resolved: dict) -> str:
@@ -94,31 +76,6 @@ def check_writable(out_dir: Path) -> Path:
     return samples
 
 
-def claim_index(samples_dir: Path, index: int, prompt: str, staged: dict[str, Path]) -> list[Path]:
-    """Give the finished temp files `staged` ({suffix: path}, in order, the JSON last) the names
-    `<index>_<slug><suffix>` of the first free index from `index` on, all of one index, none replacing a file; returns
-    the final paths. See the module doc."""
-    with hold_lock(samples_dir / CLAIM_LOCK):
-        taken = used_indices(samples_dir)
-        while True:
-            while index in taken:
-                index += 1
-            stem = video_stem(index, prompt)
-            done: list[tuple[Path, Path]] = []
-            try:
-                for suffix, tmp in staged.items():
-                    final = samples_dir / f"{stem}{suffix}"
-                    rename_no_replace(tmp, final)
-                    done.append((final, tmp))
-            except FileExistsError:  # a writer that does not take the lock got there first: give the names back
-                for final, tmp in reversed(done):
-                    os.replace(final, tmp)
-                taken.add(index)
-                continue
-            fsync_path(samples_dir)
-            return [final for final, _ in done]
-
-
 def write_sample(
     samples_dir: Path,
     index: int,
@@ -127,10 +84,10 @@ def write_sample(
     fps: int,
     sidecar: dict,
     latents: torch.Tensor | None = None,
-    strip_caption: str | None = None,
+    strip: np.ndarray | None = None,
 ) -> list[Path]:
-    """Write one video as `<i>_<slug(prompt)>.mp4`, optional `.latents.safetensors` and `.png` (a frame strip under
-    `strip_caption`), and `.json`, where `i` is the first free index from `index` on (`claim_index`): every file is
+    """Write one video as `<i>_<slug(prompt)>.mp4`, optional `.latents.safetensors` and `.png` (`strip`, a frame strip
+    image), and `.json`, where `i` is the first free index from `index` on (`claim_first_free`): every file is
     written under its temp name first and claims its name only when all are written, so a failed write (disk full)
     leaves none. Returns the final paths, the JSON last."""
     from PIL import Image
@@ -151,9 +108,9 @@ def write_sample(
     try:
         with stage(".mp4") as tmp:
             encode_mp4(tmp, frames, fps)
-        if strip_caption is not None:
+        if strip is not None:
             with stage(".png") as tmp:
-                Image.fromarray(frame_strip(frames, strip_caption)).save(tmp, format="PNG")
+                Image.fromarray(strip).save(tmp, format="PNG")
         if latents is not None:
             with stage(".latents.safetensors") as tmp:
                 tensors = {"latents": latents.detach().float().cpu().contiguous()}
@@ -161,7 +118,7 @@ def write_sample(
         with stage(".json") as tmp:
             tmp.write_bytes(text.encode("utf-8"))
         with writing(samples_dir / f"{stem}.json"):
-            return claim_index(samples_dir, index, prompt, staged)
+            return claim_first_free(samples_dir, index, lambda i: video_stem(i, prompt), staged)
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
@@ -183,7 +140,25 @@ def finished_videos(samples_dir: Path, settings_hash: str) -> dict[tuple[str, st
             continue
         if not isinstance(meta, dict) or meta.get("settings_hash") != settings_hash:
             continue
-        number = STEM_INDEX.match(sidecar.name)
+        number = INDEX_PREFIX.match(sidecar.name)
         if number and sidecar.with_suffix(".mp4").is_file() and isinstance(meta.get("index"), int):
             done[(meta.get("prompt"), meta.get("image"), meta.get("seed"))] = int(number.group(1)) - meta["index"]
     return done
+
+
+@dataclass(frozen=True)
+class SamplesFolder:
+    """What a run finds in its samples folder before it makes anything (`survey_samples`)."""
+
+    path: Path  # <output_dir>/samples, proved writable (made by the first video)
+    first_index: int  # where the run starts numbering: after the highest index there (a hint, see the module doc)
+    finished: dict[tuple[str, str | None, int], int]  # infer.resume: `finished_videos` (else empty)
+
+
+def survey_samples(out_dir: Path, settings_hash: str, resume: bool) -> SamplesFolder:
+    """The samples folder of `out_dir`: the finished videos a resumed run skips (made with these settings), its
+    writability (`check_writable`) and the first free index."""
+    samples = out_dir / SAMPLES_DIR
+    finished = finished_videos(samples, settings_hash) if resume else {}
+    check_writable(out_dir)
+    return SamplesFolder(samples, next_free_index(samples), finished)

@@ -249,7 +249,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     negative = Uncond(cfg.sampler.uncond) is Uncond.negative_prompt
     ignored = ignored_options(cfg)
     image_to_video = is_image_to_video(cfg.model)
-    from cogvid.inference.outputs import check_writable, finished_videos, next_free_index  # torch from here on
+    from cogvid.inference.outputs import survey_samples  # torch from here on
     from cogvid.utils.runtime import dist_env
 
     rank, world_size, local_rank = dist_env()
@@ -272,27 +272,26 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
         tiles = {shape: _tile(cfg, load, shape, budget - estimate.weights) for shape in set(shapes)}
         planned = {i: [replace(v, tile=tiles[v.shape]) for v in videos] for i, videos in planned.items()}
     # 4. where the videos go, and which of them a resumed run still makes
-    samples_dir = check_writable(output_dir(cfg, run_dir))
     key = settings_hash(cfg)
+    out_dir = output_dir(cfg, run_dir)
     videos = [video for index in shard(planned, rank, world_size) for video in planned[index]]
-    first_index = next_free_index(samples_dir)  # a hint: each video claims the first free index from its own on
-    skipped = 0
-    if cfg.infer.resume:  # the finished videos are skipped, and the others take the numbers the run gave them
-        done = finished_videos(samples_dir, key)
-        kept = [v for v in videos if (v.prompt, v.image_path, v.seed) not in done]
-        skipped, videos = len(videos) - len(kept), kept
-        first_index = min(done.values(), default=first_index)
+    sidecar = _sidecar_fields(cfg, load, negative, ignored, key, rank)
+    folder = survey_samples(out_dir, key, cfg.infer.resume)
+    # each video claims the first free index from its own on; a resumed run's videos take the numbers it gave them
+    kept = [v for v in videos if (v.prompt, v.image_path, v.seed) not in folder.finished]
+    skipped, videos = len(videos) - len(kept), kept
+    first_index = min(folder.finished.values(), default=folder.first_index)
     texts = [video.prompt for video in videos] + ([cfg.infer.negative_prompt or ""] if negative else [])
     return SamplePlan(
         load=load,
         videos=tuple(videos),
         texts=None if cfg.infer.interactive else tuple(dict.fromkeys(texts)),
         source_video=source_video,
-        samples_dir=samples_dir,
+        samples_dir=folder.path,
         first_index=first_index,
         settings_hash=key,
         skipped=skipped,
-        sidecar=_sidecar_fields(cfg, load, negative, ignored, key, rank),
+        sidecar=sidecar,
         memory=estimate,
         memory_budget=budget,
         image_to_video=image_to_video,

@@ -24,6 +24,7 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
     """Make one planned video and write its files, its sidecar completed with its timings."""
     from hydra.core.hydra_config import HydraConfig
 
+    from cogvid.inference.frame_strip import frame_strip
     from cogvid.inference.outputs import write_sample
     from cogvid.utils.media import to_uint8_frames
 
@@ -52,12 +53,12 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
     latents = result.latents if cfg.infer.save_latents else None
-    caption = video.prompt if cfg.infer.frame_strip else None
     # the first free index from the plan's on: write_sample claims it, or the next free one (another run's video may
     # have taken it since)
     index = plan.first_index + video.index
     frames = to_uint8_frames(result.video)
-    files = write_sample(plan.samples_dir, index, video.prompt, frames, plan.sidecar["fps"], sidecar, latents, caption)
+    strip = frame_strip(frames, video.prompt) if cfg.infer.frame_strip else None
+    files = write_sample(plan.samples_dir, index, video.prompt, frames, plan.sidecar["fps"], sidecar, latents, strip)
     t = result.timings
     log.info(
         "wrote %s: text %.2f s, sampling %.2f s, decoding %.2f s, peak memory %.2f GB (%d frames %dx%d, seed %d)",
