@@ -15,13 +15,9 @@ from safetensors.torch import load_file
 
 from cogvid import CogvidError, compose
 from cogvid.models.dit import DiffusionTransformer
+from cogvid.models.state import load_backbone_state
 from cogvid.sat import checkpoint as ckpt
-from cogvid.sat.checkpoint import (
-    load_backbone_state,
-    read_sat_state_dict,
-    resolve_sat_checkpoint,
-    save_sat_checkpoint,
-)
+from cogvid.sat.checkpoint import read_sat_state_dict, resolve_sat_checkpoint, save_sat_checkpoint
 from cogvid.utils.user_files import safe_torch_load
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sat_tiny_2b"

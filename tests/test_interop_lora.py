@@ -27,7 +27,8 @@ import cogvid
 from cogvid.config.schema import LoraScale
 from cogvid.interop.lora import export_lora, import_lora, merge_lora
 from cogvid.models.dit import DiffusionTransformer
-from cogvid.sat.checkpoint import load_backbone_state, read_sat_state_dict, save_sat_checkpoint
+from cogvid.models.state import load_backbone_state
+from cogvid.sat.checkpoint import read_sat_state_dict, save_sat_checkpoint
 from cogvid.utils.errors import CogvidError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"

@@ -18,7 +18,8 @@ from conftest import FIXTURE
 import cogvid
 from cogvid.diffusion.sampling import sample_latents
 from cogvid.interop.run import run_export
-from cogvid.sat.loading import build_model, load_text_encoder, load_vae
+from cogvid.models.t5 import T5Conditioner
+from cogvid.sat.loading import build_model, load_vae
 
 PROMPT = "a red fox in snow"
 STEPS = 5
@@ -101,7 +102,7 @@ def cogvid_latents(ckpt, t5_path, latents: torch.Tensor) -> torch.Tensor:
     )
     model = build_model(cfg.model)
     model.backbone.eval()
-    t5 = load_text_encoder(cfg.model)
+    t5 = T5Conditioner.from_model_config(cfg.model)
     cond, uncond = t5.encode([PROMPT]), t5.encode([""])
     return sample_latents(model, cfg.sampler, cond, uncond, noise=latents)
 

@@ -177,11 +177,10 @@ def test_a_decode_that_does_not_fit_is_tiled(tmp_path, tiny_t5_dir):
 
 
 def test_t5_is_encoded_first_and_freed(tmp_path, tiny_t5_dir, monkeypatch):
-    import cogvid.inference.pipeline as pipeline_module
-    from cogvid.sat.loading import load_text_encoder
+    from cogvid.models.t5 import T5Conditioner
 
     cfg = tiny(tmp_path, tiny_t5_dir, "sampler.num_steps=2", "sampler.uncond=negative_prompt")
-    t5 = load_text_encoder(cfg.model)
+    t5 = T5Conditioner.from_model_config(cfg.model)
     expected = {text: t5.encode([text]) for text in ("a fox", "a cat", "blurry")}
     pipeline = load_pipeline(plan_loading(cfg), cfg, prompts=["a fox", "blurry"])
     assert pipeline.text_encoder is None  # freed before the DiT and the VAE loaded
@@ -189,9 +188,9 @@ def test_t5_is_encoded_first_and_freed(tmp_path, tiny_t5_dir, monkeypatch):
     def no_t5(*args, **kwargs):
         raise AssertionError("T5 loaded again for a text already encoded")
 
-    monkeypatch.setattr(pipeline_module, "load_text_encoder", no_t5)
+    monkeypatch.setattr(T5Conditioner, "from_model_config", no_t5)
     cond, uncond = pipeline.encode_text("a fox", "blurry")
     assert torch.equal(cond, expected["a fox"]) and torch.equal(uncond, expected["blurry"])
     pipeline.generate("a fox", seed=3, negative_prompt="blurry")
-    monkeypatch.setattr(pipeline_module, "load_text_encoder", load_text_encoder)
+    monkeypatch.undo()
     assert torch.equal(pipeline.encode_texts(["a cat"]), expected["a cat"])  # a new text loads T5 again

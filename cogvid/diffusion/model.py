@@ -7,13 +7,19 @@ It is what SAT's SATVideoDiffusionEngine holds as `model` and `denoiser`; the VA
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cogvid.diffusion.denoiser import DiscreteDenoiser
 from cogvid.models.dit import DiffusionTransformer
+from cogvid.models.lora import lora_rank
+from cogvid.models.state import load_backbone_state, load_lora_adapters
+from cogvid.utils.errors import CogvidError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +36,26 @@ class DiffusionModel:
         """A freshly initialised model (no weights loaded): the noise schedule, then the network."""
         denoiser = DiscreteDenoiser(model_cfg.shift_scale)
         return cls(model_cfg, DiffusionTransformer(model_cfg), denoiser)
+
+    @classmethod
+    def from_weights(cls, model_cfg, dit_state=None, adapters=None) -> DiffusionModel:
+        """The model with the DiT tensors `dit_state` (read from `model_cfg.ckpt`) strictly loaded, and then the
+        LoRA `adapters` (read from `model_cfg.lora_ckpt`; their rank sets `lora_rank`)."""
+        rank = lora_rank(adapters) if adapters is not None else None
+        if rank is not None:
+            if model_cfg.lora_rank not in (0, rank):
+                raise CogvidError(
+                    f"model.lora_ckpt={model_cfg.lora_ckpt} has adapters of rank {rank}, but "
+                    f"model.lora_rank={model_cfg.lora_rank}: leave model.lora_rank unset (or set it to {rank})"
+                )
+            model_cfg = OmegaConf.merge(model_cfg, {"lora_rank": rank})
+        model = cls.from_model_config(model_cfg)
+        if dit_state is not None:
+            log.debug("model.ckpt=%s: %s", model_cfg.ckpt, load_backbone_state(model.backbone, dit_state))
+        if adapters is not None:
+            load_lora_adapters(model.backbone, adapters)
+            log.info("model.lora_ckpt=%s: %d adapter matrices of rank %d", model_cfg.lora_ckpt, len(adapters), rank)
+        return model
 
     @property
     def device(self) -> torch.device:

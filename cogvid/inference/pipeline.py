@@ -28,7 +28,7 @@ from cogvid.inference.video_shape import VideoShape, job_video_shape
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.sat.loading import build_model, load_text_encoder, load_vae
+from cogvid.sat.loading import read_weight_files
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import resize_cover_center_crop
 from cogvid.utils.runtime import peak_memory_gb
@@ -118,9 +118,12 @@ class VideoPipeline:
         and the VAE move there, so T5 never shares a GPU with them; without, T5 stays loaded for texts that come
         later (an interactive run)."""
         device, dtype, vae_dtype = load.device, load.dtype, load.vae_dtype
-        model = build_model(load.model)
-        vae = load_vae(load.model, vae_dtype)
-        text_encoder = load_text_encoder(load.model, dtype=dtype, device=device)  # SAT casts T5 to the DiT's dtype
+        files = read_weight_files(load.model)
+        model = DiffusionModel.from_weights(load.model, files.dit, files.adapters)
+        vae = CausalVideoVAE.from_state(load.model.vae, files.vae, load.model.vae_ckpt, vae_dtype)
+        del files
+        # SAT casts T5 to the DiT's dtype
+        text_encoder = T5Conditioner.from_model_config(load.model, dtype=dtype, device=device)
         contexts = {}
         if prompts is not None:
             start = time.perf_counter()
@@ -149,7 +152,9 @@ class VideoPipeline:
             if text not in parts.contexts:
                 if parts.text_encoder is None:
                     log.info("loading T5 again for a new text")
-                    parts.text_encoder = load_text_encoder(self.model_cfg, dtype=self.dtype, device=self.device)
+                    parts.text_encoder = T5Conditioner.from_model_config(
+                        self.model_cfg, dtype=self.dtype, device=self.device
+                    )
                 parts.contexts[text] = parts.text_encoder.encode([text])
         return torch.cat([parts.contexts[text] for text in texts])
 

@@ -268,7 +268,7 @@ def check_against(
     hint: str,
 ) -> None:
     """Raise one line naming missing, unexpected and mis-shaped keys when `targets` do not fit `expected`."""
-    from cogvid.sat.checkpoint import describe_key_mismatch
+    from cogvid.models.state import describe_key_mismatch
 
     got = targets if isinstance(targets, Mapping) else expected_shapes(targets)
     problems = describe_key_mismatch(

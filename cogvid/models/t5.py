@@ -131,6 +131,20 @@ class T5Conditioner(nn.Module):
         self.tokenizer, self.encoder, self.max_length = tokenizer, encoder.eval().requires_grad_(False), max_length
 
     @classmethod
+    def from_model_config(cls, model_cfg, dtype: torch.dtype = torch.float32, device="cpu") -> T5Conditioner:
+        """T5 of a composed `model` group: `text_encoder.path`, with the model's text_length as max_length and its
+        text_hidden_size checked."""
+        path = model_cfg.text_encoder.get("path")
+        if not path:
+            raise CogvidError(
+                "model.text_encoder.path is not set: give the T5 folder, e.g. "
+                "model.text_encoder.path=/weights/t5-v1_1-xxl"
+            )
+        return cls.from_pretrained(
+            str(path), model_cfg.text_length, dtype=dtype, device=device, text_hidden_size=model_cfg.text_hidden_size
+        )
+
+    @classmethod
     def from_pretrained(
         cls,
         path: str,
@@ -139,7 +153,7 @@ class T5Conditioner(nn.Module):
         device="cpu",
         text_hidden_size: int | None = None,
     ):
-        """T5 from `path` (see `load_text_encoder`); `text_hidden_size`: the width the DiT takes, checked."""
+        """T5 from `path` (see `from_model_config`); `text_hidden_size`: the width the DiT takes, checked."""
         from transformers import T5Config, T5EncoderModel
 
         check_t5_folder(path, text_hidden_size)

@@ -446,6 +446,14 @@ class CausalVideoVAE(nn.Module):
         kwargs["temporal_compress_times"] = get(cfg, "temporal_compress_times", 4)
         return cls(**kwargs)
 
+    @classmethod
+    def from_state(cls, cfg, state, source, dtype: torch.dtype | None = None) -> CausalVideoVAE:
+        """Built `from_config(cfg)`, the tensors `state` (read from the file `source`) strictly loaded, frozen, in
+        `dtype` (None: as stored)."""
+        from cogvid.models.state import load_vae_state
+
+        return load_vae_state(cls.from_config(cfg), state, source, dtype).requires_grad_(False)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.decoder.conv_out.conv.weight.dtype

@@ -1,65 +1,55 @@
 """The loaders: the weights of one CogVideoX variant from SAT's release layout, each part built from the composed
-`model` group.
+`model` group. Every weight file is read (and checked) first, `read_weight_files`; then each network is built from
+its tensors.
 
-- `build_model`: the DiT and its denoiser, `model.ckpt` strictly loaded, then the adapters of `model.lora_ckpt`;
-- `load_vae`: SAT's `vae/3d-vae.pt`, frozen;
-- `load_text_encoder`: T5 from `model.text_encoder.path` (the release's `t5-v1_1-xxl` folder, a diffusers pipeline
-  folder or a hub id), frozen;
+- `build_model`: the DiT and its denoiser, `model.ckpt` strictly loaded, then the adapters of `model.lora_ckpt`
+  (`DiffusionModel.from_weights`);
+- `load_vae`: SAT's `vae/3d-vae.pt`, frozen (`CausalVideoVAE.from_state`);
+- T5 loads from its own folder: `T5Conditioner.from_model_config`;
 - `load_frozen_parts`: the VAE and T5 that training holds beside the DiT (`FrozenParts`, a plain attribute that a
   LightningModule neither registers, wraps, shards, saves nor optimizes).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from cogvid.diffusion.model import DiffusionModel
-from cogvid.models.lora import lora_rank
 from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.sat.checkpoint import (
-    load_backbone_state,
-    load_lora_adapters,
-    load_sat_vae,
-    read_lora_adapters,
-    read_sat_state_dict,
-)
+from cogvid.sat.checkpoint import read_lora_adapters, read_sat_state_dict, read_sat_vae_state_dict
 from cogvid.utils.errors import CogvidError
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """The tensors of a `model` group's weight files, read before any network is built (None: not read)."""
+
+    dit: dict[str, torch.Tensor] | None = None  # model.ckpt, the DiT's keys (None too when model.ckpt is unset)
+    adapters: dict[str, torch.Tensor] | None = None  # model.lora_ckpt's adapter matrices
+    vae: dict[str, torch.Tensor] | None = None  # model.vae_ckpt
+
+
+def read_weight_files(model_cfg, dit: bool = True, vae: bool = True) -> WeightFiles:
+    """Read the DiT's files (`ckpt`, `lora_ckpt`) and the VAE's (`vae_ckpt`, which must be set) of a `model` group."""
+    if vae and not model_cfg.get("vae_ckpt"):
+        raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
+    ckpt, lora_file = (model_cfg.get("ckpt"), model_cfg.get("lora_ckpt")) if dit else (None, None)
+    return WeightFiles(
+        dit=read_sat_state_dict(ckpt)[0] if ckpt else None,
+        adapters=read_lora_adapters(lora_file) if lora_file else None,
+        vae=read_sat_vae_state_dict(model_cfg.vae_ckpt) if vae else None,
+    )
 
 
 def build_model(model_cfg) -> DiffusionModel:
     """The model of a composed `model` group, with `ckpt` strictly loaded when it is set, and then the adapters of
     `lora_ckpt` (a LoRA trained on that base; its rank sets `lora_rank`)."""
-    lora_file = model_cfg.get("lora_ckpt")
-    adapters = read_lora_adapters(lora_file) if lora_file else None
-    if adapters is not None:
-        model_cfg = _with_lora_rank(model_cfg, lora_rank(adapters), lora_file)
-    model = DiffusionModel.from_model_config(model_cfg)
-    if model_cfg.get("ckpt"):
-        state, _ = read_sat_state_dict(model_cfg.ckpt)
-        report = load_backbone_state(model.backbone, state)
-        log.debug("model.ckpt=%s: %s", model_cfg.ckpt, report)
-    if adapters is not None:
-        load_lora_adapters(model.backbone, adapters)
-        log.info("model.lora_ckpt=%s: %d adapter matrices of rank %d", lora_file, len(adapters), lora_rank(adapters))
-    return model
-
-
-def _with_lora_rank(model_cfg, rank: int, lora_file) -> DictConfig:
-    """`model_cfg` with LoRA layers of the adapters' rank (a rank set to something else is refused)."""
-    if model_cfg.lora_rank not in (0, rank):
-        raise CogvidError(
-            f"model.lora_ckpt={lora_file} has adapters of rank {rank}, but model.lora_rank={model_cfg.lora_rank}: "
-            f"leave model.lora_rank unset (or set it to {rank})"
-        )
-    return OmegaConf.merge(model_cfg, {"lora_rank": rank})
+    files = read_weight_files(model_cfg, vae=False)
+    return DiffusionModel.from_weights(model_cfg, files.dit, files.adapters)
 
 
 def check_vae_file(path) -> None:
@@ -74,25 +64,9 @@ def check_vae_file(path) -> None:
 def load_vae(model_cfg, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> CausalVideoVAE:
     """The VAE of a composed `model` group: built from its `vae` sizes, SAT's `3d-vae.pt` at `vae_ckpt` strictly
     loaded, frozen, cast to `dtype` (None: as stored) and moved to `device` (None: the CPU)."""
-    path = model_cfg.get("vae_ckpt")
-    if not path:
-        raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
-    vae = load_sat_vae(path, CausalVideoVAE.from_config(model_cfg.vae), dtype=dtype).requires_grad_(False)
+    files = read_weight_files(model_cfg, dit=False)
+    vae = CausalVideoVAE.from_state(model_cfg.vae, files.vae, model_cfg.vae_ckpt, dtype)
     return vae.to(device) if device is not None else vae
-
-
-def load_text_encoder(
-    model_cfg, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> T5Conditioner:
-    """T5 of a composed `model` group: `text_encoder.path`, frozen, with the model's text_length as max_length."""
-    path = model_cfg.text_encoder.get("path")
-    if not path:
-        raise CogvidError(
-            "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
-        )
-    return T5Conditioner.from_pretrained(
-        str(path), model_cfg.text_length, dtype=dtype, device=device, text_hidden_size=model_cfg.text_hidden_size
-    )
 
 
 @dataclass
@@ -108,4 +82,6 @@ class FrozenParts:
 
 def load_frozen_parts(model_cfg, dtype: torch.dtype, device: str | torch.device = "cpu") -> FrozenParts:
     """The VAE and T5 of a composed `model` group, both in `dtype` on `device`."""
-    return FrozenParts(load_vae(model_cfg, dtype, device), load_text_encoder(model_cfg, dtype=dtype, device=device))
+    return FrozenParts(
+        load_vae(model_cfg, dtype, device), T5Conditioner.from_model_config(model_cfg, dtype=dtype, device=device)
+    )
