@@ -29,12 +29,13 @@ def plan(variant: str, dtype: torch.dtype, budgets: list[float]) -> dict:
     from cogvid.config.compose import compose
     from cogvid.inference import memory
     from cogvid.inference.video_shape import video_shape
+    from cogvid.models.t5 import t5_weight_bytes
     from cogvid.utils.errors import CogvidError
 
     cfg = compose([f"model={variant}", "model.text_encoder.path=null"])
     shape = video_shape(cfg.model, None, None, None)
     e = memory.estimate(cfg, shape, dtype, dtype)
-    text_weights = memory.t5_weight_bytes(T5_XXL, dtype)
+    text_weights = t5_weight_bytes(T5_XXL, dtype)
     text_phase = text_weights + e.text_activations
     row = {
         "shape": [shape.num_frames, shape.height, shape.width],

@@ -19,7 +19,7 @@ from cogvid.inference.pipeline import VideoPipeline, load_pipeline
 from cogvid.inference.plan import plan_loading
 from cogvid.inference.video_shape import vae_spatial, video_shape
 from cogvid.models.dit import DiffusionTransformer
-from cogvid.models.t5 import local_t5_config
+from cogvid.models.t5 import local_t5_config, t5_weight_bytes
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.utils.errors import CogvidError
 
@@ -57,7 +57,7 @@ def test_t5_weights_from_its_config(which, tiny_t5_dir):
     config = local_t5_config(folder)
     encoder = T5EncoderModel.from_pretrained(folder)
     # T5EncoderModel ties the shared embedding and the encoder's: each parameter once
-    assert memory.t5_weight_bytes(config, torch.float32) == real_bytes(encoder, torch.float32)
+    assert t5_weight_bytes(config, torch.float32) == real_bytes(encoder, torch.float32)
 
 
 # Peaks measured in a fresh process with a fixed glibc mmap threshold, so that RSS follows the live tensors (by

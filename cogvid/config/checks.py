@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cogvid.config.pairings import check_pairings
-from cogvid.config.schema import is_image_to_video
+from cogvid.config.schema import TrainTask, is_image_to_video
 from cogvid.utils.errors import CogvidError
 
 # torch.Generator.manual_seed takes [-2**63, 2**64); video i of a run uses seed + i, so seeds stay in int64's
@@ -155,6 +155,43 @@ def _check_data(data) -> None:
     check_at_least("data.num_workers", data.num_workers, 0)
     check_at_least("data.fps", data.fps, 1)
     check_folder_path("data.cache", data.cache)
+
+
+def check_vae_file(path) -> None:
+    """One line unless `model.vae_ckpt` names an existing file; nothing is loaded (callers check it before work)."""
+    if not Path(str(path)).expanduser().is_file():
+        raise CogvidError(
+            f"model.vae_ckpt={path}: no such file; expected SAT's vae/3d-vae.pt "
+            "(release layout: <variant>-sat/vae/3d-vae.pt)"
+        )
+
+
+def check_train_weights(cfg) -> None:
+    """The weights a `cogvid-train` task loads, set (and the VAE and model.ckpt on disk): task=precompute and fit from
+    videos encode with the VAE and T5, validation videos sample with them, fit starts from model.ckpt when set."""
+    task, model = TrainTask(cfg.task), cfg.model
+    if task is TrainTask.precompute:
+        if not cfg.data.cache:
+            raise CogvidError("task=precompute needs data.cache=<folder> to write the latents into")
+        if not model.vae_ckpt:
+            raise CogvidError("task=precompute needs model.vae_ckpt (SAT's vae/3d-vae.pt)")
+        if not model.text_encoder.path:
+            raise CogvidError("task=precompute needs model.text_encoder.path (the T5 folder)")
+        check_vae_file(model.vae_ckpt)  # before a video is decoded
+        return
+    if task is not TrainTask.fit:
+        return
+    if not cfg.data.cache:
+        if not model.get("vae_ckpt") or not model.text_encoder.path:
+            raise CogvidError(
+                "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
+                "or data.cache=<latents from task=precompute>"
+            )
+        check_vae_file(model.vae_ckpt)
+    if model.get("ckpt") and not Path(model.ckpt).expanduser().exists():
+        raise CogvidError(f"model.ckpt={model.ckpt}: no such folder; expected a SAT transformer folder")
+    if cfg.train.validation.every > 0 and not (model.vae_ckpt and model.text_encoder.path):
+        raise CogvidError("validation videos need model.vae_ckpt and model.text_encoder.path (also with data.cache)")
 
 
 def check_values(cfg) -> None:

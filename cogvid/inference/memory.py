@@ -86,31 +86,18 @@ def gb(n: int) -> str:
     return f"{n / GB:.2f} GB"
 
 
-def _bytes_of(module: torch.nn.Module, dtype: torch.dtype) -> int:
-    size = dtype.itemsize
-    return sum(t.numel() for t in (*module.parameters(), *module.buffers())) * size
-
-
-def _meta_networks(model_cfg) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The DiT and the VAE of a model config on the meta device: their sizes, in no memory (the VAE's encoder and
-    decoder both: both are loaded)."""
+def _meta_weight_bytes(model_cfg, dtype: torch.dtype, vae_dtype: torch.dtype) -> tuple[int, int]:
+    """The bytes of the DiT's and the VAE's weights (parameters and buffers; the VAE's encoder and decoder both: both
+    are loaded), counted on networks built on the meta device, in no memory."""
     from cogvid.models.dit import DiffusionTransformer
     from cogvid.models.vae import CausalVideoVAE
 
     with torch.device("meta"):
-        return DiffusionTransformer(model_cfg), CausalVideoVAE.from_config(model_cfg.vae)
-
-
-def t5_weight_bytes(config: dict, dtype: torch.dtype) -> int:
-    """T5 encoder parameters from its config: embedding, per layer attention (q, k, v, o), feed-forward (gated:
-    wi_0, wi_1, wo) and two norms, the final norm and the relative position bias."""
-    d, d_ff, layers = config["d_model"], config["d_ff"], config["num_layers"]
-    inner = config["num_heads"] * config["d_kv"]
-    gated = str(config.get("feed_forward_proj", "relu")).startswith("gated")
-    per_layer = 4 * d * inner + (3 if gated else 2) * d * d_ff + 2 * d
-    params = config["vocab_size"] * d + layers * per_layer + d
-    params += config.get("relative_attention_num_buckets", 32) * config["num_heads"]
-    return params * dtype.itemsize
+        dit, vae = DiffusionTransformer(model_cfg), CausalVideoVAE.from_config(model_cfg.vae)
+    return tuple(
+        sum(t.numel() for t in (*module.parameters(), *module.buffers())) * d.itemsize
+        for module, d in ((dit, dtype), (vae, vae_dtype))
+    )
 
 
 def dit_tokens(model_cfg, shape: VideoShape) -> int:
@@ -161,21 +148,21 @@ def estimate(
 ) -> MemoryEstimate:
     """The estimate of a composed sample config for one video of `shape` on a device of `device_type`; `tile`: the
     decode's [h, w] tile, if any."""
-    from cogvid.models.t5 import local_t5_config
+    from cogvid.models.t5 import local_t5_config, t5_weight_bytes
 
     m = cfg.model
-    size = dtype.itemsize
-    dit, vae = _meta_networks(m)
+    sampling, decoding = sampling_bytes(cfg, shape, dtype), decode_bytes(m, shape, vae_dtype, tile)
+    dit_weights, vae_weights = _meta_weight_bytes(m, dtype, vae_dtype)
     t5 = local_t5_config(m.text_encoder.get("path"))
     text_weights = t5_weight_bytes(t5, dtype) if t5 is not None else None
-    text_activations = int(T5_WIDTHS * 2 * m.text_length * (t5["d_ff"] if t5 else 10240) * size) + PHASE_OVERHEAD
+    d_ff = t5["d_ff"] if t5 else 10240
     return MemoryEstimate(
         text_weights=text_weights,
-        text_activations=text_activations,
-        dit_weights=_bytes_of(dit, dtype),
-        vae_weights=_bytes_of(vae, vae_dtype),
-        sampling=sampling_bytes(cfg, shape, dtype),
-        decoding=decode_bytes(m, shape, vae_dtype, tile),
+        text_activations=int(T5_WIDTHS * 2 * m.text_length * d_ff * dtype.itemsize) + PHASE_OVERHEAD,
+        dit_weights=dit_weights,
+        vae_weights=vae_weights,
+        sampling=sampling,
+        decoding=decoding,
         weights_beside_t5=device_type == "cpu",
     )
 

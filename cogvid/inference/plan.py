@@ -91,9 +91,9 @@ class SamplePlan:
 
 def check_weight_paths(model) -> None:
     """One line per missing weight, naming what SAT's release layout puts where; nothing is loaded here."""
+    from cogvid.config.checks import check_vae_file
     from cogvid.models.t5 import RELEASE_LAYOUT, check_t5_folder
     from cogvid.sat.checkpoint import resolve_sat_checkpoint
-    from cogvid.sat.loading import check_vae_file
 
     if not model.ckpt:
         raise CogvidError(
@@ -112,15 +112,13 @@ def check_weight_paths(model) -> None:
             "model.vae_ckpt is not set: give SAT's VAE file, e.g. "
             f"model.vae_ckpt=/weights/{model.name}-sat/vae/3d-vae.pt"
         )
-    check_vae_file(model.vae_ckpt)
     if not model.text_encoder.path:
         raise CogvidError(
             "model.text_encoder.path is not set: give the T5 folder, e.g. model.text_encoder.path=/weights/t5-v1_1-xxl"
             f" ({RELEASE_LAYOUT}), or a hub id such as google/t5-v1_1-xxl"
         )
-    check_t5_folder(
-        model.text_encoder.path, model.text_hidden_size
-    )  # a local folder's files are readable (not a hub id)
+    check_t5_folder(model.text_encoder.path, model.text_hidden_size)  # a local folder's files are readable
+    check_vae_file(model.vae_ckpt)
 
 
 def _files_state(path) -> list:

@@ -59,6 +59,18 @@ def read_t5_config(encoder_dir: str | Path, text_hidden_size: int | None = None)
     return config
 
 
+def t5_weight_bytes(config: dict, dtype: torch.dtype) -> int:
+    """The bytes of a T5 encoder's weights in `dtype`, from its config: embedding, per layer attention (q, k, v, o),
+    feed-forward (gated: wi_0, wi_1, wo) and two norms, the final norm and the relative position bias."""
+    d, d_ff, layers = config["d_model"], config["d_ff"], config["num_layers"]
+    inner = config["num_heads"] * config["d_kv"]
+    gated = str(config.get("feed_forward_proj", "relu")).startswith("gated")
+    per_layer = 4 * d * inner + (3 if gated else 2) * d * d_ff + 2 * d
+    params = config["vocab_size"] * d + layers * per_layer + d
+    params += config.get("relative_attention_num_buckets", 32) * config["num_heads"]
+    return params * dtype.itemsize
+
+
 def local_t5_config(path) -> dict | None:
     """The config.json of a local `model.text_encoder.path` (SAT or diffusers layout); None for a hub id or none."""
     if not path:

@@ -13,7 +13,6 @@ its tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -33,39 +32,39 @@ class WeightFiles:
     vae: dict[str, torch.Tensor] | None = None  # model.vae_ckpt
 
 
-def read_weight_files(model_cfg, dit: bool = True, vae: bool = True) -> WeightFiles:
-    """Read the DiT's files (`ckpt`, `lora_ckpt`) and the VAE's (`vae_ckpt`, which must be set) of a `model` group."""
-    if vae and not model_cfg.get("vae_ckpt"):
-        raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
-    ckpt, lora_file = (model_cfg.get("ckpt"), model_cfg.get("lora_ckpt")) if dit else (None, None)
+def read_dit_files(model_cfg) -> WeightFiles:
+    """Read the DiT's files of a `model` group: `ckpt` and `lora_ckpt`, each when set."""
+    ckpt, lora_file = model_cfg.get("ckpt"), model_cfg.get("lora_ckpt")
     return WeightFiles(
         dit=read_sat_state_dict(ckpt)[0] if ckpt else None,
         adapters=read_lora_adapters(lora_file) if lora_file else None,
-        vae=read_sat_vae_state_dict(model_cfg.vae_ckpt) if vae else None,
     )
+
+
+def read_vae_file(model_cfg) -> dict[str, torch.Tensor]:
+    """Read the VAE's file of a `model` group, `vae_ckpt` (which must be set)."""
+    if not model_cfg.get("vae_ckpt"):
+        raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
+    return read_sat_vae_state_dict(model_cfg.vae_ckpt)
+
+
+def read_weight_files(model_cfg) -> WeightFiles:
+    """Every weight file of a `model` group: the DiT's (`read_dit_files`), then the VAE's (`read_vae_file`)."""
+    dit = read_dit_files(model_cfg)
+    return WeightFiles(dit.dit, dit.adapters, read_vae_file(model_cfg))
 
 
 def build_model(model_cfg) -> DiffusionModel:
     """The model of a composed `model` group, with `ckpt` strictly loaded when it is set, and then the adapters of
     `lora_ckpt` (a LoRA trained on that base; its rank sets `lora_rank`)."""
-    files = read_weight_files(model_cfg, vae=False)
+    files = read_dit_files(model_cfg)
     return DiffusionModel.from_weights(model_cfg, files.dit, files.adapters)
-
-
-def check_vae_file(path) -> None:
-    """One line unless `model.vae_ckpt` names an existing file; nothing is loaded (callers check it before work)."""
-    if not Path(str(path)).expanduser().is_file():
-        raise CogvidError(
-            f"model.vae_ckpt={path}: no such file; expected SAT's vae/3d-vae.pt "
-            "(release layout: <variant>-sat/vae/3d-vae.pt)"
-        )
 
 
 def load_vae(model_cfg, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> CausalVideoVAE:
     """The VAE of a composed `model` group: built from its `vae` sizes, SAT's `3d-vae.pt` at `vae_ckpt` strictly
     loaded, frozen, cast to `dtype` (None: as stored) and moved to `device` (None: the CPU)."""
-    files = read_weight_files(model_cfg, dit=False)
-    vae = CausalVideoVAE.from_state(model_cfg.vae, files.vae, model_cfg.vae_ckpt, dtype)
+    vae = CausalVideoVAE.from_state(model_cfg.vae, read_vae_file(model_cfg), model_cfg.vae_ckpt, dtype)
     return vae.to(device) if device is not None else vae
 
 

@@ -1,9 +1,10 @@
 """Plan, then fit: `plan_train(cfg)` turns a composed `train` config into one frozen `TrainPlan`, checked once before
 any model loads or file is written; `cogvid.training.run.run_train` then runs it and decides nothing.
 
-The checks go from the cheapest on: the option values (before torch is even imported), the processes and strategy,
-the weights the task needs, the data (one clip must decode, a latent cache must fit the model), then the resume point.
-Each task plans its own part: task=fit (`_plan_fit`), task=vae (`_plan_vae`), task=precompute (`_plan_precompute`).
+The checks go from the cheapest on: the option values and the weights the task needs (`cogvid.config.checks`, before
+torch is even imported), the processes and strategy, the data (one clip must decode, a latent cache must fit the
+model), then the resume point. Each task plans its own part: task=fit (`_plan_fit`), task=vae (`_plan_vae`),
+task=precompute (`_plan_precompute`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cogvid.config.checks import check_values
+from cogvid.config.checks import check_train_weights, check_values
 from cogvid.config.schema import TrainTask, is_image_to_video
 from cogvid.utils.errors import CogvidError
 
@@ -50,6 +51,7 @@ def plan_train(cfg, run_dir: Path | None = None) -> TrainPlan:
     """The checked plan of a composed `train` config (see the module doc). `run_dir`: the Hydra run dir the job will
     write to, when it is planned before Hydra made it (None: Hydra's own, else ./outputs/cogvid-train)."""
     check_values(cfg)  # first: a refused option value costs no torch import (the planners below import it)
+    check_train_weights(cfg)  # the weights the task loads, set and on disk
     image_to_video = is_image_to_video(cfg.model)
     task = TrainTask(cfg.task)
     if task is TrainTask.precompute:
@@ -72,8 +74,7 @@ def output_dir(cfg, run_dir: Path | None = None) -> Path:
 
 
 def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
-    """task=fit: processes and strategy, the weights, the validation videos, the data, then the resume point."""
-    from cogvid.sat.loading import check_vae_file
+    """task=fit: processes and strategy, the validation videos, the data, then the resume point."""
     from cogvid.training.strategies import deepspeed_config, device_placement, externally_launched, strategy_name
 
     t = cfg.train
@@ -92,15 +93,6 @@ def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
         )
     accelerator, precision = device_placement(cfg)
     deepspeed = deepspeed_config(cfg, precision) if strategy == "deepspeed" else None
-    if not cfg.data.cache:
-        if not cfg.model.get("vae_ckpt") or not cfg.model.text_encoder.path:
-            raise CogvidError(
-                "training from videos needs model.vae_ckpt (SAT's vae/3d-vae.pt) and model.text_encoder.path (T5), "
-                "or data.cache=<latents from task=precompute>"
-            )
-        check_vae_file(cfg.model.vae_ckpt)
-    if cfg.model.get("ckpt") and not Path(cfg.model.ckpt).expanduser().exists():
-        raise CogvidError(f"model.ckpt={cfg.model.ckpt}: no such folder; expected a SAT transformer folder")
     _check_validation(cfg, image_to_video)
     spec, dataset = _fit_dataset(cfg, image_to_video)  # read before Lightning is imported (resume.py imports it)
     from cogvid.training.resume import check_resumable, resolve_resume, run_signature
@@ -129,7 +121,7 @@ def _plan_fit(cfg, out_dir: Path, image_to_video: bool) -> TrainPlan:
 
 
 def _check_validation(cfg, image_to_video: bool) -> None:
-    """train.validation: prompts (and, for an I2V model, one image each) and the VAE and T5 that sample them."""
+    """train.validation: prompts (and, for an I2V model, one image each)."""
     v = cfg.train.validation
     if v.every <= 0:
         return
@@ -140,8 +132,6 @@ def _check_validation(cfg, image_to_video: bool) -> None:
             f"{cfg.model.name} is image-to-video: give one train.validation.images entry per prompt "
             f"({len(v.prompts)} prompts, {len(v.images)} images)"
         )
-    if not (cfg.model.vae_ckpt and cfg.model.text_encoder.path):
-        raise CogvidError("validation videos need model.vae_ckpt and model.text_encoder.path (also with data.cache)")
 
 
 def _fit_dataset(cfg, image_to_video: bool) -> tuple[ClipSpec | None, Any]:
@@ -193,20 +183,12 @@ def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
 
 
 def _plan_precompute(cfg, image_to_video: bool) -> TrainPlan:
-    """task=precompute: the VAE and T5 it loads, the clips (one decodes), and a data.cache that takes these latents."""
-    from cogvid.sat.loading import check_vae_file
+    """task=precompute: the clips (one decodes) and a data.cache that takes these latents."""
     from cogvid.training.data import VideoClips, clip_spec, find_clips
     from cogvid.training.precompute import cache_meta, check_cache_agrees
 
-    if not cfg.data.cache:
-        raise CogvidError("task=precompute needs data.cache=<folder> to write the latents into")
-    if not cfg.model.vae_ckpt:
-        raise CogvidError("task=precompute needs model.vae_ckpt (SAT's vae/3d-vae.pt)")
-    if not cfg.model.text_encoder.path:
-        raise CogvidError("task=precompute needs model.text_encoder.path (the T5 folder)")
     spec = clip_spec(cfg)
     videos = VideoClips(find_clips(cfg), spec)
-    check_vae_file(cfg.model.vae_ckpt)  # before a video is decoded
     videos.check_readable()  # one clip decodes to enough frames, before meta.json is written
     cache = Path(cfg.data.cache).expanduser()
     meta = cache_meta(cfg, spec, image_to_video)
