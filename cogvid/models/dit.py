@@ -74,7 +74,7 @@ class SelfAttention(nn.Module):
         self.query_key_value = linear_or_lora(dim, 3 * dim, lora_rank, lora_alpha, partitions=3)
         self.dense = linear_or_lora(dim, dim, lora_rank, lora_alpha, partitions=1)
 
-    def forward(self, x, q_norm, k_norm, n_txt: int, rope: tuple[torch.Tensor, torch.Tensor] | None):
+    def forward(self, x, q_norm, k_norm, n_txt: int, rope: tuple[torch.Tensor, torch.Tensor] | None, shard=None):
         b, s, _ = x.shape
         # (b, s, 3 D) -> q, k, v (b, n, s, d), each contiguous: one copy out of the fused projection, after which the
         # norms read and SDPA streams rows of d (a view into the fused output puts 3 D between tokens: SDPA's CPU
@@ -85,7 +85,8 @@ class SelfAttention(nn.Module):
             q, k = q_norm(q), k_norm(k)
         if rope is not None:  # (cos, sin), already in x's dtype; q and k are this call's own tensors
             q, k = (_rotate_video_rows(part, n_txt, *rope) for part in (q, k))
-        out = F.scaled_dot_product_attention(q, k, v)
+        # one video over several ranks: every token through the group (cogvid.parallel.sequence)
+        out = F.scaled_dot_product_attention(q, k, v) if shard is None else shard.attention(q, k, v, n_txt)
         return self.dense(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -114,12 +115,12 @@ class TransformerLayer(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
         self.mlp = MLP(dim)
 
-    def forward(self, h, mod, q_norm, k_norm, n_txt: int, rope):
+    def forward(self, h, mod, q_norm, k_norm, n_txt: int, rope, shard=None):
         # mod: (b, 12 d) = video shift/scale/gate for attention and MLP, then the same six for text.
         # LayerNorm is per token, so one call normalises text and video alike; the parts are modulated apart.
         vid_msa, vid_mlp, txt_msa, txt_mlp = (mod_part.chunk(3, dim=1) for mod_part in mod.chunk(4, dim=1))
         a = _modulate_parts(self.input_layernorm(h), n_txt, txt_msa[:2], vid_msa[:2])
-        att = self.attention(a, q_norm, k_norm, n_txt, rope)
+        att = self.attention(a, q_norm, k_norm, n_txt, rope, shard)
         h = _add_gated_parts(h, att, n_txt, txt_msa[2], vid_msa[2])
         m = _modulate_parts(self.post_attention_layernorm(h), n_txt, txt_mlp[:2], vid_mlp[:2])
         return _add_gated_parts(h, self.mlp(m), n_txt, txt_mlp[2], vid_mlp[2])
@@ -292,9 +293,10 @@ class DiffusionTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.mixins["patch_embed"].text_proj.weight.dtype
 
-    def forward(self, x, timesteps, context, ofs=None, step_cache=None):
+    def forward(self, x, timesteps, context, ofs=None, step_cache=None, shard=None):
         """step_cache: a `cogvid.diffusion.step_cache.StepCache` that may skip the blocks after the first (sampling
-        with sampler.cache); None runs every block."""
+        with sampler.cache); None runs every block. shard: a `cogvid.parallel.sequence.SequenceShard`: this rank runs
+        the blocks on its share of the video tokens and returns the whole output, as one process does."""
         b, t, _, h, w = x.shape
         if t % self.p_t or h % self.p or w % self.p:
             raise ValueError(
@@ -321,13 +323,22 @@ class DiffusionTransformer(nn.Module):
         rope = None
         if isinstance(pos, RotaryPositionEmbedding):
             rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, x.device))  # cast once, not per layer
+        if shard is not None:  # this rank's share of the video tokens (and of the RoPE rows)
+            if step_cache is not None:
+                raise ValueError("the step cache does not run with sequence parallelism")
+            shard.check(hidden.shape[1] - n_txt, self.cfg.num_attention_heads)
+            rows = shard.video_rows(hidden.shape[1] - n_txt)
+            hidden = torch.cat([hidden[:, :n_txt], hidden[:, n_txt:][:, rows]], dim=1)
+            rope = tuple(table[rows] for table in rope) if rope is not None else None
 
         # 4. L AdaLN blocks over the joint sequence (with a step cache, the blocks after the first may be skipped).
-        hidden = self._blocks(hidden, emb, n_txt, rope, step_cache)
+        hidden = self._blocks(hidden, emb, n_txt, rope, step_cache, shard)
 
         # 5. Final LayerNorm over everything, then the final layer on video tokens.     (b, n_video, p_t p p c)
         hidden = self.transformer.final_layernorm(hidden)
         out = self.mixins["final_layer"](hidden[:, n_txt:], emb)
+        if shard is not None:
+            out = shard.gather_video(out)
 
         # 6. Unpatchify: token (t', h', w'), feature (c, o, p, q) -> frame t' p_t + o, row h' p + p, col w' p + q.
         return rearrange(
@@ -351,7 +362,7 @@ class DiffusionTransformer(nn.Module):
             emb = emb + self.ofs_embed(timestep_embedding(ofs, self.cfg.ofs_embed_dim).to(dtype))
         return emb
 
-    def _blocks(self, hidden, emb, n_txt: int, rope, cache) -> torch.Tensor:
+    def _blocks(self, hidden, emb, n_txt: int, rope, cache, shard=None) -> torch.Tensor:
         """The L AdaLN blocks; with a step cache, its stand-in for blocks 2..L when the first block's output allows."""
         adaln = self.mixins["adaln_layer"]
         first = None
@@ -360,9 +371,9 @@ class DiffusionTransformer(nn.Module):
             q_norm = adaln.query_layernorm_list[i] if adaln.query_layernorm_list is not None else None
             k_norm = adaln.key_layernorm_list[i] if adaln.key_layernorm_list is not None else None
             if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(layer, hidden, mod, q_norm, k_norm, n_txt, rope, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, mod, q_norm, k_norm, n_txt, rope, shard, use_reentrant=False)
             else:
-                hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope)
+                hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope, shard)
             if i == 0 and cache is not None:
                 if (reused := cache.reuse(hidden)) is not None:
                     return reused
