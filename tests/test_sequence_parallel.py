@@ -4,17 +4,23 @@ image-to-video layouts (RoPE, temporal patches, learnable positions, ofs)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import FIXTURE
+from safetensors.torch import load_file
+from test_sample import BIN, cli, weights
 
 from cogvid import CogvidError, compose
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.parallel.sequence import SequenceShard
 from cogvid.sat.loading import build_model
+from cogvid.utils.media import read_mp4
 
 FORK = multiprocessing.get_context("fork")
 SMALL = ["model.hidden_size=64", "model.num_attention_heads=4", "model.num_layers=2", "model.time_embed_dim=64"]
@@ -104,3 +110,44 @@ def test_a_split_that_does_not_divide_is_one_line():
     with pytest.raises(CogvidError, match="parallel.sequence=4 must divide"):
         shard.check(n_video=36, n_heads=2)
     assert shard.video_rows(36) == slice(0, 9) and SequenceShard(3, 4).video_rows(36) == slice(27, 36)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cogvid-sample under torchrun with parallel.sequence
+
+
+def sampled(folder: Path) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """prompt -> (latents, frames) of every video in a run's samples folder."""
+    videos = {}
+    for sidecar in (folder / "samples").glob("*.json"):
+        meta = json.loads(sidecar.read_text())
+        stem = sidecar.with_suffix("")
+        latents = load_file(f"{stem}.latents.safetensors")["latents"]
+        videos[meta["prompt"]] = (latents, read_mp4(f"{stem}.mp4"))
+    return videos
+
+
+@pytest.mark.distributed
+def test_torchrun_sequence_groups_make_the_single_process_videos(tmp_path, tiny_t5_dir):
+    """4 processes in 2 groups of 2: each group splits its videos' tokens, the groups take the prompts in turn, and
+    every video is the one a single process makes."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one fox\ntwo cats\n")
+    common = [*weights(tiny_t5_dir), f"infer.prompts_file={prompts}", "sampler.num_steps=2", "infer.save_latents=true"]
+    single = cli(*common, f"infer.output_dir={tmp_path / 'single'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "4"]
+    out = f"infer.output_dir={tmp_path / 'split'}"
+    split = cli(*common, "parallel.sequence=2", out, cwd=tmp_path, launcher=launcher)
+    assert split.returncode == 0, split.stderr[-3000:]
+    expected, made = sampled(tmp_path / "single"), sampled(tmp_path / "split")
+    assert sorted(made) == sorted(expected) == ["one fox", "two cats"]  # each video once: one writer per group
+    for prompt, (latents, frames) in made.items():
+        torch.testing.assert_close(latents, expected[prompt][0], rtol=0, atol=1e-5)
+        assert np.abs(frames.astype(int) - expected[prompt][1].astype(int)).max() <= 1
+
+
+def test_parallel_sequence_without_its_processes_is_one_line(tmp_path, tiny_t5_dir):
+    result = cli(*weights(tiny_t5_dir), "infer.prompt=a fox", "parallel.sequence=2", cwd=tmp_path)
+    assert result.returncode == 2 and "start it with torchrun --nproc_per_node 2" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -157,6 +157,22 @@ def _check_data(data) -> None:
     check_folder_path("data.cache", data.cache)
 
 
+def _check_parallel(cfg) -> None:
+    sequence = cfg.parallel.sequence
+    check_at_least("parallel.sequence", sequence, 1)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if sequence > 1 and world % sequence:
+        launch = f"{world} processes" if world > 1 else "one process (no torchrun)"
+        raise CogvidError(
+            f"parallel.sequence={sequence} splits each video over {sequence} processes, but the run has {launch}: "
+            f"start it with torchrun --nproc_per_node {sequence} (or a multiple)"
+        )
+    if sequence > 1 and cfg.sampler.get("cache") is not None:
+        raise CogvidError(
+            f"sampler.cache={cfg.sampler.cache} does not run with parallel.sequence={sequence}: leave one of them unset"
+        )
+
+
 def check_vae_file(path) -> None:
     """One line unless `model.vae_ckpt` names an existing file; nothing is loaded (callers check it before work)."""
     if not Path(str(path)).expanduser().is_file():
@@ -202,6 +218,8 @@ def check_values(cfg) -> None:
     for name, check in sections.items():
         if name in cfg and cfg.get(name) is not None:
             check(cfg.get(name))
+    if cfg.get("parallel") is not None:
+        _check_parallel(cfg)
     if cfg.get("memory_limit_gb") is not None:
         check_finite("memory_limit_gb", cfg.memory_limit_gb, 0.0, strict=True)
     if "out" in cfg and isinstance(cfg.get("out"), str):

@@ -332,6 +332,11 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    sequence: int = 1  # processes one video's tokens are split over (under torchrun); 1: each makes whole videos
+
+
+@dataclass
 class SampleConfig:
     model: ModelConfig = MISSING
     sampler: SamplerConfig = MISSING
@@ -342,6 +347,7 @@ class SampleConfig:
     vae_dtype: Dtype | None = None  # None: the same as dtype (SAT runs the VAE in the model dtype)
     memory_limit_gb: float | None = None  # what a run may use; None: the device's free memory (cogvid.inference.memory)
     compile: bool = False  # torch.compile the DiT (opt in; the first video pays the compilation, cached on disk)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 @dataclass

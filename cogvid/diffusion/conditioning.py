@@ -69,10 +69,11 @@ def image_conditioning(image_latent: torch.Tensor, latent_frames: int, model) ->
 
 
 def image_network(
-    backbone, concat: torch.Tensor | None, ofs: torch.Tensor | None, step_cache: StepCache | None = None
+    backbone, concat: torch.Tensor | None, ofs: torch.Tensor | None, step_cache: StepCache | None = None, shard=None
 ) -> Network:
-    """The DiT with the I2V inputs: `concat` (b, t, c, h, w) joined on channels and `ofs` given at every call, and a
-    sampling run's `step_cache` (None: every block runs).
+    """The DiT with the I2V inputs: `concat` (b, t, c, h, w) joined on channels and `ofs` given at every call, a
+    sampling run's `step_cache` (None: every block runs) and this rank's `shard` of a sequence-parallel group
+    (`cogvid.parallel.sequence.SequenceShard`; None: the whole video here).
 
     Both are repeated when x_t is a multiple of their batch (sampling's guidance batch [uncond ; cond] is twice it;
     in training the batches match); an ofs of one value is left to the DiT to broadcast.
@@ -85,6 +86,6 @@ def image_network(
             x_t = torch.cat([x_t, concat.repeat(repeat, 1, 1, 1, 1).to(x_t.dtype)], dim=2)
         if ofs_t is not None and ofs_t.shape[0] > 1:
             ofs_t = ofs_t.repeat(x_t.shape[0] // ofs_t.shape[0])
-        return backbone(x_t, timesteps, context, ofs=ofs_t, step_cache=step_cache)
+        return backbone(x_t, timesteps, context, ofs=ofs_t, step_cache=step_cache, shard=shard)
 
     return network

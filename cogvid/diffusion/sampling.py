@@ -99,6 +99,7 @@ def sample_latents(
     ofs: float | torch.Tensor | None = None,
     progress: bool = False,
     start: tuple[torch.Tensor, int] | None = None,
+    shard=None,
 ) -> torch.Tensor:
     """Sample latents (b, t, 16, h, w) in float32 with the `sampler` config's solver and guidance.
 
@@ -115,6 +116,8 @@ def sample_latents(
     run's initial noise (drawn as above), and the solver walks alphas[k:] with step i told it is step k + i (the
     timestep and guidance scale of that step). k = 0 is the ordinary sample, with the same draws in the same order,
     so the same latents; k = num_steps runs no step and returns z0.
+    shard: this rank's `cogvid.parallel.sequence.SequenceShard` when a group of ranks makes the video together (each
+    steps the whole latent; the DiT splits its tokens).
     """
     device = model.device
     if noise is None:
@@ -133,7 +136,7 @@ def sample_latents(
     alphas = plan.schedule.alphas.to(device)
     threshold = sampler.get("cache")
     cache = StepCache(threshold) if threshold is not None else None  # for this run only
-    network = image_network(model.backbone, concat, ofs, step_cache=cache)
+    network = image_network(model.backbone, concat, ofs, step_cache=cache, shard=shard)
     denoise = guided_denoiser(model, plan, network, alphas, cond, uncond)
 
     def draw() -> torch.Tensor:

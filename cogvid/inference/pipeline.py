@@ -84,6 +84,7 @@ class VideoPipeline:
         self.parts = parts or LoadedParts(model, vae, text_encoder)
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
         self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
+        self.shard = None  # a SequenceShard: this rank makes each video with the others of its group
 
     @property
     def model(self) -> DiffusionModel:
@@ -265,10 +266,11 @@ class VideoPipeline:
         progress: bool = False,
         source: torch.Tensor | None = None,
         strength: float = 1.0,
+        decode: bool = True,
     ) -> GeneratedVideo:
-        """One video of a checked shape, decoded in `tile` (None: whole frames), deciding nothing: what
-        cogvid-sample runs for each planned video (`generate` checks and shapes first). The image posterior draws
-        from its own generator, so the sampling noise is SAT's for that seed."""
+        """One video of a checked shape, decoded in `tile` (None: whole frames; `decode` False: the latents only),
+        deciding nothing: what cogvid-sample runs for each planned video (`generate` checks and shapes first). The
+        image posterior draws from its own generator, so the sampling noise is SAT's for that seed."""
         m = self.model_cfg
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -294,6 +296,7 @@ class VideoPipeline:
             ofs=None if conditioning is None else conditioning.ofs,
             progress=progress,
             start=None if source is None else (source, start_step(strength, self.cfg.sampler.num_steps)),
+            shard=self.shard,
         )
         _sync(self.device)
         timings["sampling_s"] = time.perf_counter() - start
@@ -304,7 +307,7 @@ class VideoPipeline:
             )
 
         start = time.perf_counter()
-        video = self._decode(latents, tile, progress)
+        video = self._decode(latents, tile, progress) if decode else torch.zeros(0)
         timings["decoding_s"] = time.perf_counter() - start
         if not torch.isfinite(video).all():
             raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")

@@ -87,6 +87,7 @@ class SamplePlan:
     image_to_video: bool  # the model takes an image per prompt
     rank: int
     world_size: int
+    sequence: int = 1  # parallel.sequence: ranks that make each video together (the first of them writes it)
 
 
 def check_weight_paths(model) -> None:
@@ -251,6 +252,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     from cogvid.utils.runtime import dist_env
 
     rank, world_size, local_rank = dist_env()
+    sequence = cfg.parallel.sequence  # ranks per video; the groups of them take the prompts in turn
     # 2. the inputs: the source clip, every prompt with its image and shape (every rank checks them all)
     source_video = None
     if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
@@ -266,13 +268,18 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     load = _load_plan(cfg, local_rank if world_size > 1 else None)
     shapes = [video.shape for videos in planned.values() for video in videos]
     estimate, budget = _check_memory(cfg, load, shapes) if shapes else (None, 0)
+    if sequence > 1:
+        from cogvid.parallel.sequence import check_split, video_tokens
+
+        for shape in set(shapes):
+            check_split(sequence, video_tokens(cfg.model, shape.latent), cfg.model.num_attention_heads)
     if shapes:  # each shape's decode tile, in the memory the weights leave (a decode too large is refused now)
         tiles = {shape: _tile(cfg, load, shape, budget - estimate.weights) for shape in set(shapes)}
         planned = {i: [replace(v, tile=tiles[v.shape]) for v in videos] for i, videos in planned.items()}
     # 4. where the videos go, and which of them a resumed run still makes
     key = settings_hash(cfg)
     out_dir = output_dir(cfg, run_dir)
-    videos = [video for index in shard(planned, rank, world_size) for video in planned[index]]
+    videos = [video for index in shard(planned, rank // sequence, world_size // sequence) for video in planned[index]]
     sidecar = _sidecar_fields(cfg, load, negative, ignored, key, rank)
     folder = survey_samples(out_dir, key, cfg.infer.resume)
     # each video claims the first free index from its own on; a resumed run's videos take the numbers it gave them
@@ -295,6 +302,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
         image_to_video=image_to_video,
         rank=rank,
         world_size=world_size,
+        sequence=sequence,
     )
 
 

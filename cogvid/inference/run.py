@@ -21,13 +21,15 @@ log = logging.getLogger("cogvid.sample")
 
 
 def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list[Path]:
-    """Make one planned video and write its files, its sidecar completed with its timings."""
+    """Make one planned video and write its files, its sidecar completed with its timings. In a sequence-parallel
+    group every rank samples it and the first one decodes and writes it."""
     from hydra.core.hydra_config import HydraConfig
 
     from cogvid.inference.frame_strip import frame_strip
     from cogvid.inference.outputs import write_sample
     from cogvid.utils.media import to_uint8_frames
 
+    writes = pipeline.shard is None or pipeline.shard.rank == 0
     result = pipeline.make_video(
         video.prompt,
         video.seed,
@@ -38,7 +40,10 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
         progress=plan.rank == 0,
         source=source,
         strength=cfg.infer.strength,
+        decode=writes,
     )
+    if not writes:
+        return []
     shape = video.shape
     sidecar = {
         "prompt": video.prompt,
@@ -103,10 +108,23 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
             for job in prompt_jobs(cfg.infer, stdin)
             for video in plan_videos(cfg, job, plan.image_to_video)
         )
+    pipeline.shard = _sequence_shard(plan)
     written: list[Path] = []
     for video in videos:
         written.extend(_write(cfg, plan, pipeline, video, source))
     return written
+
+
+def _sequence_shard(plan: SamplePlan):
+    """This rank's `SequenceShard` under parallel.sequence > 1 (consecutive ranks make one group), else None."""
+    if plan.sequence == 1:
+        return None
+    import torch.distributed as dist
+
+    from cogvid.parallel.sequence import SequenceShard
+
+    groups = [dist.new_group(list(range(g, g + plan.sequence))) for g in range(0, plan.world_size, plan.sequence)]
+    return SequenceShard(plan.rank % plan.sequence, plan.sequence, groups[plan.rank // plan.sequence])
 
 
 def _agree_across_ranks(plan: SamplePlan) -> SamplePlan:
@@ -114,8 +132,8 @@ def _agree_across_ranks(plan: SamplePlan) -> SamplePlan:
     second), numbering from the first free index rank 0 found; returns when every rank has read the dir."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+    if not dist.is_initialized():  # gloo for the CPU's tensors (and this agreement), NCCL for the GPU's
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if plan.load.device.type == "cuda" else "gloo")
     shared = [plan.samples_dir, plan.first_index]
     dist.broadcast_object_list(shared, src=0)
     dist.barrier()  # every rank has read the dir before any rank writes into it

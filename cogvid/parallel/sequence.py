@@ -29,6 +29,21 @@ import torch.nn.functional as F
 from cogvid.utils.errors import CogvidError
 
 
+def check_split(size: int, n_video: int, n_heads: int) -> None:
+    """One line unless `size` ranks split the video tokens and the attention heads evenly."""
+    if n_video % size or n_heads % size:
+        raise CogvidError(
+            f"parallel.sequence={size} must divide the video tokens ({n_video}) and the attention heads ({n_heads}) "
+            "of this video and model: pick another size or frame count"
+        )
+
+
+def video_tokens(model_cfg, latent: tuple[int, int, int, int]) -> int:
+    """The DiT's video tokens for latents (t, c, h, w): one per patch of patch_size_t x patch_size x patch_size."""
+    t, _, h, w = latent
+    return (t // model_cfg.patch_size_t) * (h // model_cfg.patch_size) * (w // model_cfg.patch_size)
+
+
 @dataclass(frozen=True)
 class SequenceShard:
     """This rank's place in a sequence-parallel group of `size` ranks (`group`: None is the default group)."""
@@ -42,12 +57,7 @@ class SequenceShard:
         return cls(dist.get_rank(group), dist.get_world_size(group), group)
 
     def check(self, n_video: int, n_heads: int) -> None:
-        """One line unless the video tokens and the attention heads split evenly over the group."""
-        if n_video % self.size or n_heads % self.size:
-            raise CogvidError(
-                f"parallel.sequence={self.size} must divide the video tokens ({n_video}) and the attention heads "
-                f"({n_heads}) of this video and model"
-            )
+        check_split(self.size, n_video, n_heads)
 
     def video_rows(self, n_video: int) -> slice:
         """The rows of the video tokens (in the DiT's (t, h, w) order) this rank holds."""
