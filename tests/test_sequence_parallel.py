@@ -31,6 +31,12 @@ LAYOUTS = {  # name: (overrides, latent frames, height, width); the grid is the 
     "5b": (["model=5b", *SMALL, "model.num_frames=9", *GRID_8], 3, 8, 8),
     "1.5": (["model=1.5_5b", *SMALL, "model.num_frames=21", *GRID_8], 6, 8, 8),
     "1.5-i2v": (["model=1.5_5b_i2v", *SMALL, "model.ofs_embed_dim=64", "model.num_frames=21", *GRID_8], 6, 8, 8),
+    "5b-uneven": (
+        ["model=5b", *SMALL, "model.num_frames=9", "model.latent_height=10", "model.latent_width=6"],
+        3,
+        10,
+        6,
+    ),
     "5b-i2v": (["model=5b_i2v", *SMALL, "model.num_frames=9", *GRID_8], 3, 8, 8),
 }
 
@@ -105,11 +111,12 @@ def test_the_split_forward_equals_one_process(name, world):
     assert all(torch.equal(out, outs[0]) for out in outs)
 
 
-def test_a_split_that_does_not_divide_is_one_line():
+def test_a_split_must_divide_the_heads_and_the_tokens_need_not_divide():
     shard = SequenceShard(rank=0, size=4)
-    with pytest.raises(CogvidError, match="parallel.sequence=4 must divide"):
-        shard.check(n_video=36, n_heads=2)
-    assert shard.video_rows(36) == slice(0, 9) and SequenceShard(3, 4).video_rows(36) == slice(27, 36)
+    with pytest.raises(CogvidError, match="parallel.sequence=4 must divide the model's attention heads"):
+        shard.for_video(n_video=36, n_heads=2)
+    assert shard.for_video(45, 4).video_rows() == slice(0, 12)  # ceil(45 / 4) rows, the last rank's 9
+    assert SequenceShard(3, 4).for_video(45, 4).video_rows() == slice(36, 45)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -326,8 +326,8 @@ class DiffusionTransformer(nn.Module):
         if shard is not None:  # this rank's share of the video tokens (and of the RoPE rows)
             if step_cache is not None:
                 raise ValueError("the step cache does not run with sequence parallelism")
-            shard.check(hidden.shape[1] - n_txt, self.cfg.num_attention_heads)
-            rows = shard.video_rows(hidden.shape[1] - n_txt)
+            shard = shard.for_video(hidden.shape[1] - n_txt, self.cfg.num_attention_heads)
+            rows = shard.video_rows()
             hidden = torch.cat([hidden[:, :n_txt], hidden[:, n_txt:][:, rows]], dim=1)
             rope = tuple(table[rows] for table in rope) if rope is not None else None
 
