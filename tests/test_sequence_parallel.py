@@ -135,26 +135,40 @@ def sampled(folder: Path) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
 
 
 @pytest.mark.distributed
-def test_torchrun_sequence_groups_make_the_single_process_videos(tmp_path, tiny_t5_dir):
-    """4 processes in 2 groups of 2: each group splits its videos' tokens, the groups take the prompts in turn, and
-    every video is the one a single process makes."""
+def test_torchrun_groups_make_the_single_process_videos(tmp_path, tiny_t5_dir):
+    """4 processes as 2 groups of parallel.sequence=2 (each group splits its videos' tokens; the groups take the
+    prompts in turn), then as 1 group of parallel.cfg=2 x parallel.sequence=2 (the guidance passes apart, each
+    split): every video is the one a single process makes, written once."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one fox\ntwo cats\n")
     common = [*weights(tiny_t5_dir), f"infer.prompts_file={prompts}", "sampler.num_steps=2", "infer.save_latents=true"]
     single = cli(*common, f"infer.output_dir={tmp_path / 'single'}", cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
+    expected = sampled(tmp_path / "single")
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "4"]
-    out = f"infer.output_dir={tmp_path / 'split'}"
-    split = cli(*common, "parallel.sequence=2", out, cwd=tmp_path, launcher=launcher)
-    assert split.returncode == 0, split.stderr[-3000:]
-    expected, made = sampled(tmp_path / "single"), sampled(tmp_path / "split")
-    assert sorted(made) == sorted(expected) == ["one fox", "two cats"]  # each video once: one writer per group
-    for prompt, (latents, frames) in made.items():
-        torch.testing.assert_close(latents, expected[prompt][0], rtol=0, atol=1e-5)
-        assert np.abs(frames.astype(int) - expected[prompt][1].astype(int)).max() <= 1
+    for name, options in {
+        "sequence": ["parallel.sequence=2"],
+        "cfg": ["parallel.sequence=2", "parallel.cfg=2"],
+    }.items():
+        split = cli(*common, *options, f"infer.output_dir={tmp_path / name}", cwd=tmp_path, launcher=launcher)
+        assert split.returncode == 0, split.stderr[-3000:]
+        made = sampled(tmp_path / name)
+        assert sorted(made) == sorted(expected) == ["one fox", "two cats"]  # each video once: one writer per group
+        for prompt, (latents, frames) in made.items():
+            torch.testing.assert_close(latents, expected[prompt][0], rtol=0, atol=1e-5)
+            assert np.abs(frames.astype(int) - expected[prompt][1].astype(int)).max() <= 1
 
 
-def test_parallel_sequence_without_its_processes_is_one_line(tmp_path, tiny_t5_dir):
-    result = cli(*weights(tiny_t5_dir), "infer.prompt=a fox", "parallel.sequence=2", cwd=tmp_path)
-    assert result.returncode == 2 and "start it with torchrun --nproc_per_node 2" in result.stderr
+@pytest.mark.parametrize(
+    ("options", "expect"),
+    [
+        (["parallel.sequence=2"], "start it with torchrun --nproc_per_node 2"),
+        (["parallel.sequence=2", "parallel.cfg=2"], "start it with torchrun --nproc_per_node 4"),
+        (["parallel.cfg=3"], "parallel.cfg=3 must be 1 or 2"),
+        (["parallel.sequence=0"], "parallel.sequence=0 must be >= 1"),
+    ],
+)
+def test_parallel_options_without_their_processes_are_one_line(tmp_path, tiny_t5_dir, options, expect):
+    result = cli(*weights(tiny_t5_dir), "infer.prompt=a fox", *options, cwd=tmp_path)
+    assert result.returncode == 2 and expect in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -158,14 +158,17 @@ def _check_data(data) -> None:
 
 
 def _check_parallel(cfg) -> None:
-    sequence = cfg.parallel.sequence
+    sequence, guidance = cfg.parallel.sequence, cfg.parallel.cfg
     check_at_least("parallel.sequence", sequence, 1)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if sequence > 1 and world % sequence:
+    if guidance not in (1, 2):
+        raise CogvidError(f"parallel.cfg={guidance} must be 1 or 2 (the two passes of classifier-free guidance)")
+    world, per_video = int(os.environ.get("WORLD_SIZE", 1)), sequence * guidance
+    if per_video > 1 and world % per_video:
         launch = f"{world} processes" if world > 1 else "one process (no torchrun)"
+        options = f"parallel.sequence={sequence}" + (f" x parallel.cfg={guidance}" if guidance > 1 else "")
         raise CogvidError(
-            f"parallel.sequence={sequence} splits each video over {sequence} processes, but the run has {launch}: "
-            f"start it with torchrun --nproc_per_node {sequence} (or a multiple)"
+            f"{options} makes each video on {per_video} processes, but the run has {launch}: "
+            f"start it with torchrun --nproc_per_node {per_video} (or a multiple)"
         )
     if sequence > 1 and cfg.sampler.get("cache") is not None:
         raise CogvidError(

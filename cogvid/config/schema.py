@@ -334,6 +334,7 @@ class TrainConfig:
 @dataclass
 class ParallelConfig:
     sequence: int = 1  # processes one video's tokens are split over (under torchrun); 1: each makes whole videos
+    cfg: int = 1  # 2: the unconditional and conditional guidance passes on two processes (or sequence groups)
 
 
 @dataclass

@@ -48,12 +48,17 @@ def guided(
     cond: torch.Tensor,
     uncond: torch.Tensor | None,
     scale: float | None,
+    split=None,
 ) -> torch.Tensor:
     """x_u + scale (x_c - x_u) from one batched pass over [uncond ; cond] (uncond first, as SAT batches it).
 
-    denoise_batch(x, context) -> x0 for a batch; with scale None only the conditional pass runs.
+    denoise_batch(x, context) -> x0 for a batch; with scale None only the conditional pass runs. split: a
+    `cogvid.parallel.guidance.GuidanceSplit`: this rank runs one of the two passes and gets the other's.
     """
     if scale is None:
         return denoise_batch(x, cond)
+    if split is not None:
+        x_u, x_c = split.both(denoise_batch, x, uncond, cond)
+        return x_u + scale * (x_c - x_u)
     x_u, x_c = denoise_batch(torch.cat([x, x]), torch.cat([uncond, cond])).chunk(2)
     return x_u + scale * (x_c - x_u)

@@ -66,10 +66,11 @@ def guided_denoiser(
     alphas: torch.Tensor,
     cond: torch.Tensor,
     uncond: torch.Tensor,
+    split=None,
 ):
     """denoise(x_t, i) -> the guided x0 estimate (float32) at step i, the solvers' contract.
 
-    alphas: the plan's sqrt(alpha_bar) (n + 1,) on the contexts' device.
+    alphas: the plan's sqrt(alpha_bar) (n + 1,) on the contexts' device; split: a GuidanceSplit (CFG parallelism).
     """
 
     def denoise(x_t: torch.Tensor, i: int) -> torch.Tensor:
@@ -81,7 +82,7 @@ def guided_denoiser(
             timesteps = torch.full((n,), float(t), device=cond.device)
             return model.denoiser(lambda xx, tt: network(xx, tt, context), xb, a, timesteps)
 
-        return guided(denoise_batch, x_t, cond, uncond, plan.scales[i]).float()
+        return guided(denoise_batch, x_t, cond, uncond, plan.scales[i], split).float()
 
     return denoise
 
@@ -100,6 +101,7 @@ def sample_latents(
     progress: bool = False,
     start: tuple[torch.Tensor, int] | None = None,
     shard=None,
+    split=None,
 ) -> torch.Tensor:
     """Sample latents (b, t, 16, h, w) in float32 with the `sampler` config's solver and guidance.
 
@@ -117,7 +119,8 @@ def sample_latents(
     timestep and guidance scale of that step). k = 0 is the ordinary sample, with the same draws in the same order,
     so the same latents; k = num_steps runs no step and returns z0.
     shard: this rank's `cogvid.parallel.sequence.SequenceShard` when a group of ranks makes the video together (each
-    steps the whole latent; the DiT splits its tokens).
+    steps the whole latent; the DiT splits its tokens). split: this rank's `cogvid.parallel.guidance.GuidanceSplit`
+    when two ranks (or groups) run the two guidance passes.
     """
     device = model.device
     if noise is None:
@@ -137,7 +140,7 @@ def sample_latents(
     threshold = sampler.get("cache")
     cache = StepCache(threshold) if threshold is not None else None  # for this run only
     network = image_network(model.backbone, concat, ofs, step_cache=cache, shard=shard)
-    denoise = guided_denoiser(model, plan, network, alphas, cond, uncond)
+    denoise = guided_denoiser(model, plan, network, alphas, cond, uncond, split)
 
     def draw() -> torch.Tensor:
         return torch.randn(x.shape, generator=generator).to(device)

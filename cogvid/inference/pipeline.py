@@ -85,6 +85,7 @@ class VideoPipeline:
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
         self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
         self.shard = None  # a SequenceShard: this rank makes each video with the others of its group
+        self.split = None  # a GuidanceSplit: this rank runs one of the two guidance passes
 
     @property
     def model(self) -> DiffusionModel:
@@ -297,6 +298,7 @@ class VideoPipeline:
             progress=progress,
             start=None if source is None else (source, start_step(strength, self.cfg.sampler.num_steps)),
             shard=self.shard,
+            split=self.split,
         )
         _sync(self.device)
         timings["sampling_s"] = time.perf_counter() - start

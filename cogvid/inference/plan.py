@@ -87,7 +87,8 @@ class SamplePlan:
     image_to_video: bool  # the model takes an image per prompt
     rank: int
     world_size: int
-    sequence: int = 1  # parallel.sequence: ranks that make each video together (the first of them writes it)
+    sequence: int = 1  # parallel.sequence: ranks that split each video's tokens
+    cfg_ranks: int = 1  # parallel.cfg: 2 when the two guidance passes run on two ranks (or sequence groups)
 
 
 def check_weight_paths(model) -> None:
@@ -252,7 +253,8 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     from cogvid.utils.runtime import dist_env
 
     rank, world_size, local_rank = dist_env()
-    sequence = cfg.parallel.sequence  # ranks per video; the groups of them take the prompts in turn
+    sequence = cfg.parallel.sequence  # ranks that split a video's tokens
+    per_video = sequence * cfg.parallel.cfg  # ranks per video; the groups of them take the prompts in turn
     # 2. the inputs: the source clip, every prompt with its image and shape (every rank checks them all)
     source_video = None
     if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
@@ -279,7 +281,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     # 4. where the videos go, and which of them a resumed run still makes
     key = settings_hash(cfg)
     out_dir = output_dir(cfg, run_dir)
-    videos = [video for index in shard(planned, rank // sequence, world_size // sequence) for video in planned[index]]
+    videos = [video for index in shard(planned, rank // per_video, world_size // per_video) for video in planned[index]]
     sidecar = _sidecar_fields(cfg, load, negative, ignored, key, rank)
     folder = survey_samples(out_dir, key, cfg.infer.resume)
     # each video claims the first free index from its own on; a resumed run's videos take the numbers it gave them
@@ -303,6 +305,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
         rank=rank,
         world_size=world_size,
         sequence=sequence,
+        cfg_ranks=cfg.parallel.cfg,
     )
 
 

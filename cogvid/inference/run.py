@@ -21,15 +21,15 @@ log = logging.getLogger("cogvid.sample")
 
 
 def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list[Path]:
-    """Make one planned video and write its files, its sidecar completed with its timings. In a sequence-parallel
-    group every rank samples it and the first one decodes and writes it."""
+    """Make one planned video and write its files, its sidecar completed with its timings. When several ranks make
+    each video (parallel.sequence, parallel.cfg), every one samples it and the first decodes and writes it."""
     from hydra.core.hydra_config import HydraConfig
 
     from cogvid.inference.frame_strip import frame_strip
     from cogvid.inference.outputs import write_sample
     from cogvid.utils.media import to_uint8_frames
 
-    writes = pipeline.shard is None or pipeline.shard.rank == 0
+    writes = plan.rank % (plan.sequence * plan.cfg_ranks) == 0
     result = pipeline.make_video(
         video.prompt,
         video.seed,
@@ -108,23 +108,38 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
             for job in prompt_jobs(cfg.infer, stdin)
             for video in plan_videos(cfg, job, plan.image_to_video)
         )
-    pipeline.shard = _sequence_shard(plan)
+    pipeline.shard, pipeline.split = _video_groups(plan)
     written: list[Path] = []
     for video in videos:
         written.extend(_write(cfg, plan, pipeline, video, source))
     return written
 
 
-def _sequence_shard(plan: SamplePlan):
-    """This rank's `SequenceShard` under parallel.sequence > 1 (consecutive ranks make one group), else None."""
-    if plan.sequence == 1:
-        return None
+def _video_groups(plan: SamplePlan):
+    """(this rank's SequenceShard or None, its GuidanceSplit or None). Each video is made by cfg x sequence
+    consecutive ranks: the first `sequence` of them run the unconditional pass (with parallel.cfg=2; both passes
+    without), split over their tokens, the next `sequence` the conditional one."""
+    per_video = plan.sequence * plan.cfg_ranks
+    if per_video == 1:
+        return None, None
     import torch.distributed as dist
 
+    from cogvid.parallel.guidance import GuidanceSplit
     from cogvid.parallel.sequence import SequenceShard
 
-    groups = [dist.new_group(list(range(g, g + plan.sequence))) for g in range(0, plan.world_size, plan.sequence)]
-    return SequenceShard(plan.rank % plan.sequence, plan.sequence, groups[plan.rank // plan.sequence])
+    base, local = plan.rank - plan.rank % per_video, plan.rank % per_video
+    pass_index, token_index = divmod(local, plan.sequence)
+    shard = split = None
+    for first in range(0, plan.world_size, per_video):  # every rank makes every group, in one order
+        for p in range(plan.cfg_ranks) if plan.sequence > 1 else ():
+            group = dist.new_group(list(range(first + p * plan.sequence, first + (p + 1) * plan.sequence)))
+            if first == base and p == pass_index:
+                shard = SequenceShard(token_index, plan.sequence, group)
+        for t in range(plan.sequence) if plan.cfg_ranks > 1 else ():
+            group = dist.new_group([first + t, first + plan.sequence + t])
+            if first == base and t == token_index:
+                split = GuidanceSplit(pass_index, group)
+    return shard, split
 
 
 def _agree_across_ranks(plan: SamplePlan) -> SamplePlan:
