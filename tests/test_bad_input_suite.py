@@ -323,6 +323,24 @@ TRAIN_CASES = [
 SAMPLE_CASES += [
     sample(name, T5_PATH, expect=expect, inputs=damaged_t5(file, change)) for name, file, change, expect in T5_CASES
 ]
+SAMPLE_CASES += [  # one video over several processes, asked for without them (or with a value that cannot be)
+    sample("sequence-without-torchrun", "parallel.sequence=2", expect="start it with torchrun --nproc_per_node 2"),
+    sample(
+        "cfg-and-sequence-without-torchrun",
+        "parallel.sequence=2",
+        "parallel.cfg=2",
+        expect="start it with torchrun --nproc_per_node 4",
+    ),
+    sample("cfg-three", "parallel.cfg=3", expect="parallel.cfg=3 must be 1 or 2"),
+    sample("sequence-zero", "parallel.sequence=0", expect="parallel.sequence=0 must be >= 1"),
+    sample(  # as a torchrun rank sees it
+        "sequence-with-cache",
+        "parallel.sequence=2",
+        "sampler.cache=0.2",
+        expect="sampler.cache=0.2 does not run with parallel.sequence=2",
+        env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
+    ),
+]
 
 EXPORT_TO_DIFFUSERS = ("task=to_diffusers", "model=tiny", TINY_DIT, TINY_VAE, "parts=[transformer,vae]")
 EXPORT_CASES = [

@@ -157,18 +157,3 @@ def test_torchrun_groups_make_the_single_process_videos(tmp_path, tiny_t5_dir):
         for prompt, (latents, frames) in made.items():
             torch.testing.assert_close(latents, expected[prompt][0], rtol=0, atol=1e-5)
             assert np.abs(frames.astype(int) - expected[prompt][1].astype(int)).max() <= 1
-
-
-@pytest.mark.parametrize(
-    ("options", "expect"),
-    [
-        (["parallel.sequence=2"], "start it with torchrun --nproc_per_node 2"),
-        (["parallel.sequence=2", "parallel.cfg=2"], "start it with torchrun --nproc_per_node 4"),
-        (["parallel.cfg=3"], "parallel.cfg=3 must be 1 or 2"),
-        (["parallel.sequence=0"], "parallel.sequence=0 must be >= 1"),
-    ],
-)
-def test_parallel_options_without_their_processes_are_one_line(tmp_path, tiny_t5_dir, options, expect):
-    result = cli(*weights(tiny_t5_dir), "infer.prompt=a fox", *options, cwd=tmp_path)
-    assert result.returncode == 2 and expect in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
