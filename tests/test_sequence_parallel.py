@@ -79,11 +79,16 @@ def _rank(rank: int, world: int, port: int, name: str, results) -> None:
 
 
 def run_split(name: str, world: int) -> list[torch.Tensor]:
+    return run_on_ranks(_rank, world, name)
+
+
+def run_on_ranks(target, world: int, name: str) -> list[torch.Tensor]:
+    """target(rank, world, port, name, results) in `world` forked gloo processes; every rank's result."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = FORK.Queue()
-    procs = [FORK.Process(target=_rank, args=(r, world, port, name, results)) for r in range(world)]
+    procs = [FORK.Process(target=target, args=(r, world, port, name, results)) for r in range(world)]
     for p in procs:
         p.start()
     outs = dict(results.get(timeout=300) for _ in procs)
@@ -157,3 +162,53 @@ def test_torchrun_groups_make_the_single_process_videos(tmp_path, tiny_t5_dir):
         for prompt, (latents, frames) in made.items():
             torch.testing.assert_close(latents, expected[prompt][0], rtol=0, atol=1e-5)
             assert np.abs(frames.astype(int) - expected[prompt][1].astype(int)).max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the VAE decode over the ranks (cogvid.parallel.vae_decode)
+
+VAE_CASES = {  # name: (generation, latent frames, tile): v1.0's chunks [0:3], [3:5], ...; 1.5's after dropping latent 0
+    "v1.0": ("v1_0", 13, None),
+    "1.5": ("v1_5", 12, None),
+    "v1.0-tiles": ("v1_0", 9, (4, 4)),
+}
+
+
+def fixture_vae():
+    from cogvid.models.vae import CausalVideoVAE
+    from cogvid.sat.checkpoint import load_sat_vae
+
+    return load_sat_vae(FIXTURE / "vae" / "3d-vae.pt", CausalVideoVAE(32, (1, 1, 1, 1), 1, 16))
+
+
+def vae_latents(frames: int) -> torch.Tensor:
+    return torch.randn(1, 16, frames, 6, 8, generator=torch.Generator().manual_seed(2))
+
+
+def _decode_rank(rank: int, world: int, port: int, name: str, results) -> None:
+    from cogvid.parallel.vae_decode import ChunkRing
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        generation, frames, tile = VAE_CASES[name]
+        ring = ChunkRing(rank, world)
+        with torch.no_grad():
+            video = fixture_vae().decode_chunked(vae_latents(frames), generation, tile=tile, ring=ring)
+        results.put((rank, video.numpy()))
+    except Exception as ex:  # the parent reports it
+        results.put((rank, repr(ex)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("name", "world"), [("v1.0", 2), ("v1.0", 4), ("1.5", 3), ("v1.0-tiles", 2)])
+def test_the_chunks_decoded_over_ranks_equal_one_process(name, world):
+    generation, frames, tile = VAE_CASES[name]
+    with torch.no_grad():
+        expected = fixture_vae().decode_chunked(vae_latents(frames), generation, tile=tile)
+    outs = run_on_ranks(_decode_rank, world, name)
+    for out in outs:  # every rank holds the whole video
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)

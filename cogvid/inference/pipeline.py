@@ -86,6 +86,7 @@ class VideoPipeline:
         self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
         self.shard = None  # a SequenceShard: this rank makes each video with the others of its group
         self.split = None  # a GuidanceSplit: this rank runs one of the two guidance passes
+        self.ring = None  # a ChunkRing: this rank decodes its share of each video's chunks
 
     @property
     def model(self) -> DiffusionModel:
@@ -219,8 +220,9 @@ class VideoPipeline:
     def _decode(self, latents: torch.Tensor, tile: tuple[int, int] | None, progress: bool) -> torch.Tensor:
         m, infer = self.model_cfg, self.infer_cfg
         z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
+        generation, quirk = Generation(m.generation), bool(infer.head_frame_quirk)
         video = self.vae.decode_chunked(
-            z, Generation(m.generation), head_frame_quirk=bool(infer.head_frame_quirk), tile=tile, progress=progress
+            z, generation, head_frame_quirk=quirk, tile=tile, progress=progress, ring=self.ring
         )
         return video[0].float().cpu()
 

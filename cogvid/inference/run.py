@@ -40,7 +40,7 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
         progress=plan.rank == 0,
         source=source,
         strength=cfg.infer.strength,
-        decode=writes,
+        decode=writes or pipeline.ring is not None,  # the group's ranks decode a video's chunks together
     )
     if not writes:
         return []
@@ -108,7 +108,7 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
             for job in prompt_jobs(cfg.infer, stdin)
             for video in plan_videos(cfg, job, plan.image_to_video)
         )
-    pipeline.shard, pipeline.split = _video_groups(plan)
+    pipeline.shard, pipeline.split, pipeline.ring = _video_groups(plan)
     written: list[Path] = []
     for video in videos:
         written.extend(_write(cfg, plan, pipeline, video, source))
@@ -116,21 +116,26 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
 
 
 def _video_groups(plan: SamplePlan):
-    """(this rank's SequenceShard or None, its GuidanceSplit or None). Each video is made by cfg x sequence
-    consecutive ranks: the first `sequence` of them run the unconditional pass (with parallel.cfg=2; both passes
-    without), split over their tokens, the next `sequence` the conditional one."""
+    """(this rank's SequenceShard, GuidanceSplit and ChunkRing, each None when unused). Each video is made by
+    cfg x sequence consecutive ranks: the first `sequence` of them run the unconditional pass (with parallel.cfg=2;
+    both passes without), split over their tokens, the next `sequence` the conditional one; all of them decode its
+    chunks together."""
     per_video = plan.sequence * plan.cfg_ranks
     if per_video == 1:
-        return None, None
+        return None, None, None
     import torch.distributed as dist
 
     from cogvid.parallel.guidance import GuidanceSplit
     from cogvid.parallel.sequence import SequenceShard
+    from cogvid.parallel.vae_decode import ChunkRing
 
     base, local = plan.rank - plan.rank % per_video, plan.rank % per_video
     pass_index, token_index = divmod(local, plan.sequence)
-    shard = split = None
+    shard = split = ring = None
     for first in range(0, plan.world_size, per_video):  # every rank makes every group, in one order
+        group = dist.new_group(list(range(first, first + per_video)))
+        if first == base:
+            ring = ChunkRing(local, per_video, group)
         for p in range(plan.cfg_ranks) if plan.sequence > 1 else ():
             group = dist.new_group(list(range(first + p * plan.sequence, first + (p + 1) * plan.sequence)))
             if first == base and p == pass_index:
@@ -139,7 +144,7 @@ def _video_groups(plan: SamplePlan):
             group = dist.new_group([first + t, first + plan.sequence + t])
             if first == base and t == token_index:
                 split = GuidanceSplit(pass_index, group)
-    return shard, split
+    return shard, split, ring
 
 
 def _agree_across_ranks(plan: SamplePlan) -> SamplePlan:

@@ -77,12 +77,16 @@ class CausalConv3d(nn.Module):
         # zero "same" padding in space inside the convolution (no padded copy of the input); none in time
         self.conv = nn.Conv3d(c_in, c_out, kernel_size, padding=(0, kernel_size // 2, kernel_size // 2))
         self.cache: torch.Tensor | None = None  # (b, c_in, k - 1, h, w), never part of the state dict
+        # halo(x, k - 1) -> the leading frames from the rank decoding the previous chunk, or None for frame 0's copies
+        # (cogvid.parallel.vae_decode); set only while a context-parallel decode runs
+        self.halo = None
 
     def forward(self, x: torch.Tensor, clear_cache: bool = True) -> torch.Tensor:
         # x: (b, c_in, t, h, w) -> (b, c_out, t, h, w)
         if self.time_pad:
-            if self.cache is not None:
-                head = self.cache.to(device=x.device, dtype=x.dtype)
+            head = self.halo(x, self.time_pad) if self.halo is not None else self.cache
+            if head is not None:
+                head = head.to(device=x.device, dtype=x.dtype)
             else:
                 head = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
             x = torch.cat([head, x], dim=2)  # b c (k-1+t) h w
@@ -506,6 +510,7 @@ class CausalVideoVAE(nn.Module):
         tile: tuple[int, int] | None = None,
         tile_overlap: tuple[int, int] | None = None,
         progress: bool = False,
+        ring=None,
     ) -> torch.Tensor:
         """Unscaled latents (b, z, T, h, w) -> video, decoded chunk by chunk as SAT's sampling does.
 
@@ -518,6 +523,8 @@ class CausalVideoVAE(nn.Module):
         memory and blend them linearly over `tile_overlap` latents (default a sixth of the tile). Not SAT-exact:
         GroupNorm statistics become per tile.
         `progress`: a progress bar over the decoder calls.
+        `ring`: a `cogvid.parallel.vae_decode.ChunkRing`: the chunks spread over its ranks, each of which returns the
+        whole video (exact to one process).
         """
         generation = Generation(generation)
         if drop_first_latent is None:
@@ -525,19 +532,23 @@ class CausalVideoVAE(nn.Module):
         if drop_first_latent:
             latents = latents[:, :, 1:]
         chunks = decode_chunks(generation, latents.shape[2], head_frame_quirk)
+
+        def decode(z: torch.Tensor, bar) -> torch.Tensor:
+            if ring is not None:
+                return ring.decode(self.decoder, z, chunks, bar)
+            return self._decode_in_chunks(z, chunks, bar)
+
         if tile is None:
             bar = tqdm(total=len(chunks), desc="decoding", unit="chunk", leave=False, disable=not progress)
             with bar:
-                return self._decode_in_chunks(latents, chunks, bar)
+                return decode(latents, bar)
         overlap = tile_overlap if tile_overlap is not None else (tile[0] // 6, tile[1] // 6)
         n_tiles = len(_tile_starts(latents.shape[-2], tile[0], overlap[0])) * len(
             _tile_starts(latents.shape[-1], tile[1], overlap[1])
         )
         bar = tqdm(total=n_tiles * len(chunks), desc="decoding", unit="chunk", leave=False, disable=not progress)
         with bar:
-            return decode_tiled(
-                latents, lambda z: self._decode_in_chunks(z, chunks, bar), tile, overlap, self.spatial_compress
-            )
+            return decode_tiled(latents, lambda z: decode(z, bar), tile, overlap, self.spatial_compress)
 
     def _decode_in_chunks(self, latents: torch.Tensor, chunks: list[tuple[int, int, FirstFrame]], bar=None):
         self.decoder.clear_cache()
