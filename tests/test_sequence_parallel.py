@@ -218,3 +218,37 @@ def test_the_chunks_decoded_over_ranks_equal_one_process(name, world):
     for out in outs:  # every rank holds the whole video
         assert out.shape == expected.shape
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the two guidance passes on two ranks (cogvid.parallel.guidance)
+
+
+def _guided_latents(split=None) -> torch.Tensor:
+    from cogvid.diffusion.sampling import sample_latents
+
+    cfg = compose(["model=tiny", f"model.ckpt={FIXTURE / 'dit_ckpt'}", "sampler.num_steps=3"])
+    model = build_model(cfg.model)
+    g = torch.Generator().manual_seed(3)
+    cond = torch.randn(1, cfg.model.text_length, cfg.model.text_hidden_size, generator=g)
+    return sample_latents(model, cfg.sampler, cond, shape=(3, 16, 6, 8), generator=g, split=split)
+
+
+def _guidance_rank(rank: int, world: int, port: int, name: str, results) -> None:
+    from cogvid.parallel.guidance import GuidanceSplit
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results.put((rank, _guided_latents(GuidanceSplit(rank)).numpy()))
+    except Exception as ex:  # the parent reports it
+        results.put((rank, repr(ex)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_the_guidance_passes_on_two_ranks_equal_one_process():
+    expected = _guided_latents()
+    for out in run_on_ranks(_guidance_rank, 2, "cfg"):
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
