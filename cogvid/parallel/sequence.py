@@ -100,10 +100,10 @@ class SequenceShard:
         return self._gather(_padded(tokens, self.per).contiguous())[:, : self.n_video]
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Every rank's x, joined along dim 1; the autograd-aware all-gather, so training's backward flows too."""
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x, group=self.group), dim=1)
+        """Every rank's x, joined along dim 1 (sampling only: no gradient flows back through it)."""
+        every = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(every, x, group=self.group)
+        return torch.cat(every, dim=1)
 
 
 def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
