@@ -332,6 +332,12 @@ SAMPLE_CASES += [  # one video over several processes, asked for without them (o
         expect="start it with torchrun --nproc_per_node 4",
     ),
     sample("cfg-three", "parallel.cfg=3", expect="parallel.cfg=3 must be 1 or 2"),
+    sample(  # the shapes model has 4 heads: 3 ranks cannot share them
+        "sequence-not-dividing-the-heads",
+        "parallel.sequence=3",
+        expect="must divide cogvideox-shapes's 4 attention heads",
+        env={"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"},
+    ),
     sample("sequence-zero", "parallel.sequence=0", expect="parallel.sequence=0 must be >= 1"),
     sample(  # as a torchrun rank sees it
         "sequence-with-cache",

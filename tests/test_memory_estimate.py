@@ -65,9 +65,9 @@ def test_t5_weights_from_its_config(which, tiny_t5_dir):
 MEDIUM = ["model.hidden_size=384", "model.num_attention_heads=6"]
 RELEASED_VAE = ["model.vae.ch=128", "model.vae.ch_mult=[1,2,2,4]", "model.vae.num_res_blocks=3"]
 PROBES = [
-    ("dit", 25, 240, 352, ["model=shapes", *MEDIUM, "model.num_layers=2"]),  # 2B layout: sin-cos, no qk-norm
-    ("dit", 49, 240, 352, ["model=5b", "model.text_encoder.path=null", *MEDIUM, "model.num_layers=1"]),  # RoPE
-    ("vae", 49, 128, 192, ["model=shapes"]),  # the shapes VAE: 32 wide, 3 levels (4x in space)
+    ("dit", 17, 240, 352, ["model=shapes", *MEDIUM, "model.num_layers=2"]),  # 2B layout: sin-cos, no qk-norm
+    ("dit", 25, 240, 352, ["model=5b", "model.text_encoder.path=null", *MEDIUM, "model.num_layers=1"]),  # RoPE
+    ("vae", 25, 128, 192, ["model=shapes"]),  # the shapes VAE: 32 wide, 3 levels (4x in space)
     ("vae", 9, 64, 96, ["model=shapes", *RELEASED_VAE]),  # the released VAE's widths
 ]
 

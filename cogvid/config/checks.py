@@ -170,6 +170,12 @@ def _check_parallel(cfg) -> None:
             f"{options} makes each video on {per_video} processes, but the run has {launch}: "
             f"start it with torchrun --nproc_per_node {per_video} (or a multiple)"
         )
+    heads = cfg.model.num_attention_heads
+    if heads % sequence:  # Ulysses: each rank attends with heads / sequence of them
+        raise CogvidError(
+            f"parallel.sequence={sequence} must divide {cfg.model.name}'s {heads} attention heads: pick a divisor of "
+            f"{heads}"
+        )
     if sequence > 1 and cfg.sampler.get("cache") is not None:
         raise CogvidError(
             f"sampler.cache={cfg.sampler.cache} does not run with parallel.sequence={sequence}: leave one of them unset"

@@ -270,11 +270,6 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     load = _load_plan(cfg, local_rank if world_size > 1 else None)
     shapes = [video.shape for videos in planned.values() for video in videos]
     estimate, budget = _check_memory(cfg, load, shapes) if shapes else (None, 0)
-    if sequence > 1:
-        from cogvid.parallel.sequence import check_split, video_tokens
-
-        for shape in set(shapes):
-            check_split(sequence, video_tokens(cfg.model, shape.latent), cfg.model.num_attention_heads)
     if shapes:  # each shape's decode tile, in the memory the weights leave (a decode too large is refused now)
         tiles = {shape: _tile(cfg, load, shape, budget - estimate.weights) for shape in set(shapes)}
         planned = {i: [replace(v, tile=tiles[v.shape]) for v in videos] for i, videos in planned.items()}
