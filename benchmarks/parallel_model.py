@@ -77,8 +77,8 @@ def forward_flops(v: dict, batch: int = 1) -> float:
 
 def ulysses_bytes(v: dict, p: int, batch: int = 1, element: int = BYTES, ring: int = 1) -> float:
     """Bytes one rank sends in one forward split over p Ulysses x `ring` ranks (0 for one rank). Shares are
-    ceil(n_video / ranks) rows (the exchanged blocks are padded to it). Ring attention is modelled, not built: each
-    rank passes its K and V (n_video / ring rows, D / p wide) to the next, ring - 1 times per layer."""
+    ceil(n_video / ranks) rows (the exchanged blocks are padded to it). Ring: each rank passes its K and V (n_video /
+    ring rows, D / p wide) to the next, ring - 1 times per layer."""
     ranks = p * ring
     if ranks == 1:
         return 0.0

@@ -332,6 +332,13 @@ SAMPLE_CASES += [  # one video over several processes, asked for without them (o
         expect="start it with torchrun --nproc_per_node 4",
     ),
     sample("cfg-three", "parallel.cfg=3", expect="parallel.cfg=3 must be 1 or 2"),
+    sample(
+        "ring-not-dividing-the-sequence",
+        "parallel.sequence=2",
+        "parallel.ring=3",
+        expect="parallel.ring=3 must divide parallel.sequence=2",
+        env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
+    ),
     sample(  # the shapes model has 4 heads: 3 ranks cannot share them
         "sequence-not-dividing-the-heads",
         "parallel.sequence=3",

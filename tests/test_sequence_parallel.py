@@ -55,7 +55,7 @@ def network(name: str) -> DiffusionTransformer:
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in backbone.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
     return backbone
 
 
@@ -70,13 +70,15 @@ def inputs(name: str, backbone: DiffusionTransformer) -> dict:
     }
 
 
-def _rank(rank: int, world: int, port: int, name: str, results) -> None:
+def _rank(rank: int, world: int, port: int, job: tuple[str, int], results) -> None:
+    name, ring = job
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         backbone = network(name)
+        shard = SequenceShard.build(0, world, ring, rank)
         with torch.no_grad():
-            out = backbone(**inputs(name, backbone), shard=SequenceShard.of_group())
+            out = backbone(**inputs(name, backbone), shard=shard)
         results.put((rank, out.numpy()))  # by value: a tensor would travel as shared memory the exit frees
     except Exception as ex:  # the parent reports it
         results.put((rank, repr(ex)))
@@ -84,8 +86,8 @@ def _rank(rank: int, world: int, port: int, name: str, results) -> None:
         torch.distributed.destroy_process_group()
 
 
-def run_split(name: str, world: int) -> list[torch.Tensor]:
-    return run_on_ranks(_rank, world, name)
+def run_split(name: str, world: int, ring: int = 1) -> list[torch.Tensor]:
+    return run_on_ranks(_rank, world, (name, ring))
 
 
 def run_on_ranks(target, world: int, name: str) -> list[torch.Tensor]:
@@ -109,13 +111,17 @@ def run_on_ranks(target, world: int, name: str) -> list[torch.Tensor]:
 SPLITS = [(name, world) for name in LAYOUTS for world in (2, 4) if not (name.startswith("2b-fixture") and world == 4)]
 
 
+# the ring degree (USP): ring only, on the fixture and on a grid neither 2 nor 4 divides; 2 rings x 2 Ulysses
+RINGS = [("2b-fixture", 2, 2), ("5b-uneven", 2, 2), ("5b-uneven", 4, 2), ("1.5", 4, 4)]
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize(("name", "world"), SPLITS)
-def test_the_split_forward_equals_one_process(name, world):
+@pytest.mark.parametrize(("name", "world", "ring"), [(n, w, 1) for n, w in SPLITS] + RINGS)
+def test_the_split_forward_equals_one_process(name, world, ring):
     backbone = network(name)
     with torch.no_grad():
         expected = backbone(**inputs(name, backbone))
-    outs = run_split(name, world)
+    outs = run_split(name, world, ring)
     for out in outs:  # every rank returns the whole output, the one the solver steps with
         assert out.shape == expected.shape
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)

@@ -170,11 +170,15 @@ def _check_parallel(cfg) -> None:
             f"{options} makes each video on {per_video} processes, but the run has {launch}: "
             f"start it with torchrun --nproc_per_node {per_video} (or a multiple)"
         )
-    heads = cfg.model.num_attention_heads
-    if heads % sequence:  # Ulysses: each rank attends with heads / sequence of them
+    ring = cfg.parallel.get("ring", 1)
+    check_at_least("parallel.ring", ring, 1)
+    if sequence % ring:
+        raise CogvidError(f"parallel.ring={ring} must divide parallel.sequence={sequence} (ring x Ulysses processes)")
+    heads, ulysses = cfg.model.num_attention_heads, sequence // ring
+    if heads % ulysses:  # Ulysses: each rank of a ring position attends with heads / ulysses of them
         raise CogvidError(
-            f"parallel.sequence={sequence} must divide {cfg.model.name}'s {heads} attention heads: pick a divisor of "
-            f"{heads}"
+            f"parallel.sequence={sequence} over parallel.ring={ring} leaves {ulysses} Ulysses processes, which must "
+            f"divide {cfg.model.name}'s {heads} attention heads: make the ring larger or pick a divisor of {heads}"
         )
     if sequence > 1 and cfg.sampler.get("cache") is not None:
         raise CogvidError(

@@ -335,6 +335,7 @@ class TrainConfig:
 class ParallelConfig:
     sequence: int = 1  # processes one video's tokens are split over (under torchrun); 1: each makes whole videos
     cfg: int = 1  # 2: the unconditional and conditional guidance passes on two processes (or sequence groups)
+    ring: int = 1  # of the `sequence` processes, how many pass K and V round a ring (the rest split the heads)
 
 
 @dataclass

@@ -89,6 +89,7 @@ class SamplePlan:
     world_size: int
     sequence: int = 1  # parallel.sequence: ranks that split each video's tokens
     cfg_ranks: int = 1  # parallel.cfg: 2 when the two guidance passes run on two ranks (or sequence groups)
+    ring: int = 1  # parallel.ring: of the `sequence` ranks, the ring degree (the rest are Ulysses)
 
 
 def check_weight_paths(model) -> None:
@@ -301,6 +302,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
         world_size=world_size,
         sequence=sequence,
         cfg_ranks=cfg.parallel.cfg,
+        ring=cfg.parallel.ring,
     )
 
 

@@ -137,9 +137,8 @@ def _video_groups(plan: SamplePlan):
         if first == base:
             ring = ChunkRing(local, per_video, group)
         for p in range(plan.cfg_ranks) if plan.sequence > 1 else ():
-            group = dist.new_group(list(range(first + p * plan.sequence, first + (p + 1) * plan.sequence)))
-            if first == base and p == pass_index:
-                shard = SequenceShard(token_index, plan.sequence, group)
+            mine = SequenceShard.build(first + p * plan.sequence, plan.sequence, plan.ring, plan.rank)
+            shard = mine if mine is not None else shard
         for t in range(plan.sequence) if plan.cfg_ranks > 1 else ():
             group = dist.new_group([first + t, first + plan.sequence + t])
             if first == base and t == token_index:
