@@ -23,7 +23,8 @@ from pathlib import Path
 from bench_common import memory_kib, report, run_child, run_meta, write_results
 
 RESULTS = Path(__file__).parent / "results"
-CONTENDERS = ("cogvid_chunked", "cogvid_tiled", "diffusers", "diffusers_tiled")
+CONTENDERS = ("cogvid_chunked", "cogvid_tiled", "diffusers", "diffusers_tiled", "cogvid_2_ranks")
+RANKS = 2  # cogvid_2_ranks: the chunks over 2 gloo processes (cogvid.parallel.vae_decode); each reports its own peak
 
 
 def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> None:
@@ -58,6 +59,16 @@ def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> N
 
         def decode():
             return theirs.decode(latents).sample
+    elif name == "cogvid_2_ranks":
+        import torch.distributed as dist
+
+        from cogvid.parallel.vae_decode import ChunkRing
+
+        dist.init_process_group("gloo")  # RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the parent
+        ring = ChunkRing(dist.get_rank(), dist.get_world_size())
+
+        def decode():
+            return ours.decode_chunked(latents, "v1_0", ring=ring)
     else:
         tiles = tuple(tile) if name == "cogvid_tiled" else None
 
@@ -83,6 +94,30 @@ def child(name: str, frames: int, height: int, width: int, tile: list[int]) -> N
     )
 
 
+def run_ranks(command: list[str], name: str) -> dict | None:
+    """The command as RANKS gloo processes at once; the slowest rank's seconds and the largest peak of any rank."""
+    import os
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": str(RANKS), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    with ThreadPoolExecutor(RANKS) as pool:
+        ranks = list(
+            pool.map(lambda r: run_child(command, f"{name} rank {r}", env={**env, "RANK": str(r)}), range(RANKS))
+        )
+    if any(r is None for r in ranks):
+        return None
+    worst = max(ranks, key=lambda r: r["peak_rise_mib"])
+    return {
+        **worst,
+        "seconds": max(r["seconds"] for r in ranks),
+        "per_rank_peak_rise_mib": [r["peak_rise_mib"] for r in ranks],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=49)
@@ -98,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.only:
         common = ["--frames", str(args.frames), "--size", *map(str, args.size), "--tile", *map(str, args.tile)]
-        figures = run_child([sys.executable, __file__, "--child", name, *common], name)
+        command = [sys.executable, __file__, "--child", name, *common]
+        figures = run_ranks(command, name) if name == "cogvid_2_ranks" else run_child(command, name)
         if figures is None:
             return 1
         rows.append(figures)
