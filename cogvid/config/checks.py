@@ -170,7 +170,7 @@ def _check_parallel(cfg) -> None:
             f"{options} makes each video on {per_video} processes, but the run has {launch}: "
             f"start it with torchrun --nproc_per_node {per_video} (or a multiple)"
         )
-    ring = cfg.parallel.get("ring", 1)
+    ring = cfg.parallel.ring
     check_at_least("parallel.ring", ring, 1)
     if sequence % ring:
         raise CogvidError(f"parallel.ring={ring} must divide parallel.sequence={sequence} (ring x Ulysses processes)")

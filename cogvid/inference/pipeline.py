@@ -269,11 +269,10 @@ class VideoPipeline:
         progress: bool = False,
         source: torch.Tensor | None = None,
         strength: float = 1.0,
-        decode: bool = True,
     ) -> GeneratedVideo:
-        """One video of a checked shape, decoded in `tile` (None: whole frames; `decode` False: the latents only),
-        deciding nothing: what cogvid-sample runs for each planned video (`generate` checks and shapes first). The
-        image posterior draws from its own generator, so the sampling noise is SAT's for that seed."""
+        """One video of a checked shape, decoded in `tile` (None: whole frames), deciding nothing: what
+        cogvid-sample runs for each planned video (`generate` checks and shapes first). The image posterior draws
+        from its own generator, so the sampling noise is SAT's for that seed."""
         m = self.model_cfg
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -311,7 +310,7 @@ class VideoPipeline:
             )
 
         start = time.perf_counter()
-        video = self._decode(latents, tile, progress) if decode else torch.zeros(0)
+        video = self._decode(latents, tile, progress)
         timings["decoding_s"] = time.perf_counter() - start
         if not torch.isfinite(video).all():
             raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")

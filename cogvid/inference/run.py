@@ -40,9 +40,8 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
         progress=plan.rank == 0,
         source=source,
         strength=cfg.infer.strength,
-        decode=writes or pipeline.ring is not None,  # the group's ranks decode a video's chunks together
     )
-    if not writes:
+    if not writes:  # the group's ranks sampled and decoded the video together; its first one writes it
         return []
     shape = video.shape
     sidecar = {
