@@ -275,6 +275,7 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
     from cogvid.config.checks import check_values
     from cogvid.config.compose import compose
     from cogvid.config.schema import Guider, Solver, is_image_to_video
+    from cogvid.parallel.sequence import video_tokens
 
     def config(steps: int):
         return compose([f"model={variant}", f"sampler.num_steps={steps}", *args.override])
@@ -308,7 +309,7 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
         "width": shape.width,
         "latent": [t, h, w],
         "text_tokens": m.text_length,
-        "video_tokens": (t // m.patch_size_t) * (h // m.patch_size) * (w // m.patch_size),
+        "video_tokens": video_tokens(m, shape.latent),
         "dit_params_b": sum(p.numel() for p in pipeline.model.backbone.parameters()) / 1e9,
         "t5_params_b": sum(p.numel() for p in t5_cache[key][1].parameters()) / 1e9,
         "steps": args.steps,

@@ -41,33 +41,33 @@ VARIANTS = ("2b", "5b", "1.5_5b")
 
 
 def variant_sizes(variant: str) -> dict:
-    """Tokens, width, layers, heads and the blocks' linear weights of a variant at its default video size."""
+    """`dit_sizes` of a variant at its default video size, and that size."""
     from cogvid.config.compose import compose
     from cogvid.inference.video_shape import video_shape
     from cogvid.models.dit import DiffusionTransformer
-    from cogvid.parallel.sequence import video_tokens
 
     cfg = compose([f"model={variant}", "model.text_encoder.path=null"]).model
     shape = video_shape(cfg, None, None, None)
     with torch.device("meta"):
         dit = DiffusionTransformer(cfg)
+    return {"video": [shape.num_frames, shape.height, shape.width], **dit_sizes(cfg, dit, shape.latent)}
+
+
+def dit_sizes(cfg, dit, latent: tuple[int, int, int, int]) -> dict:
+    """Tokens, width, layers, heads and the blocks' linear weights (what multiplies every token) of the DiT `dit`
+    built from `cfg`, for latents (t, c, h, w)."""
+    from cogvid.parallel.sequence import video_tokens
+
+    linear = (m for layer in dit.transformer.layers for m in layer.modules() if isinstance(m, torch.nn.Linear))
     return {
-        "video": [shape.num_frames, shape.height, shape.width],
-        "n_video": video_tokens(cfg, shape.latent),
+        "n_video": video_tokens(cfg, latent),
         "n_text": int(cfg.text_length),
         "dim": int(cfg.hidden_size),
         "layers": int(cfg.num_layers),
         "heads": int(cfg.num_attention_heads),
         "out_channels": int(cfg.out_channels * cfg.patch_size**2 * cfg.patch_size_t),
-        "linear_weights": linear_weights(dit),
+        "linear_weights": sum(m.weight.numel() for m in linear),
     }
-
-
-def linear_weights(dit) -> int:
-    """The weights of the blocks' linear layers (what multiplies every token)."""
-    return sum(
-        m.weight.numel() for layer in dit.transformer.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)
-    )
 
 
 def forward_flops(v: dict, batch: int = 1) -> float:
@@ -195,7 +195,7 @@ def _rank(rank: int, port: int, results) -> None:
 
     dist.all_to_all_single, dist.all_gather = counting_a2a, counting_gather
     _, dit, inputs = _medium()
-    shard = SequenceShard.of_group()
+    shard = SequenceShard.build(0, 2, 1, rank)
     with torch.no_grad():
         split = _timed(lambda: dit(**inputs, shard=shard))
     sent[0] = 0
@@ -214,7 +214,7 @@ def measure() -> tuple[dict, str]:
     torch.set_num_threads(1)
     with torch.no_grad():
         one = _timed(lambda: dit(**inputs))
-    v = {**variant_sizes_of(cfg), "linear_weights": linear_weights(dit)}
+    v = dit_sizes(cfg, dit, tuple(inputs["x"].shape[1:]))  # x: (1, t, c, h, w)
     flops = forward_flops(v)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -251,17 +251,6 @@ def measure() -> tuple[dict, str]:
         f"({one / predicted:.2f}x) | {sent / 1e6:.2f}, {predicted_sent / 1e6:.2f} | {bandwidth / 1e9:.2f} |"
     )
     return figures, table
-
-
-def variant_sizes_of(cfg) -> dict:
-    t = (cfg.num_frames - 1) // cfg.time_compressed_rate + 1
-    return {
-        "n_video": t * (cfg.latent_height // cfg.patch_size) * (cfg.latent_width // cfg.patch_size),
-        "n_text": int(cfg.text_length),
-        "dim": int(cfg.hidden_size),
-        "layers": int(cfg.num_layers),
-        "out_channels": int(cfg.out_channels * cfg.patch_size**2 * cfg.patch_size_t),
-    }
 
 
 def main() -> int:

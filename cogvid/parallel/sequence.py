@@ -63,10 +63,6 @@ class SequenceShard:
     ring_group: dist.ProcessGroup | None = None
 
     @classmethod
-    def of_group(cls, group: dist.ProcessGroup | None = None) -> SequenceShard:
-        return cls(dist.get_rank(group), dist.get_world_size(group), group)
-
-    @classmethod
     def build(cls, first: int, size: int, ring: int, rank: int) -> SequenceShard | None:
         """Make the process groups of the sequence group of global ranks first .. first + size - 1 (every rank of the
         world calls this, for every sequence group, in one order); this rank's shard, or None when it is not in it."""
