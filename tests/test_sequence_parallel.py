@@ -70,33 +70,37 @@ def inputs(name: str, backbone: DiffusionTransformer) -> dict:
     }
 
 
-def _rank(rank: int, world: int, port: int, job: tuple[str, int], results) -> None:
-    name, ring = job
+def _split_forward(rank: int, world: int, name: str, ring: int) -> torch.Tensor:
+    backbone = network(name)
+    shard = SequenceShard.build(0, world, ring, rank)
+    return backbone(**inputs(name, backbone), shard=shard)
+
+
+def run_split(name: str, world: int, ring: int = 1) -> list[torch.Tensor]:
+    return run_on_ranks(world, _split_forward, name, ring)
+
+
+def _on_rank(rank: int, world: int, port: int, work, args: tuple, results) -> None:
+    """A forked gloo process: work(rank, world, *args), sent back by value (a tensor would travel as shared memory
+    the exit frees), or what went wrong."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        backbone = network(name)
-        shard = SequenceShard.build(0, world, ring, rank)
         with torch.no_grad():
-            out = backbone(**inputs(name, backbone), shard=shard)
-        results.put((rank, out.numpy()))  # by value: a tensor would travel as shared memory the exit frees
+            results.put((rank, work(rank, world, *args).numpy()))
     except Exception as ex:  # the parent reports it
         results.put((rank, repr(ex)))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def run_split(name: str, world: int, ring: int = 1) -> list[torch.Tensor]:
-    return run_on_ranks(_rank, world, (name, ring))
-
-
-def run_on_ranks(target, world: int, name: str) -> list[torch.Tensor]:
-    """target(rank, world, port, name, results) in `world` forked gloo processes; every rank's result."""
+def run_on_ranks(world: int, work, *args) -> list[torch.Tensor]:
+    """work(rank, world, *args) in `world` forked gloo processes; every rank's result."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = FORK.Queue()
-    procs = [FORK.Process(target=target, args=(r, world, port, name, results)) for r in range(world)]
+    procs = [FORK.Process(target=_on_rank, args=(r, world, port, work, args, results)) for r in range(world)]
     for p in procs:
         p.start()
     outs = dict(results.get(timeout=300) for _ in procs)
@@ -195,21 +199,11 @@ def vae_latents(frames: int) -> torch.Tensor:
     return torch.randn(1, 16, frames, 6, 8, generator=torch.Generator().manual_seed(2))
 
 
-def _decode_rank(rank: int, world: int, port: int, name: str, results) -> None:
+def _decode_on_ranks(rank: int, world: int, name: str) -> torch.Tensor:
     from cogvid.parallel.vae_decode import ChunkRing
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        generation, frames, tile = VAE_CASES[name]
-        ring = ChunkRing(rank, world)
-        with torch.no_grad():
-            video = fixture_vae().decode_chunked(vae_latents(frames), generation, tile=tile, ring=ring)
-        results.put((rank, video.numpy()))
-    except Exception as ex:  # the parent reports it
-        results.put((rank, repr(ex)))
-    finally:
-        torch.distributed.destroy_process_group()
+    generation, frames, tile = VAE_CASES[name]
+    return fixture_vae().decode_chunked(vae_latents(frames), generation, tile=tile, ring=ChunkRing(rank, world))
 
 
 @pytest.mark.distributed
@@ -218,7 +212,7 @@ def test_the_chunks_decoded_over_ranks_equal_one_process(name, world):
     generation, frames, tile = VAE_CASES[name]
     with torch.no_grad():
         expected = fixture_vae().decode_chunked(vae_latents(frames), generation, tile=tile)
-    outs = run_on_ranks(_decode_rank, world, name)
+    outs = run_on_ranks(world, _decode_on_ranks, name)
     for out in outs:  # every rank holds the whole video
         assert out.shape == expected.shape
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
@@ -238,21 +232,14 @@ def _guided_latents(split=None) -> torch.Tensor:
     return sample_latents(model, cfg.sampler, cond, shape=(3, 16, 6, 8), generator=g, split=split)
 
 
-def _guidance_rank(rank: int, world: int, port: int, name: str, results) -> None:
+def _guided_on_ranks(rank: int, world: int) -> torch.Tensor:
     from cogvid.parallel.guidance import GuidanceSplit
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        results.put((rank, _guided_latents(GuidanceSplit(rank)).numpy()))
-    except Exception as ex:  # the parent reports it
-        results.put((rank, repr(ex)))
-    finally:
-        torch.distributed.destroy_process_group()
+    return _guided_latents(GuidanceSplit(rank))
 
 
 @pytest.mark.distributed
 def test_the_guidance_passes_on_two_ranks_equal_one_process():
     expected = _guided_latents()
-    for out in run_on_ranks(_guidance_rank, 2, "cfg"):
+    for out in run_on_ranks(2, _guided_on_ranks):
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
