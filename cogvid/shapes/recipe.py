@@ -82,6 +82,7 @@ DIT = [
     "train.seed=0",
     "train.ema_decay=0.999",
     "train.sat_weights=ema",
+    "train.foreground_weight=10",
 ]
 WEIGHTS = "weights/shapes"  # under the cogvid package; conf/model/shapes.yaml points here
 SHIP_DTYPE = torch.float16  # halves the files; the model runs in fp32 (tensors are widened on load)
