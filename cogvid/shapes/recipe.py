@@ -82,7 +82,6 @@ DIT = [
     "train.seed=0",
     "train.ema_decay=0.999",
     "train.sat_weights=ema",
-    "train.foreground_weight=10",
 ]
 WEIGHTS = "weights/shapes"  # under the cogvid package; conf/model/shapes.yaml points here
 SHIP_DTYPE = torch.float16  # halves the files; the model runs in fp32 (tensors are widened on load)
@@ -192,7 +191,7 @@ class Recipe:
         return {"seed": T5_SEED}
 
     def stage_vae_data(self) -> dict:
-        from cogvid.shapes.dataset import pixel_combinations, write_dataset
+        from cogvid.shapes.dataset import Placement, pixel_combinations, write_dataset
 
         n = self.settings.num_clips
         combinations = pixel_combinations()
@@ -204,6 +203,7 @@ class Recipe:
             workers=self.workers,
             progress=True,
             combinations=combinations,
+            placement=Placement.anywhere,  # the VAE sees a shape at every place; the DiT's paths are centred
         )
         return {"clips": n, "seed": VAE_DATA_SEED, "combinations": len(combinations)}
 
