@@ -96,5 +96,5 @@ class StepCache:
         """After a full call: its residual of the blocks after the first, and a new start for the summed change."""
         track = self.tracks[first.shape]
         track.change = 0.0
-        kept = track.full[len(track.full) - self.order :] if self.order else []  # the last `order` full calls
+        kept = track.full[-self.order :] if self.order else []  # the last `order` full calls
         track.full = [*kept, (self.step, last - first)]
