@@ -1,5 +1,6 @@
-"""sampler.cache: the DiT's blocks after the first are skipped while the first block's output changes less than the
-threshold since the last full call (cogvid/diffusion/step_cache.py); threshold 0 and no cache are the exact path."""
+"""sampler.cache: the DiT's blocks after the first are skipped while the first block's residual has changed less than
+the threshold, summed over the calls since the last full one, and their residual is extrapolated from the last full
+calls (cogvid/diffusion/step_cache.py); threshold 0 and no cache are the exact path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import cogvid
 from cogvid.config.checks import check_values
 from cogvid.diffusion.sampling import sample_latents
-from cogvid.diffusion.step_cache import StepCache
+from cogvid.diffusion.step_cache import StepCache, extrapolate
 
 TORCH_THREADS = 1
 
@@ -38,25 +39,111 @@ def test_threshold_zero_is_the_exact_path():
 
 def test_a_threshold_skips_the_later_blocks_and_stays_close():
     exact, _ = tiny_run()
-    cached, calls = tiny_run("sampler.cache=1e9")  # every call after the first full one reuses
-    # the first call runs every block; the guidance-free steps (batch 1) have no cached residual of their shape
+    # every call after the first full one may reuse; the guidance-free steps (batch 1) have their own history
+    cached, calls = tiny_run("sampler.cache=1e9", "sampler.cache_warmup=0")
     assert calls.count(0) == 8 and calls.count(1) == calls.count(2) < 8
     assert torch.isfinite(cached).all() and not torch.equal(cached, exact)
     assert (cached - exact).abs().mean() < exact.abs().mean()
 
 
-def test_reuse_adds_the_remembered_residual_and_needs_the_same_shape():
-    cache = StepCache(0.5)
-    first, last = torch.ones(2, 3), torch.full((2, 3), 4.0)
-    assert cache.reuse(first) is None  # nothing remembered yet
-    cache.remember(first, last)
-    assert torch.equal(cache.reuse(first * 1.1), first * 1.1 + 3.0)  # change 0.1 < 0.5
-    assert cache.reuse(first * 3) is None  # change 2.0
-    assert cache.reuse(torch.ones(1, 3)) is None  # another batch
-    assert (cache.calls, cache.reused) == (4, 1)
+def test_warmup_steps_run_every_block():
+    _, calls = tiny_run("sampler.cache=1e9", "sampler.cache_warmup=3", "sampler.guider=constant")
+    assert calls == [0, 1, 2] * 3 + [0] * 5  # constant guidance: one call a step; steps 0-2 in full, the rest reused
 
 
-@pytest.mark.parametrize("value", ["-0.1", "nan", "inf"])
-def test_a_bad_threshold_is_refused(value):
-    with pytest.raises(cogvid.CogvidError, match="sampler.cache="):
-        check_values(cogvid.compose(["model=tiny", f"sampler.cache={value}"]))
+def calls_of(cache: StepCache, firsts: list[float], entry: float = 0.0) -> list[bool]:
+    """Feed the cache one call per step with a first-block output of each value (block input `entry`); True where it
+    reused. A full call's last block adds 10 + step."""
+    reused = []
+    for step, value in enumerate(firsts):
+        cache.step = step
+        first, before = torch.full((2, 3), value), torch.full((2, 3), entry)
+        out = cache.reuse(before, first)
+        if out is None:
+            cache.remember(first, first + 10 + step)
+        reused.append(out is not None)
+    return reused
+
+
+def test_the_change_is_summed_over_reused_calls_until_it_passes_the_threshold():
+    cache = StepCache(0.25, order=0)
+    # the first block's residual grows 10 % a call: reuse at 0.1 and 0.2 summed, a full call at 0.3, and again
+    values = [1.1**k for k in range(7)]
+    assert calls_of(cache, values) == [False, True, True, False, True, True, False]
+    assert (cache.calls, cache.reused) == (7, 4)
+
+
+def test_threshold_zero_never_reuses_even_an_unchanged_call():
+    cache = StepCache(0.0)
+    assert not any(calls_of(cache, [1.0] * 6)) and cache.reused == 0
+
+
+def test_no_reuse_in_the_warmup_steps():
+    cache = StepCache(1e9, order=0, warmup=3)
+    assert calls_of(cache, [1.0] * 6) == [False] * 3 + [True] * 3
+
+
+def test_the_warmup_counts_from_the_walks_first_step():
+    cache = StepCache(1e9, order=0, warmup=2)
+    reused = []
+    for step in range(5, 10):  # a walk that starts at step 5 (infer.strength < 1)
+        cache.step = step
+        first = torch.ones(2, 3)
+        out = cache.reuse(torch.zeros(2, 3), first)
+        if out is None:
+            cache.remember(first, first + 1)
+        reused.append(out is not None)
+    assert reused == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_a_reuse_adds_the_extrapolated_residual(order):
+    cache = StepCache(1e9, order=order)
+    residual = [torch.tensor([1.0, -2.0]) * s**2 + torch.tensor([3.0, 0.5]) * s + 4.0 for s in range(20)]
+    for step in (0, 2, 3):  # full calls at steps 0, 2 and 3
+        cache.step = step
+        first = torch.ones(2)
+        if step == 0:
+            assert cache.reuse(first - 1, first) is None
+        cache.remember(first, first + residual[step])
+    cache.step = 6
+    first = torch.full((2,), 2.0)
+    out = cache.reuse(first - 1, first)  # the first block's residual unchanged
+    r2, r3 = residual[2], residual[3]
+    expected = {0: r3, 1: r3 + (r3 - r2) * (6 - 3) / (3 - 2), 2: residual[6]}[order]  # order 2 is exact on a parabola
+    assert out is not None and torch.allclose(out, first + expected)
+
+
+def test_extrapolate_follows_the_polynomial_through_the_points():
+    points = [(1, torch.tensor(2.0)), (4, torch.tensor(11.0))]  # the line 3 s - 1
+    assert extrapolate(points, 6) == 17.0
+    assert extrapolate(points[1:], 6) == 11.0
+    assert extrapolate([(4, torch.tensor(1.0)), (4, torch.tensor(5.0))], 6) == 5.0  # one step twice: no slope
+
+
+def test_another_batch_size_keeps_its_own_history():
+    cache = StepCache(1e9, order=0)
+    calls_of(cache, [1.0, 1.0])  # batch 2: full, then reused
+    cache.step = 2
+    half = torch.ones(1, 3)  # a guidance-free step: the conditional half only
+    assert cache.reuse(torch.zeros(1, 3), half) is None
+    cache.remember(half, half + 7)
+    cache.step = 3
+    assert torch.equal(cache.reuse(torch.zeros(1, 3), half), half + 7)
+    assert torch.equal(cache.reuse(torch.zeros(2, 3), torch.ones(2, 3)), torch.full((2, 3), 11.0))  # step 0's residual
+
+
+@pytest.mark.parametrize(
+    ("override", "option"),
+    [
+        ("sampler.cache=-0.1", "sampler.cache="),
+        ("sampler.cache=nan", "sampler.cache="),
+        ("sampler.cache=inf", "sampler.cache="),
+        ("sampler.cache_order=3", "sampler.cache_order=3 must be 0, 1 or 2"),
+        ("sampler.cache_order=-1", "sampler.cache_order=-1 must be 0, 1 or 2"),
+        ("sampler.cache_warmup=-1", "sampler.cache_warmup=-1 must be >= 0"),
+    ],
+)
+def test_a_bad_cache_option_is_refused(override, option):
+    with pytest.raises(cogvid.CogvidError, match=option.replace(".", r"\.")):
+        check_values(cogvid.compose(["model=tiny", override]))

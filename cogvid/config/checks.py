@@ -116,6 +116,9 @@ def _check_sampler(sampler) -> None:
     check_at_least("sampler.dynamic_num_steps", sampler.dynamic_num_steps, 1)
     if sampler.get("cache") is not None:
         check_finite("sampler.cache", sampler.cache, 0.0)
+    if sampler.cache_order not in (0, 1, 2):
+        raise CogvidError(f"sampler.cache_order={sampler.cache_order} must be 0, 1 or 2")
+    check_at_least("sampler.cache_warmup", sampler.cache_warmup, 0)
 
 
 def _check_train(train) -> None:

@@ -163,6 +163,8 @@ class SamplerConfig:
     uncond: Uncond = Uncond.zeros
     zero_snr_rescale: ZeroSnrRescale = ZeroSnrRescale.subset
     cache: float | None = None  # sampler.cache=0.1: reuse the DiT's blocks while its first block changes less (opt in)
+    cache_order: int = 1  # sampler.cache_order=0|1|2: the skipped blocks' residual extrapolated (0: the last one)
+    cache_warmup: int = 2  # sampler.cache_warmup=2: the walk's first steps run every block
 
 
 @dataclass

@@ -137,10 +137,11 @@ def sample_latents(
 
     plan = sampling_plan(sampler, model.cfg.shift_scale)
     alphas = plan.schedule.alphas.to(device)
-    threshold = sampler.get("cache")
-    cache = StepCache(threshold) if threshold is not None else None  # for this run only
+    cache = step_cache(sampler)  # for this run only
     network = image_network(model.backbone, concat, ofs, step_cache=cache, shard=shard)
     denoise = guided_denoiser(model, plan, network, alphas, cond, uncond, split)
+    if cache is not None:
+        denoise = cache.follow(denoise)
 
     def draw() -> torch.Tensor:
         return torch.randn(x.shape, generator=generator).to(device)
@@ -152,6 +153,14 @@ def sample_latents(
     if cache is not None:
         log.info("step cache %g: %d of %d DiT calls reused the blocks", cache.threshold, cache.reused, cache.calls)
     return latents
+
+
+def step_cache(sampler) -> StepCache | None:
+    """The `sampler` config's step cache for one walk; None without sampler.cache."""
+    threshold = sampler.get("cache")
+    if threshold is None:
+        return None
+    return StepCache(threshold, order=sampler.cache_order, warmup=sampler.cache_warmup)
 
 
 def _walk(plan: SamplingPlan, denoise, x, alphas, draw, steps, start, device) -> torch.Tensor:

@@ -365,8 +365,10 @@ class DiffusionTransformer(nn.Module):
     def _blocks(self, hidden, emb, n_txt: int, rope, cache, shard=None) -> torch.Tensor:
         """The L AdaLN blocks; with a step cache, its stand-in for blocks 2..L when the first block's output allows."""
         adaln = self.mixins["adaln_layer"]
-        first = None
+        first = entry = None
         for i, layer in enumerate(self.transformer.layers):
+            if i == 0 and cache is not None:
+                entry = hidden.clone()  # the first block adds into hidden in place
             mod = adaln.adaLN_modulations[i](emb)
             q_norm = adaln.query_layernorm_list[i] if adaln.query_layernorm_list is not None else None
             k_norm = adaln.key_layernorm_list[i] if adaln.key_layernorm_list is not None else None
@@ -375,7 +377,7 @@ class DiffusionTransformer(nn.Module):
             else:
                 hidden = layer(hidden, mod, q_norm, k_norm, n_txt, rope, shard)
             if i == 0 and cache is not None:
-                if (reused := cache.reuse(hidden)) is not None:
+                if (reused := cache.reuse(entry, hidden)) is not None:
                     return reused
                 first, hidden = hidden, hidden.clone()  # the blocks below may add into hidden in place
         if first is not None:
