@@ -12,12 +12,14 @@ import pytest
 from conftest import TIMEOUT
 
 from cogvid.shapes.dataset import (
+    CENTRED_JITTER,
     COLOURS,
     DIRECTIONS,
     MIN_BACKGROUND_DISTANCE,
     SHAPES,
     SIZE_RANGE,
     SPEED_RANGE,
+    Placement,
     ShapeClip,
     background_is_distinct,
     caption,
@@ -95,8 +97,9 @@ def test_captions_plain_and_paraphrased_parse_back():
     assert parse_caption("a cat sleeping on a warm mat") is None
 
 
-def test_plan_is_balanced_never_held_out_and_keeps_shapes_in_frame():
-    plan = plan_dataset(300, seed=3)
+@pytest.mark.parametrize("placement", list(Placement))
+def test_plan_is_balanced_never_held_out_and_keeps_shapes_in_frame(placement):
+    plan = plan_dataset(300, seed=3, placement=placement)
     held = set(held_out_combinations())
     combinations = []
     for clip in plan:
@@ -113,6 +116,11 @@ def test_plan_is_balanced_never_held_out_and_keeps_shapes_in_frame():
         assert (centres - half >= 0).all() and (centres[:, 0] + half <= spec.width).all()
         assert (centres[:, 1] + half <= spec.height).all()
         assert np.abs(centres[-1] - centres[0]).max() >= SPEED_RANGE[0] * spec.width - 1e-9
+    middles = np.array([clip_centres(clip.spec)[[0, -1]].mean(axis=0) / 64 for clip in plan])  # (n, 2) in frames
+    if placement is Placement.centred:  # the caption alone tells where the shape is
+        assert np.abs(middles - 0.5).max() <= CENTRED_JITTER + 1e-9
+    else:  # anywhere: the paths' middles spread over the frame
+        assert np.ptp(middles, axis=0).min() > 0.3
     assert set(combinations) == set(training_combinations())
     assert {c for c, _, _ in combinations} == set(COLOURS)
     plain = sum(clip.caption == plain_caption(*parse_caption(clip.caption)) for clip in plan)
