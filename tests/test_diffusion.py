@@ -11,7 +11,7 @@ from cogvid.config.schema import Uncond
 from cogvid.diffusion.conditioning import I2V_OFS, image_conditioning, unconditional_context
 from cogvid.diffusion.denoiser import DiscreteDenoiser
 from cogvid.diffusion.guidance import guidance_scale, guided
-from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss, auto_group_num, foreground_weights
+from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss, auto_group_num
 from cogvid.diffusion.sampling import sample_latents, sampling_plan
 from cogvid.diffusion.schedules import sampling_schedule, shifted_alphas_cumprod, training_table
 from cogvid.diffusion.solvers import SOLVERS, sample_ddim, sample_dpmpp2m_ode, sample_dpmpp2m_sde
@@ -199,27 +199,6 @@ def test_loss_is_the_v_mse():
     expected = ((v_hat - v) ** 2).reshape(3, -1).mean(1)
     assert torch.allclose(loss, expected, rtol=1e-4, atol=1e-5)
     assert math.isfinite(loss.sum().item())
-
-    # weighted: each sample's weighted mean of the same squared v errors
-    weight = torch.rand(3, 2, 1, 2, 2) + 0.1
-    weighted = loss_fn(lambda x, t: v_hat, x0, generator=torch.Generator().manual_seed(5), weight=weight)
-    w = weight.expand_as(x0).reshape(3, -1)
-    expected = (w * ((v_hat - v) ** 2).reshape(3, -1)).sum(1) / w.sum(1)
-    assert torch.allclose(weighted, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_foreground_weights_cover_the_object_over_any_background():
-    """Latents (b, t, c, h, w) of a flat background of its own per frame and an object of other values in one
-    corner: the object's latents weigh 1 + extra, the background's 1, whatever the background's values."""
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(2, 3, 4, 1, 1, generator=g).expand(2, 3, 4, 8, 8).clone()  # each frame its own background
-    x0 += 0.01 * torch.randn(x0.shape, generator=g)  # a little texture stays background
-    obj = torch.zeros(8, 8, dtype=torch.bool)
-    obj[1:4, 2:6] = True  # 12 of 64 latents
-    x0[..., obj] += torch.randn(2, 3, 4, 1, generator=g) + 3.0
-    weight = foreground_weights(x0, 9.0)
-    assert weight.shape == (2, 3, 1, 8, 8)
-    assert torch.equal(weight[:, :, 0], torch.where(obj, 10.0, 1.0).expand(2, 3, 8, 8))
 
 
 def test_the_guidance_plan_is_the_per_step_scale_and_the_configured_solver():

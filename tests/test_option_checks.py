@@ -84,7 +84,6 @@ TRAIN_CASES = [
     ("train.ema_decay=-0.5", r"train.ema_decay=-0.5 must lie in \(0, 1\)"),
     ("train.ema_decay=nan", r"train.ema_decay=nan must lie in \(0, 1\)"),
     ("train.sat_weights=ema", "train.sat_weights=ema acts only with train.ema_decay"),
-    ("train.foreground_weight=-1", "train.foreground_weight=-1.0 must be >= 0"),
 ]
 
 
@@ -120,7 +119,6 @@ REFUSED_PAIRINGS = [
     ("train", ["task=fit", "train.sat_weights=ema"], "train.sat_weights=ema acts only with train.ema_decay"),
     ("train", ["task=precompute", "train.ema_decay=0.99"], "train.ema_decay=0.99 acts only with task=fit"),
     ("train", ["task=precompute", "train.resume=auto"], "train.resume=auto acts only with task=fit"),
-    ("train", ["task=vae", "train.foreground_weight=10"], "train.foreground_weight=10.0 acts only with task=fit"),
     ("train", ["task=fit", "train.vae.kl_weight=0.1"], "train.vae.kl_weight=0.1 acts only with task=vae"),
     ("train", ["task=fit", "train.vae.loss=mse"], "train.vae.loss=mse acts only with task=vae"),
     ("train", ["task=fit", "data.cache_dtype=bf16"], "data.cache_dtype=bf16 acts only with task=precompute"),
@@ -153,7 +151,6 @@ ACCEPTED_PAIRINGS = [  # the same options with their partner on
     ("sample", ["model=1.5_5b", "infer.head_frame_quirk=true"]),
     ("sample", ["adapter=cyan"]),  # model.lora_alpha=16 with the adapter's model.lora_ckpt
     ("train", ["task=fit", "train.ema_decay=0.999", "train.sat_weights=ema"]),
-    ("train", ["task=fit", "train.foreground_weight=10"]),
     ("train", ["task=vae", "train.vae.kl_weight=0.1", "train.vae.loss=mse"]),
     ("train", ["task=precompute", "data.cache_dtype=bf16"]),
     ("train", ["mode=lora", "model.lora_alpha=4"]),

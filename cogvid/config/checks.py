@@ -142,7 +142,6 @@ def _check_train(train) -> None:
     for name in ("max_steps", "batch_size", "accumulate_grad_batches", "devices", "num_nodes", "keep_last"):
         check_at_least(f"train.{name}", train.get(name), 1)  # keep_last: the latest checkpoint is always kept
     check_finite("train.ucg_rate", train.ucg_rate, 0.0)
-    check_finite("train.foreground_weight", train.foreground_weight, 0.0)
     if train.ucg_rate > 1.0:
         raise CogvidError(f"train.ucg_rate={train.ucg_rate} must lie in [0, 1]")
     vae = train.get("vae")

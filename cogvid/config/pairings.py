@@ -103,7 +103,6 @@ PAIRINGS = [
     ),
     Pairing("train.ema_decay", "task=fit (the DiT's weights)", lambda c: _task(c) == "fit", ("train",)),
     Pairing("train.resume", "task=fit", lambda c: _task(c) == "fit", ("train",)),
-    Pairing("train.foreground_weight", "task=fit (the DiT's loss)", lambda c: _task(c) == "fit", ("train",)),
     *[
         Pairing(f"train.vae.{name}", "task=vae", lambda c: _task(c) == "vae", ("train",))
         for name in ("loss", "kl_weight", "foreground_weight", "holdout", "init", "clips_in_memory")

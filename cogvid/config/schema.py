@@ -319,9 +319,6 @@ class TrainConfig:
     # checkpoint; null: off
     ema_decay: float | None = None
     sat_weights: SatWeights = SatWeights.trained  # train.sat_weights=ema: the SAT export holds the EMA weights
-    # train.foreground_weight=10: latents that stand out from their frame's background (its median) weigh 1 + this in
-    # the diffusion loss; 0 = the plain mean. For objects over flat backgrounds (the shapes data).
-    foreground_weight: float = 0.0
     ucg_rate: float = 0.1  # caption dropout: a dropped sample gets an all-zero text context (SAT ucg_rate)
     output_dir: str | None = None  # checkpoints, TensorBoard, videos (null: the Hydra run dir); fix it to resume
     checkpoint_every: int = 500  # steps between resumable checkpoints (SAT save_interval)

@@ -53,28 +53,8 @@ class DiscreteSampling:
         return self.sqrt_alphas_cumprod[idx].to(device), idx.to(device)
 
 
-# A latent belongs to the object when it stands out from its frame's background by more than this share of the
-# frame's largest deviation (see foreground_weights).
-FOREGROUND_FRACTION = 0.25
-
-
-def foreground_weights(x0: torch.Tensor, extra: float) -> torch.Tensor:
-    """Loss weights (b, t, 1, h, w) for clean latents x0 (b, t, c, h, w): 1 + `extra` on the object, 1 elsewhere.
-
-    The background of a frame is the per-channel median of its latents (an object over a plain background covers
-    less than half of it); a latent is the object's where its distance from that background (L2 over channels)
-    exceeds FOREGROUND_FRACTION of the frame's largest. For clips of objects over flat backgrounds (the shapes
-    data), where the background is most of every frame and the plain mean barely depends on the object."""
-    x0 = x0.float()
-    background = x0.flatten(3).median(dim=3).values[..., None, None]  # (b, t, c, 1, 1)
-    distance = (x0 - background).norm(dim=2, keepdim=True)  # (b, t, 1, h, w)
-    largest = distance.amax(dim=(3, 4), keepdim=True).clamp_min(1e-6)
-    return 1.0 + extra * (distance > FOREGROUND_FRACTION * largest).float()
-
-
 class VideoDiffusionLoss:
-    """w (x0_hat - x0)^2 averaged per sample, w = 1 / (1 - a^2): exactly the MSE on the v target; with `weight`, a
-    weighted mean over each sample's elements instead."""
+    """w (x0_hat - x0)^2 averaged per sample, w = 1 / (1 - a^2): exactly the MSE on the v target."""
 
     def __init__(self, denoiser: DiscreteDenoiser, sigma_sampler: DiscreteSampling, offset_noise_level: float = 0.0):
         self.denoiser, self.sigma_sampler, self.offset_noise_level = (
@@ -88,10 +68,8 @@ class VideoDiffusionLoss:
         network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         x0: torch.Tensor,
         generator: torch.Generator | None = None,
-        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x0: (b, t, c, h, w) scaled latents; network(x_t, timesteps) -> v; weight: broadcastable to x0 (e.g.
-        `foreground_weights`), normalised per sample so the loss keeps its scale. Returns the (b,) per-sample loss."""
+        """x0: (b, t, c, h, w) scaled latents; network(x_t, timesteps) -> v. Returns the (b,) per-sample loss."""
         x0 = x0.float()
         a, idx = self.sigma_sampler(x0.shape[0], generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -103,8 +81,4 @@ class VideoDiffusionLoss:
         x_t = a_b * x0 + (1 - a_b**2) ** 0.5 * eps
         x0_hat = self.denoiser(network, x_t, a, idx.float())
         w = 1 / (1 - a_b**2)
-        error = w * (x0_hat - x0) ** 2
-        if weight is not None:
-            weight = weight.to(error).expand_as(error)
-            error = error * weight / weight.reshape(x0.shape[0], -1).mean(dim=1).reshape_as(a_b)
-        return error.reshape(x0.shape[0], -1).mean(dim=1)
+        return (w * (x0_hat - x0) ** 2).reshape(x0.shape[0], -1).mean(dim=1)

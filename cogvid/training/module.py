@@ -20,7 +20,7 @@ import torch
 
 from cogvid.config.schema import is_image_to_video
 from cogvid.diffusion.conditioning import ImageConditioning, image_conditioning, image_network
-from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss, foreground_weights
+from cogvid.diffusion.loss import DiscreteSampling, VideoDiffusionLoss
 from cogvid.diffusion.model import DiffusionModel
 from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.vae import sample_posterior
@@ -138,11 +138,7 @@ class VideoDiffusionModule(L.LightningModule):
             concat = torch.zeros_like(concat)  # SAT: one draw per batch, the whole image latent dropped
 
         network = image_network(self.backbone, concat, ofs)
-        extra = self.cfg.train.foreground_weight
-        weight = foreground_weights(z, extra) if extra > 0 else None
-        return self.loss_fn(
-            lambda x_t, timesteps: network(x_t, timesteps, context), z, generator=generator, weight=weight
-        ).mean()
+        return self.loss_fn(lambda x_t, timesteps: network(x_t, timesteps, context), z, generator=generator).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         generator = step_generator(self.cfg.train.seed, self.global_rank, batch["batch_pos"])
