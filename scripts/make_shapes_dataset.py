@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--paraphrase-p", type=float, default=0.3, help="probability of a paraphrased caption (default 0.3)"
     )
+    parser.add_argument(
+        "--placement",
+        choices=("anywhere", "centred"),
+        default="anywhere",
+        help="where a path lies: anywhere in the frame (default), or centred (its middle near the frame's centre)",
+    )
     parser.add_argument("--workers", type=_at_least(1), default=1, help="clips encoded side by side (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             workers=args.workers,
+            placement=args.placement,
         )
     except CogvidError as ex:
         print(f"make_shapes_dataset.py: error: {ex}", file=sys.stderr)

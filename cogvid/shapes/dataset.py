@@ -78,12 +78,12 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = (
 SIZE_RANGE = (0.36, 0.50)  # shape extent (circle diameter, square side, triangle base = height) / min(height, width)
 SPEED_RANGE = (0.22, 0.40)  # distance the centre travels over the clip / frame extent along the motion
 MARGIN = 0.04  # gap kept between the shape and the frame edge, as a fraction of the frame
-# Where a path lies (`Placement`). The DiT's clips are centred: the middle of the path is the frame's centre, give or
-# take CENTRED_JITTER (a fraction of the frame), at a speed in CENTRED_SPEED_RANGE. So the caption alone tells where
-# the shape is in every frame, and a small DiT learns the shape a word names as it learns its colour: drawn anywhere
-# (versions 1-3), a clip's place was a guess until late in the denoising walk, the model's early estimates were a
-# blob averaged over places, and the shape word barely changed its loss (0.5-2 %, against 30-110 % for the colour).
-# The VAE's clips go anywhere: it sees every place a shape may be.
+# Where a path lies (`Placement`). `anywhere` (the default, what the shipped model was trained on): the path may lie
+# anywhere in the frame. `centred`: the middle of the path is the frame's centre, give or take CENTRED_JITTER (a
+# fraction of the frame), at a speed in CENTRED_SPEED_RANGE, so the caption alone tells where the shape is in every
+# frame. A DiT trained on centred clips reads the shape word 10x more (the loss of a wrong shape word rises 13-31 %
+# at middle and high noise, against 0.5-2 % when drawn anywhere), but its samples were still blobs after 3000 steps
+# (docs/shapes.md).
 CENTRED_JITTER = 0.04
 CENTRED_SPEED_RANGE = (0.28, 0.34)
 SMALL_BELOW, LARGE_ABOVE = 0.4067, 0.4533  # sizes a paraphrase may call "small" / "large" (outer thirds of SIZE_RANGE)
@@ -111,7 +111,7 @@ DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_FPS = 9, 64, 64, 8
 
 
 class Placement(str, Enum):
-    """Where a clip's path lies: `centred` (the DiT's data, see CENTRED_JITTER) or `anywhere` in the frame."""
+    """Where a clip's path lies: `anywhere` in the frame, or `centred` (see CENTRED_JITTER)."""
 
     centred = "centred"
     anywhere = "anywhere"
@@ -234,7 +234,7 @@ def sample_clip_spec(
     frames: int = DEFAULT_FRAMES,
     height: int = DEFAULT_HEIGHT,
     width: int = DEFAULT_WIDTH,
-    placement: Placement = Placement.centred,
+    placement: Placement = Placement.anywhere,
 ) -> ShapeClip:
     """A random clip of one of `combinations`: size, speed, start and background drawn so the shape stays inside,
     its path placed as `placement` says."""
@@ -392,7 +392,7 @@ def plan_dataset(
     width: int = DEFAULT_WIDTH,
     paraphrase_p: float = PARAPHRASE_P,
     combinations: list[tuple[str, str, str]] | None = None,
-    placement: Placement = Placement.centred,
+    placement: Placement = Placement.anywhere,
 ) -> list[PlannedClip]:
     """The clips `write_dataset` writes for these arguments (cheap: nothing is rendered). `combinations`: what the
     clips show (default: `training_combinations()`, the base model's data); `placement`: where their paths lie."""
@@ -427,7 +427,7 @@ def write_dataset(
     progress: bool = True,
     workers: int = 1,
     combinations: list[tuple[str, str, str]] | None = None,
-    placement: Placement = Placement.centred,
+    placement: Placement = Placement.anywhere,
 ) -> DatasetSummary:
     """Write `num_clips` training clips to `out` in SAT's layout + dataset.json: by default of the base model's
     combinations (never a held-out one), else of `combinations` (e.g. a LoRA's new word).
