@@ -37,7 +37,7 @@ from bench_common import psnr, run_meta, write_results
 from PIL import Image, ImageDraw
 from quality_vs_steps import ATTRIBUTES
 from shapes_adherence import DiffusersVideos, prompt_sets
-from step_cache import CountingVideos, ssim
+from step_cache import CountingVideos, ssim, summarise
 
 from cogvid.shapes.dataset import plain_caption
 from cogvid.shapes.measure import measure_video, score
@@ -165,20 +165,6 @@ def run(tools: dict, settings: list[Setting], cases: list[tuple]) -> tuple[dict[
         base = results[next(x for x in settings if x.tool == s.tool and x.threshold is None)]["seconds"]
         r["speedup"] = round(base / r["seconds"], 2)
     return results, float(np.median(parity))
-
-
-def summarise(rows: list[dict]) -> dict:
-    accuracy = {a: 100.0 * sum(r[a] for r in rows) / len(rows) for a in ATTRIBUTES}
-    return {
-        "seconds": round(float(np.median([r["seconds"] for r in rows])), 3),
-        "reused_percent": round(100.0 * float(np.mean([r["reused"] for r in rows])), 1),
-        "psnr": round(float(np.median([r["psnr"] for r in rows])), 1),
-        "psnr_min": round(float(np.min([r["psnr"] for r in rows])), 1),
-        "ssim": round(float(np.median([r["ssim"] for r in rows])), 4),
-        **{a: round(v, 1) for a, v in accuracy.items()},
-        "adherence": round(sum(accuracy.values()) / len(ATTRIBUTES), 1),
-        "videos": len(rows),
-    }
 
 
 def plot(results: dict[Setting, dict], path: Path) -> None:

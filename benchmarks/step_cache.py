@@ -77,6 +77,22 @@ def diffusers_seconds(seeds: list[int]) -> float:
     return float(np.median(seconds))
 
 
+def summarise(rows: list[dict]) -> dict:
+    """One setting's videos (seconds, psnr, ssim, reused, adherence marks each) in figures: medians, PSNR minimum,
+    the reused share and every accuracy in %."""
+    accuracy = {a: 100.0 * sum(r[a] for r in rows) / len(rows) for a in ATTRIBUTES}
+    return {
+        "seconds": round(float(np.median([r["seconds"] for r in rows])), 3),
+        "reused_percent": round(100.0 * float(np.mean([r["reused"] for r in rows])), 1),
+        "psnr": round(float(np.median([r["psnr"] for r in rows])), 1),
+        "psnr_min": round(float(np.min([r["psnr"] for r in rows])), 1),
+        "ssim": round(float(np.median([r["ssim"] for r in rows])), 4),
+        **{a: round(v, 1) for a, v in accuracy.items()},
+        "adherence": round(sum(accuracy.values()) / len(ATTRIBUTES), 1),
+        "videos": len(rows),
+    }
+
+
 def run(videos: Videos, thresholds: list[float], seeds: list[int]) -> dict[float, dict]:
     cases = cases_of(seeds)
     videos.make("a red circle moving right", 0, "dpmpp2m", 50)  # warm-up (and compile=true's compilation)
@@ -100,17 +116,7 @@ def run(videos: Videos, thresholds: list[float], seeds: list[int]) -> dict[float
                     **{a: bool(marks[a]) for a in ATTRIBUTES},
                 }
             )
-        accuracy = {a: 100.0 * sum(r[a] for r in rows) / len(rows) for a in ATTRIBUTES}
-        results[threshold] = {
-            "seconds": round(float(np.median([r["seconds"] for r in rows])), 3),
-            "reused_percent": round(100.0 * float(np.mean([r["reused"] for r in rows])), 1),
-            "psnr": round(float(np.median([r["psnr"] for r in rows])), 1),
-            "psnr_min": round(float(np.min([r["psnr"] for r in rows])), 1),
-            "ssim": round(float(np.median([r["ssim"] for r in rows])), 4),
-            **{a: round(v, 1) for a, v in accuracy.items()},
-            "adherence": round(sum(accuracy.values()) / len(ATTRIBUTES), 1),
-            "videos": len(rows),
-        }
+        results[threshold] = summarise(rows)
         r = results[threshold]
         print(
             f"threshold {threshold:4.2f}: {r['seconds']:.3f} s, reused {r['reused_percent']:5.1f} %, "
