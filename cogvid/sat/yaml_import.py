@@ -453,6 +453,9 @@ def _read_sampler(model: _Node) -> tuple[dict, tuple[str, float]]:
         "uncond": Uncond.zeros,  # SAT's unconditional context is all zeros (force_uc_zero_embeddings)
         "zero_snr_rescale": ZeroSnrRescale.subset,  # SAT rescales the selected steps
         "cache": None,  # SAT has no step cache: every step runs every block
+        # the cache's other options keep cogvid's defaults (they act only with sampler.cache)
+        "cache_order": _schema_default(SamplerConfig, "cache_order"),
+        "cache_warmup": _schema_default(SamplerConfig, "cache_warmup"),
     }
     return sampler, shift
 
