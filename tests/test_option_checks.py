@@ -150,6 +150,7 @@ ACCEPTED_PAIRINGS = [  # the same options with their partner on
     ("sample", ["model=5b_i2v", "infer.image_latent_scaling=unscaled", "infer.image_posterior_sample=false"]),
     ("sample", ["model=1.5_5b", "infer.head_frame_quirk=true"]),
     ("sample", ["adapter=cyan"]),  # model.lora_alpha=16 with the adapter's model.lora_ckpt
+    ("sample", ["sampler.cache=0.3", "sampler.cache_order=2", "sampler.cache_warmup=4"]),
     ("train", ["task=fit", "train.ema_decay=0.999", "train.sat_weights=ema"]),
     ("train", ["task=vae", "train.vae.kl_weight=0.1", "train.vae.loss=mse"]),
     ("train", ["task=precompute", "data.cache_dtype=bf16"]),
@@ -174,6 +175,8 @@ WARNED_PAIRINGS = [
         ["sampler.guider=constant", "sampler.dynamic_exp=3", "sampler.dynamic_schedule=corrected"],
         ["sampler.dynamic_schedule=corrected", "sampler.dynamic_exp=3.0"],
     ),
+    (["sampler.cache_order=2", "sampler.cache_warmup=4"], ["sampler.cache_order=2", "sampler.cache_warmup=4"]),
+    (["sampler.cache=0", "sampler.cache_order=0"], ["sampler.cache_order=0"]),
 ]
 
 

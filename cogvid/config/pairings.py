@@ -53,6 +53,10 @@ def _guided(cfg) -> bool:
     return _value(cfg.sampler.guider) != "none"
 
 
+def _cached(cfg) -> bool:
+    return bool(cfg.sampler.get("cache"))
+
+
 def _lora(cfg) -> bool:
     m = cfg.model
     mode = cfg.get("mode")
@@ -81,6 +85,10 @@ PAIRINGS = [
             refuse=False,
         )
         for name in ("dynamic_schedule", "dynamic_exp", "dynamic_num_steps")
+    ],
+    *[
+        Pairing(f"sampler.{name}", "sampler.cache (a threshold > 0)", _cached, SAMPLING, refuse=False)
+        for name in ("cache_order", "cache_warmup")
     ],
     *[
         Pairing(
