@@ -156,9 +156,10 @@ def sample_latents(
 
 
 def step_cache(sampler) -> StepCache | None:
-    """The `sampler` config's step cache for one walk; None without sampler.cache."""
+    """The `sampler` config's step cache for one walk; None without sampler.cache or at threshold 0 (a cache that
+    never reuses would only copy and remember tensors on every DiT call of the exact path)."""
     threshold = sampler.get("cache")
-    if threshold is None:
+    if not threshold:
         return None
     return StepCache(threshold, order=sampler.cache_order, warmup=sampler.cache_warmup)
 
