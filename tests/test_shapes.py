@@ -119,6 +119,14 @@ def test_plan_is_balanced_never_held_out_and_keeps_shapes_in_frame(placement):
     middles = np.array([clip_centres(clip.spec)[[0, -1]].mean(axis=0) / 64 for clip in plan])  # (n, 2) in frames
     if placement is Placement.centred:  # the caption alone tells where the shape is
         assert np.abs(middles - 0.5).max() <= CENTRED_JITTER + 1e-9
+    elif placement is Placement.fixed:  # the caption tells everything but the background
+        geometry = {}
+        for clip in plan:
+            words = (*parse_caption(clip.caption), "small" in clip.caption.split(), "large" in clip.caption.split())
+            geometry.setdefault(words, set()).add((clip.spec.size, clip.spec.speed, clip.spec.start))
+        assert all(len(g) == 1 for g in geometry.values())
+        sizes = {g for gs in geometry.values() for g, _, _ in gs}
+        assert len(sizes) == 3 and np.abs(middles - 0.5).max() < 1e-9
     else:  # anywhere: the paths' middles spread over the frame
         assert np.ptp(middles, axis=0).min() > 0.3
     assert set(combinations) == set(training_combinations())

@@ -86,6 +86,13 @@ MARGIN = 0.04  # gap kept between the shape and the frame edge, as a fraction of
 # (docs/shapes.md).
 CENTRED_JITTER = 0.04
 CENTRED_SPEED_RANGE = (0.28, 0.34)
+# `fixed`: the caption fixes the whole clip but its background. The path is centred with no jitter at FIXED_SPEED, and
+# the size is FIXED_SIZES[""] unless the caption says "small" or "large" (each FIXED_SIZE_WORD_P of the clips).
+# Anything a caption leaves open, a small DiT draws as the mean over it: sizes, places and speeds that vary under one
+# caption average into one soft blob whatever the shape.
+FIXED_SPEED = 0.31
+FIXED_SIZES = {"": 0.44, "small ": 0.38, "large ": 0.50}
+FIXED_SIZE_WORD_P = 0.1
 SMALL_BELOW, LARGE_ABOVE = 0.4067, 0.4533  # sizes a paraphrase may call "small" / "large" (outer thirds of SIZE_RANGE)
 SUPERSAMPLE = 4  # anti-aliasing: coverage is the mean of SUPERSAMPLE x SUPERSAMPLE samples per pixel
 
@@ -111,10 +118,12 @@ DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_FPS = 9, 64, 64, 8
 
 
 class Placement(str, Enum):
-    """Where a clip's path lies: `anywhere` in the frame, or `centred` (see CENTRED_JITTER)."""
+    """Where a clip's path lies: `anywhere` in the frame, `centred` (see CENTRED_JITTER), or `fixed` by the caption
+    (see FIXED_SPEED)."""
 
     centred = "centred"
     anywhere = "anywhere"
+    fixed = "fixed"
 
 
 @dataclass(frozen=True)
@@ -239,8 +248,14 @@ def sample_clip_spec(
     """A random clip of one of `combinations`: size, speed, start and background drawn so the shape stays inside,
     its path placed as `placement` says."""
     colour, shape, direction = combinations[int(rng.integers(len(combinations)))]
-    size = float(rng.uniform(*SIZE_RANGE))
     dx, dy = DIRECTION_VECTORS[direction]
+    if Placement(placement) is Placement.fixed:
+        draw = rng.random()
+        size = FIXED_SIZES["small " if draw < FIXED_SIZE_WORD_P else "large " if draw < 2 * FIXED_SIZE_WORD_P else ""]
+        start = (0.5 - dx * FIXED_SPEED / 2, 0.5 - dy * FIXED_SPEED / 2)
+        background = sample_background(rng, colour)
+        return ShapeClip(colour, shape, direction, size, FIXED_SPEED, start, background, frames, height, width)
+    size = float(rng.uniform(*SIZE_RANGE))
     if Placement(placement) is Placement.centred:
         speed = float(rng.uniform(*CENTRED_SPEED_RANGE))
         middle = 0.5 + rng.uniform(-CENTRED_JITTER, CENTRED_JITTER, size=2)  # (x, y) of the path's middle
@@ -331,18 +346,23 @@ def caption(
     rng: np.random.Generator,
     paraphrase_p: float = PARAPHRASE_P,
     size: float | None = None,
+    name_size: bool = False,
 ) -> str:
     """The plain caption "a red circle moving left", or with probability `paraphrase_p` a paraphrase of it
     ("a small blue square slides up", "a green triangle moves to the right").
 
-    A paraphrase may call a shape whose `size` is in the outer thirds of SIZE_RANGE "small" or "large".
+    A paraphrase may call a shape whose `size` is in the outer thirds of SIZE_RANGE "small" or "large"; with
+    `name_size` every caption of such a shape does ("a small red circle moving left").
     """
-    if rng.random() >= paraphrase_p:
-        return plain_caption(colour, shape, direction)
-    template = PARAPHRASES[int(rng.integers(len(PARAPHRASES)))]
     size_word = ""
-    if size is not None and rng.random() < 0.5:
+    if size is not None:
         size_word = "small " if size < SMALL_BELOW else "large " if size > LARGE_ABOVE else ""
+    if rng.random() >= paraphrase_p:
+        plain = plain_caption(colour, shape, direction)
+        return with_article(size_word + plain.split(" ", 1)[1]) if name_size and size_word else plain
+    template = PARAPHRASES[int(rng.integers(len(PARAPHRASES)))]
+    if size_word and not name_size and rng.random() >= 0.5:
+        size_word = ""
     phrase = template.format(size=size_word, colour=colour, shape=shape, direction=direction, toward=TOWARD[direction])
     return with_article(phrase)
 
@@ -402,7 +422,9 @@ def plan_dataset(
         rng = np.random.default_rng([seed, index])
         combination = _combination_for(index, seed, combinations)
         spec = sample_clip_spec(rng, [combination], frames=frames, height=height, width=width, placement=placement)
-        plan.append(PlannedClip(f"{index:06d}", spec, caption(*combination, rng, paraphrase_p, size=spec.size)))
+        name_size = Placement(placement) is Placement.fixed  # the caption is all that tells the size
+        text = caption(*combination, rng, paraphrase_p, size=spec.size, name_size=name_size)
+        plan.append(PlannedClip(f"{index:06d}", spec, text))
     return plan
 
 
