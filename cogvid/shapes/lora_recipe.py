@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cogvid.sat.checkpoint import read_lora_adapters, save_sat_checkpoint
 from cogvid.shapes.dataset import reserved_combinations, training_combinations
-from cogvid.shapes.recipe import Recipe, RecipeSettings, _ship, shipped_dir
+from cogvid.shapes.recipe import DATA_PLACEMENT, Recipe, RecipeSettings, _ship, shipped_dir
 from cogvid.training.resume import SAT_DIR
 from cogvid.utils.files import staged_folder
 
@@ -84,9 +84,16 @@ class LoraRecipe(Recipe):
         combinations = reserved_combinations(colour=WORD) * NEW_WORD_REPEATS + training_combinations()
         n = self.settings.num_clips
         write_dataset(
-            self.data, n, DATA_SEED, overwrite=True, workers=self.workers, progress=True, combinations=combinations
+            self.data,
+            n,
+            DATA_SEED,
+            overwrite=True,
+            workers=self.workers,
+            progress=True,
+            combinations=combinations,
+            placement=DATA_PLACEMENT,  # laid out as the base's clips were: the adapter learns the word, nothing else
         )
-        return {"clips": n, "seed": DATA_SEED, "word": WORD}
+        return {"clips": n, "seed": DATA_SEED, "word": WORD, "placement": DATA_PLACEMENT}
 
     def stage_lora(self) -> dict:
         return self.train_on_cache(self.lora_dir, self.settings.lora)
