@@ -166,7 +166,8 @@ def load_sat_vae(
 ) -> CausalVideoVAE:
     """Strictly load SAT's `3d-vae.pt` into `vae` (default: the released size) and return it in eval mode
     (`cogvid.models.state.load_vae_state`)."""
-    return load_vae_state(CausalVideoVAE() if vae is None else vae, read_sat_vae_state_dict(path), path, dtype)
+    state = read_sat_vae_state_dict(path)  # read and checked before the network is built
+    return load_vae_state(CausalVideoVAE() if vae is None else vae, state, path, dtype)
 
 
 # --- writing --------------------------------------------------------------------------------------------------------

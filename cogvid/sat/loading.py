@@ -64,7 +64,8 @@ def build_model(model_cfg) -> DiffusionModel:
 def load_vae(model_cfg, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> CausalVideoVAE:
     """The VAE of a composed `model` group: built from its `vae` sizes, SAT's `3d-vae.pt` at `vae_ckpt` strictly
     loaded, frozen, cast to `dtype` (None: as stored) and moved to `device` (None: the CPU)."""
-    vae = CausalVideoVAE.from_state(model_cfg.vae, read_vae_file(model_cfg), model_cfg.vae_ckpt, dtype)
+    state = read_vae_file(model_cfg)  # read and checked before the network is built
+    vae = CausalVideoVAE.from_state(model_cfg.vae, state, model_cfg.vae_ckpt, dtype)
     return vae.to(device) if device is not None else vae
 
 
