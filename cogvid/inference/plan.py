@@ -3,11 +3,12 @@ before any weights load or file is written; `cogvid.inference.run.execute` then 
 decides nothing.
 
 The plan is made in this order, cheapest first, so a bad input costs a second, not a model load:
-1. the option values (`check_values`) and the weights: every path exists, the device and both dtypes, the key of
-   what the weights depend on (`plan_loading` -> `LoadPlan`, which `VideoPipeline.from_plan` loads);
-2. the prompts, each one's image (read now), its checked shape and seed; the source clip of video to video (read and
-   cut now);
-3. the memory: the largest video must fit (`cogvid.inference.memory.check_fits`);
+1. the option values (`check_values`);
+2. the prompts and each one's image path (checked against the model); then the files they name, read now: the source
+   clip of video to video (cut to its checked shape) and every image; then each video's checked shape and seed;
+3. the weights: every path exists, the device and both dtypes, the key of what the weights depend on (`plan_loading`
+   -> `LoadPlan`, which `VideoPipeline.from_plan` loads); and the memory: the largest video must fit
+   (`cogvid.inference.memory.check_fits`);
 4. the output folder (proved writable, not created), and with infer.resume=true the videos already there.
 """
 
