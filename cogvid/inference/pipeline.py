@@ -273,11 +273,12 @@ class VideoPipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         timings = {}
 
-        start = time.perf_counter()
-        cond, uncond = self.encode_text(prompt, negative_prompt)
+        start = time.perf_counter()  # the prompt's context, the image latent, then the unconditional context
+        cond = self.encode_texts([prompt])
         conditioning = None
         if image is not None:
             conditioning = self.image_conditioning(image, shape, torch.Generator().manual_seed(seed))
+        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.encode_texts, [negative_prompt or ""])
         _sync(self.device)
         timings["text_s"] = time.perf_counter() - start
 
