@@ -270,7 +270,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     per_video = sequence * cfg.parallel.cfg  # ranks per video; the groups of them take the prompts in turn
     # 2. the inputs (every rank checks them all): each prompt's image path, agreeing with the model, and the source
     # clip's shape; then the files they name, read now (the clip cut): a bad input costs no model load
-    jobs = [] if cfg.infer.interactive else prompt_jobs(cfg.infer, stdin)
+    jobs = [] if cfg.infer.interactive else list(prompt_jobs(cfg.infer, stdin))
     paths = {job.index: job_image(cfg, job, image_to_video) for job in jobs}
     source_video = None
     if cfg.infer.video is not None:

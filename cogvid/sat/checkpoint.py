@@ -186,8 +186,8 @@ def read_sat_files(
     lora = read_torch_state(lora_file, _STATE_DICT_WRAPPERS) if lora_file else None
     vae = read_torch_state(vae_ckpt, _VAE_WRAPPERS)
     return (
-        _dit_state(dit_file, *dit)[0] if dit else None,
-        _adapters(lora_ckpt, _dit_state(lora_file, *lora)[0]) if lora else None,
+        _dit_state(dit_file, *dit)[0] if dit is not None else None,
+        _adapters(lora_ckpt, _dit_state(lora_file, *lora)[0]) if lora is not None else None,
         _vae_state(vae_ckpt, *vae),
     )
 
