@@ -20,12 +20,10 @@ def _plan_first(cfg, run_dir):
 
 
 def _task(cfg, planned):
-    from cogvid.training.plan import plan_train
-
-    plan = planned or plan_train(cfg)
+    """Run the job; a sweep's job (no plan made before Hydra) is planned by `run_train`."""
     from cogvid.training.run import run_train
 
-    run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"], plan=plan)
+    run_train(cfg, relaunch=[sys.executable, "-m", "cogvid.cli.train"], plan=planned)
 
 
 def main() -> None:

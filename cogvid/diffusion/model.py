@@ -32,31 +32,45 @@ class DiffusionModel:
     denoiser: DiscreteDenoiser
 
     @classmethod
-    def from_model_config(cls, model_cfg) -> DiffusionModel:
-        """A freshly initialised model (no weights loaded): the noise schedule, then the network."""
+    def from_model_config(cls, model_cfg, adapters=None) -> DiffusionModel:
+        """A freshly initialised model (no weights loaded): the noise schedule, then the network, its LoRA layers of
+        the rank of `adapters` when given (`_adapter_config`)."""
         denoiser = DiscreteDenoiser(model_cfg.shift_scale)
+        if adapters is not None:
+            model_cfg = _adapter_config(model_cfg, adapters)
         return cls(model_cfg, DiffusionTransformer(model_cfg), denoiser)
 
     @classmethod
     def from_weights(cls, model_cfg, dit_state=None, adapters=None) -> DiffusionModel:
         """The model with the DiT tensors `dit_state` (read from `model_cfg.ckpt`) strictly loaded, and then the
         LoRA `adapters` (read from `model_cfg.lora_ckpt`; their rank sets `lora_rank`)."""
-        rank = lora_rank(adapters) if adapters is not None else None
-        if rank is not None:
-            if model_cfg.lora_rank not in (0, rank):
-                raise CogvidError(
-                    f"model.lora_ckpt={model_cfg.lora_ckpt} has adapters of rank {rank}, but "
-                    f"model.lora_rank={model_cfg.lora_rank}: leave model.lora_rank unset (or set it to {rank})"
-                )
-            model_cfg = OmegaConf.merge(model_cfg, {"lora_rank": rank})
-        model = cls.from_model_config(model_cfg)
+        model = cls.from_model_config(model_cfg, adapters)
         if dit_state is not None:
-            log.debug("model.ckpt=%s: %s", model_cfg.ckpt, load_backbone_state(model.backbone, dit_state))
+            log.debug("model.ckpt=%s: %s", model.cfg.ckpt, load_backbone_state(model.backbone, dit_state))
         if adapters is not None:
             load_lora_adapters(model.backbone, adapters)
-            log.info("model.lora_ckpt=%s: %d adapter matrices of rank %d", model_cfg.lora_ckpt, len(adapters), rank)
+            log.info(
+                "model.lora_ckpt=%s: %d adapter matrices of rank %d",
+                model.cfg.lora_ckpt,
+                len(adapters),
+                model.cfg.lora_rank,
+            )
         return model
 
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
+
+
+def _adapter_config(model_cfg, adapters) -> DictConfig:
+    """`model_cfg` with `lora_rank` set to the rank of `adapters` (read from `model_cfg.lora_ckpt`), or one line when
+    model.lora_rank names another."""
+    rank = lora_rank(adapters)
+    if rank is None:
+        return model_cfg
+    if model_cfg.lora_rank not in (0, rank):
+        raise CogvidError(
+            f"model.lora_ckpt={model_cfg.lora_ckpt} has adapters of rank {rank}, but "
+            f"model.lora_rank={model_cfg.lora_rank}: leave model.lora_rank unset (or set it to {rank})"
+        )
+    return OmegaConf.merge(model_cfg, {"lora_rank": rank})

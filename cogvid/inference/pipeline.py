@@ -84,6 +84,8 @@ class VideoPipeline:
         self.parts = parts or LoadedParts(model, vae, text_encoder)
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
         self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
+        # how this variant's latents decode (`CausalVideoVAE.decode_chunked`)
+        self.generation, self.head_frame_quirk = Generation(cfg.model.generation), bool(cfg.infer.head_frame_quirk)
         self.shard = None  # a SequenceShard: this rank makes each video with the others of its group
         self.split = None  # a GuidanceSplit: this rank runs one of the two guidance passes
         self.ring = None  # a ChunkRing: this rank decodes its share of each video's chunks
@@ -215,16 +217,9 @@ class VideoPipeline:
     def decode(self, latents: torch.Tensor, progress: bool = False, shape: VideoShape | None = None) -> torch.Tensor:
         """Sampled latents (1, t, c, h, w), scaled -> video (3, F, H, W) in [-1, 1], chunked as SAT decodes, in the
         spatial tiles of `decode_tile(shape)`."""
-        return self._decode(latents, self.decode_tile(shape), progress)
-
-    def _decode(self, latents: torch.Tensor, tile: tuple[int, int] | None, progress: bool) -> torch.Tensor:
-        m, infer = self.model_cfg, self.infer_cfg
-        z = (to_vae_layout(latents) / m.scale_factor).to(self.device, self.vae_dtype)
-        generation, quirk = Generation(m.generation), bool(infer.head_frame_quirk)
-        video = self.vae.decode_chunked(
-            z, generation, head_frame_quirk=quirk, tile=tile, progress=progress, ring=self.ring
-        )
-        return video[0].float().cpu()
+        unscaled = to_vae_layout(latents) / self.model_cfg.scale_factor
+        tile = self.decode_tile(shape)
+        return self.vae.decode_video(unscaled, self.generation, self.head_frame_quirk, tile, progress, self.ring)
 
     # --- one video --------------------------------------------------------------------------------------------
     def generate(
@@ -278,11 +273,12 @@ class VideoPipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         timings = {}
 
-        start = time.perf_counter()
-        cond, uncond = self.encode_text(prompt, negative_prompt)
+        start = time.perf_counter()  # the prompt's context, the image latent, then the unconditional context
+        cond = self.encode_texts([prompt])
         conditioning = None
         if image is not None:
             conditioning = self.image_conditioning(image, shape, torch.Generator().manual_seed(seed))
+        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.encode_texts, [negative_prompt or ""])
         _sync(self.device)
         timings["text_s"] = time.perf_counter() - start
 
@@ -310,13 +306,13 @@ class VideoPipeline:
             )
 
         start = time.perf_counter()
-        video = self._decode(latents, tile, progress)
+        unscaled = to_vae_layout(latents) / m.scale_factor  # (1, c, t, h, w)
+        video = self.vae.decode_video(unscaled, self.generation, self.head_frame_quirk, tile, progress, self.ring)
         timings["decoding_s"] = time.perf_counter() - start
         if not torch.isfinite(video).all():
             raise CogvidError("the VAE decode gave NaN or inf (an overflow?): decode with vae_dtype=bf16 or fp32")
         timings["peak_memory_gb"] = peak_memory_gb(self.device)
-        unscaled = (to_vae_layout(latents) / m.scale_factor).float().cpu()
-        return GeneratedVideo(video, unscaled, shape, seed, timings)
+        return GeneratedVideo(video, unscaled.float().cpu(), shape, seed, timings)
 
 
 def _release(device: torch.device) -> None:

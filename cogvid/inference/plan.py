@@ -3,11 +3,12 @@ before any weights load or file is written; `cogvid.inference.run.execute` then 
 decides nothing.
 
 The plan is made in this order, cheapest first, so a bad input costs a second, not a model load:
-1. the option values (`check_values`) and the weights: every path exists, the device and both dtypes, the key of
-   what the weights depend on (`plan_loading` -> `LoadPlan`, which `VideoPipeline.from_plan` loads);
-2. the prompts, each one's image (read now), its checked shape and seed; the source clip of video to video (read and
-   cut now);
-3. the memory: the largest video must fit (`cogvid.inference.memory.check_fits`);
+1. the option values (`check_values`);
+2. the prompts and each one's image path (checked against the model); then the files they name, read now: the source
+   clip of video to video (cut to its checked shape) and every image; then each video's checked shape and seed;
+3. the weights: every path exists, the device and both dtypes, the key of what the weights depend on (`plan_loading`
+   -> `LoadPlan`, which `VideoPipeline.from_plan` loads); and the memory: the largest video must fit
+   (`cogvid.inference.memory.check_fits`);
 4. the output folder (proved writable, not created), and with infer.resume=true the videos already there.
 """
 
@@ -173,20 +174,30 @@ def check_image_agrees(name: str, image_to_video: bool, image, source: str) -> N
         )
 
 
-def plan_videos(cfg, job: PromptJob, image_to_video: bool) -> list[PlannedVideo]:
-    """The infer.num_videos_per_prompt videos of one prompt, with the image (read and checked now), shape and seed
-    of each."""
-    from cogvid.utils.media import read_image
-
+def job_image(cfg, job: PromptJob, image_to_video: bool) -> str | None:
+    """The image path of one prompt (its own, else infer.image; None for none), checked against the model."""
     path = job.image or cfg.infer.image
     check_image_agrees(cfg.model.name, image_to_video, path, job.source)
-    image = None if path is None else read_image(path)
+    return path
+
+
+def plan_videos(cfg, job: PromptJob, path: str | None, image) -> list[PlannedVideo]:
+    """The infer.num_videos_per_prompt videos of one prompt, its image at `path` read as `image` (None for none),
+    with the checked shape and the seed of each."""
     shape = job_video_shape(cfg.model, cfg.infer, None if image is None else (image.height, image.width))
     n = cfg.infer.num_videos_per_prompt
     return [
         PlannedVideo(i, job.prompt, cfg.infer.seed + i, image, path, shape, job.source)
         for i in range(job.index * n, job.index * n + n)
     ]
+
+
+def plan_prompt(cfg, job: PromptJob, image_to_video: bool) -> list[PlannedVideo]:
+    """The videos of one prompt as it comes (infer.interactive): its image checked and read, then `plan_videos`."""
+    from cogvid.utils.media import read_image
+
+    path = job_image(cfg, job, image_to_video)
+    return plan_videos(cfg, job, path, None if path is None else read_image(path))
 
 
 def settings_hash(cfg) -> str:
@@ -251,22 +262,24 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     ignored = ignored_options(cfg)
     image_to_video = is_image_to_video(cfg.model)
     from cogvid.inference.outputs import survey_samples  # torch from here on
+    from cogvid.utils.media import read_image
     from cogvid.utils.runtime import dist_env
 
     rank, world_size, local_rank = dist_env()
     sequence = cfg.parallel.sequence  # ranks that split a video's tokens
     per_video = sequence * cfg.parallel.cfg  # ranks per video; the groups of them take the prompts in turn
-    # 2. the inputs: the source clip, every prompt with its image and shape (every rank checks them all)
+    # 2. the inputs (every rank checks them all): each prompt's image path, agreeing with the model, and the source
+    # clip's shape; then the files they name, read now (the clip cut): a bad input costs no model load
+    jobs = [] if cfg.infer.interactive else list(prompt_jobs(cfg.infer, stdin))
+    paths = {job.index: job_image(cfg, job, image_to_video) for job in jobs}
     source_video = None
-    if cfg.infer.video is not None:  # read and cut now: a bad clip costs no model load
+    if cfg.infer.video is not None:
         from cogvid.inference.source_video import read_source_video
 
-        source_video = read_source_video(
-            cfg, video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
-        )
-    planned: dict[int, list[PlannedVideo]] = {}
-    if not cfg.infer.interactive:
-        planned = {job.index: plan_videos(cfg, job, image_to_video) for job in prompt_jobs(cfg.infer, stdin)}
+        source_shape = video_shape(cfg.model, cfg.infer.num_frames, cfg.infer.height, cfg.infer.width)
+        source_video = read_source_video(cfg, source_shape)
+    images = {path: read_image(path) for path in dict.fromkeys(paths.values()) if path is not None}
+    planned = {job.index: plan_videos(cfg, job, paths[job.index], images.get(paths[job.index])) for job in jobs}
     # 3. the weights, and the memory of the largest video beside them
     load = _load_plan(cfg, local_rank if world_size > 1 else None)
     shapes = [video.shape for videos in planned.values() for video in videos]

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_sample, plan_videos
+from cogvid.inference.plan import PlannedVideo, SamplePlan, plan_prompt, plan_sample
 from cogvid.inference.prompts import prompt_jobs
 
 log = logging.getLogger("cogvid.sample")
@@ -105,7 +105,7 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
         videos = (
             dataclasses.replace(video, tile=pipeline.decode_tile(video.shape))
             for job in prompt_jobs(cfg.infer, stdin)
-            for video in plan_videos(cfg, job, plan.image_to_video)
+            for video in plan_prompt(cfg, job, plan.image_to_video)
         )
     pipeline.shard, pipeline.split, pipeline.ring = _video_groups(plan)
     written: list[Path] = []

@@ -550,6 +550,24 @@ class CausalVideoVAE(nn.Module):
         with bar:
             return decode_tiled(latents, lambda z: decode(z, bar), tile, overlap, self.spatial_compress)
 
+    def decode_video(
+        self,
+        latents: torch.Tensor,
+        generation: Generation,
+        head_frame_quirk: bool = False,
+        tile: tuple[int, int] | None = None,
+        progress: bool = False,
+        ring=None,
+    ) -> torch.Tensor:
+        """One video's unscaled latents (1, z, T, h, w), on any device in any dtype -> the video (3, F, H, W), float32
+        on the CPU: `decode_chunked` on this VAE's device, in its dtype."""
+        weight = self.decoder.conv_out.conv.weight
+        z = latents.to(weight.device, weight.dtype)
+        video = self.decode_chunked(
+            z, generation, head_frame_quirk=head_frame_quirk, tile=tile, progress=progress, ring=ring
+        )
+        return video[0].float().cpu()
+
     def _decode_in_chunks(self, latents: torch.Tensor, chunks: list[tuple[int, int, FirstFrame]], bar=None):
         self.decoder.clear_cache()
         videos = []

@@ -55,6 +55,7 @@ MODEL_STATES = "mp_rank_00_model_states.pt"
 SAT_ITERATION = 1  # the iteration folder of the checkpoints cogvid-export writes
 SAT_MODEL_CONFIG = {"model_class": "Module", "model_parallel_size": 1}
 _STATE_DICT_WRAPPERS = ("module", "model", "state_dict")
+_VAE_WRAPPERS = ("state_dict", "module", "model")
 _DIT_KEY_STARTS = ("transformer.layers.", "transformer.final_layernorm.", "mixins.", "time_embed.")
 _SHOW = 3  # keys listed per category in a load error
 _MAX_LATEST = 64  # bytes of DIR/latest read: an iteration number or "release"
@@ -108,7 +109,11 @@ def read_sat_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     state-dict entries of other parts (`first_stage_model.*`, `conditioner.*`), each under its own key.
     """
     file = resolve_sat_checkpoint(path)
-    full, aside, wrapper = read_torch_state(file, _STATE_DICT_WRAPPERS)
+    return _dit_state(file, *read_torch_state(file, _STATE_DICT_WRAPPERS))
+
+
+def _dit_state(file: Path, full: dict, aside: dict, wrapper: str | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """`read_sat_state_dict` of the checkpoint `file`, given what `read_torch_state` read of it."""
     if wrapper is None and not (full and all(isinstance(v, torch.Tensor) for v in full.values())):
         raise CogvidError(
             f"{file} holds no state dict: expected a top-level 'module' (or 'model' / 'state_dict') entry, "
@@ -138,7 +143,11 @@ def read_sat_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
 def read_lora_adapters(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The adapter matrices (`matrix_A.k` / `matrix_B.k`) of a SAT LoRA checkpoint, folder or file; the frozen
     `.original.` weights a full LoRA checkpoint also holds (as SAT saves it) are left out."""
-    state, _ = read_sat_state_dict(path)
+    return _adapters(path, read_sat_state_dict(path)[0])
+
+
+def _adapters(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`read_lora_adapters` of the checkpoint at `path`, given its DiT state dict."""
     adapters = {k: v for k, v in state.items() if is_adapter(k)}
     if not adapters:
         raise CogvidError(f"{path}: no LoRA adapters (matrix_A / matrix_B) in this checkpoint")
@@ -150,7 +159,11 @@ def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Also takes a bare state dict, a `module`/`model` wrapper, or a full engine state dict (`first_stage_model.*`).
     """
-    state, aside, wrapper = read_torch_state(path, ("state_dict", "module", "model"))
+    return _vae_state(path, *read_torch_state(path, _VAE_WRAPPERS))
+
+
+def _vae_state(path: str | os.PathLike, state: dict, aside: dict, wrapper: str | None) -> dict[str, torch.Tensor]:
+    """`read_sat_vae_state_dict` of the file at `path`, given what `read_torch_state` read of it."""
     top = [*aside, wrapper] if wrapper else list(state)
     if any(k.startswith(VAE_PREFIX) for k in state):
         state = {k[len(VAE_PREFIX) :]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
@@ -161,12 +174,31 @@ def read_sat_vae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("loss")}
 
 
+def read_sat_files(
+    ckpt: str | os.PathLike | None, lora_ckpt: str | os.PathLike | None, vae_ckpt: str | os.PathLike
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]:
+    """(the DiT tensors of `ckpt`, the adapters of `lora_ckpt`, each None when its path is None, the VAE tensors of
+    `vae_ckpt`): every checkpoint file found first, then every file read, then each taken apart as
+    `read_sat_state_dict`, `read_lora_adapters` and `read_sat_vae_state_dict` do."""
+    dit_file = resolve_sat_checkpoint(ckpt) if ckpt else None
+    lora_file = resolve_sat_checkpoint(lora_ckpt) if lora_ckpt else None
+    dit = read_torch_state(dit_file, _STATE_DICT_WRAPPERS) if dit_file else None
+    lora = read_torch_state(lora_file, _STATE_DICT_WRAPPERS) if lora_file else None
+    vae = read_torch_state(vae_ckpt, _VAE_WRAPPERS)
+    return (
+        _dit_state(dit_file, *dit)[0] if dit is not None else None,
+        _adapters(lora_ckpt, _dit_state(lora_file, *lora)[0]) if lora is not None else None,
+        _vae_state(vae_ckpt, *vae),
+    )
+
+
 def load_sat_vae(
     path: str | os.PathLike, vae: CausalVideoVAE | None = None, dtype: torch.dtype | None = None
 ) -> CausalVideoVAE:
     """Strictly load SAT's `3d-vae.pt` into `vae` (default: the released size) and return it in eval mode
     (`cogvid.models.state.load_vae_state`)."""
-    return load_vae_state(CausalVideoVAE() if vae is None else vae, read_sat_vae_state_dict(path), path, dtype)
+    state = read_sat_vae_state_dict(path)  # read and checked before the network is built
+    return load_vae_state(CausalVideoVAE() if vae is None else vae, state, path, dtype)
 
 
 # --- writing --------------------------------------------------------------------------------------------------------

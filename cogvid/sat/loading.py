@@ -19,7 +19,7 @@ import torch
 from cogvid.diffusion.model import DiffusionModel
 from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.sat.checkpoint import read_lora_adapters, read_sat_state_dict, read_sat_vae_state_dict
+from cogvid.sat.checkpoint import read_lora_adapters, read_sat_files, read_sat_state_dict, read_sat_vae_state_dict
 from cogvid.utils.errors import CogvidError
 
 
@@ -43,15 +43,20 @@ def read_dit_files(model_cfg) -> WeightFiles:
 
 def read_vae_file(model_cfg) -> dict[str, torch.Tensor]:
     """Read the VAE's file of a `model` group, `vae_ckpt` (which must be set)."""
-    if not model_cfg.get("vae_ckpt"):
-        raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
+    _check_vae_set(model_cfg)
     return read_sat_vae_state_dict(model_cfg.vae_ckpt)
 
 
+def _check_vae_set(model_cfg) -> None:
+    if not model_cfg.get("vae_ckpt"):
+        raise CogvidError("model.vae_ckpt is not set: give SAT's VAE, e.g. model.vae_ckpt=/weights/vae/3d-vae.pt")
+
+
 def read_weight_files(model_cfg) -> WeightFiles:
-    """Every weight file of a `model` group: the DiT's (`read_dit_files`), then the VAE's (`read_vae_file`)."""
-    dit = read_dit_files(model_cfg)
-    return WeightFiles(dit.dit, dit.adapters, read_vae_file(model_cfg))
+    """Every weight file of a `model` group, the DiT's (`ckpt`, `lora_ckpt`, each when set) and the VAE's (`vae_ckpt`,
+    which must be set), read together (`read_sat_files`)."""
+    _check_vae_set(model_cfg)
+    return WeightFiles(*read_sat_files(model_cfg.get("ckpt"), model_cfg.get("lora_ckpt"), model_cfg.vae_ckpt))
 
 
 def build_model(model_cfg) -> DiffusionModel:
@@ -64,7 +69,8 @@ def build_model(model_cfg) -> DiffusionModel:
 def load_vae(model_cfg, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> CausalVideoVAE:
     """The VAE of a composed `model` group: built from its `vae` sizes, SAT's `3d-vae.pt` at `vae_ckpt` strictly
     loaded, frozen, cast to `dtype` (None: as stored) and moved to `device` (None: the CPU)."""
-    vae = CausalVideoVAE.from_state(model_cfg.vae, read_vae_file(model_cfg), model_cfg.vae_ckpt, dtype)
+    state = read_vae_file(model_cfg)  # read and checked before the network is built
+    vae = CausalVideoVAE.from_state(model_cfg.vae, state, model_cfg.vae_ckpt, dtype)
     return vae.to(device) if device is not None else vae
 
 

@@ -109,18 +109,14 @@ def check_cache_agrees(root: Path, meta: dict) -> None:
 
 def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     """Encode this rank's share of the plan's clips (`cogvid.training.plan.plan_train`) into its `data.cache`."""
-    from cogvid.models.t5 import T5Conditioner
-    from cogvid.models.vae import CausalVideoVAE
-    from cogvid.sat.checkpoint import load_sat_vae
+    from cogvid.sat.loading import load_frozen_parts
 
     rank, world, local_rank = dist_env()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else torch.float32
-    vae = load_sat_vae(cfg.model.vae_ckpt, CausalVideoVAE.from_config(cfg.model.vae)).to(device, dtype)
-    t5 = T5Conditioner.from_pretrained(
-        cfg.model.text_encoder.path, cfg.model.text_length, dtype, device, text_hidden_size=cfg.model.text_hidden_size
-    )
-    encode = partial(_encode_clip, vae, t5, image_seed=cfg.train.seed if plan.image_to_video else None)
+    frozen = load_frozen_parts(cfg.model, dtype, device)
+    image_seed = cfg.train.seed if plan.image_to_video else None
+    encode = partial(_encode_clip, frozen.vae, frozen.text_encoder, image_seed=image_seed)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
 
     root = plan.cache  # both models loaded: the cache is written from here on
