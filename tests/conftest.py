@@ -286,3 +286,13 @@ def sat_configs(tmp_path_factory) -> Path:
     for variant in SAT_VARIANTS:
         (root / f"{variant}.yaml").write_text(yaml.safe_dump(sat_variant_doc(variant), sort_keys=False))
     return root
+
+
+def text_contexts(pipeline, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (cond, uncond) contexts `VideoPipeline.make_video` samples a prompt with: uncond is zeros unless
+    sampler.uncond=negative_prompt."""
+    from cogvid.diffusion.conditioning import unconditional_context
+
+    cond = pipeline.encode_texts([prompt])
+    uncond = unconditional_context(pipeline.cfg.sampler.uncond, cond, pipeline.encode_texts, [negative_prompt or ""])
+    return cond, uncond

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TIMEOUT, run_cli
+from conftest import TIMEOUT, run_cli, text_contexts
 from test_sample import tiny
 
 from cogvid.config.compose import compose
@@ -189,7 +189,7 @@ def test_t5_is_encoded_first_and_freed(tmp_path, tiny_t5_dir, monkeypatch):
         raise AssertionError("T5 loaded again for a text already encoded")
 
     monkeypatch.setattr(T5Conditioner, "from_model_config", no_t5)
-    cond, uncond = pipeline.encode_text("a fox", "blurry")
+    cond, uncond = text_contexts(pipeline, "a fox", "blurry")
     assert torch.equal(cond, expected["a fox"]) and torch.equal(uncond, expected["blurry"])
     pipeline.generate("a fox", seed=3, negative_prompt="blurry")
     monkeypatch.undo()

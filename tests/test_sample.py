@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, TIMEOUT, reference
+from conftest import FIXTURE, TIMEOUT, reference, text_contexts
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -149,11 +149,11 @@ def test_interactive_reads_standard_input_until_eof(tmp_path, tiny_t5_dir):
 def test_negative_prompt_is_the_unconditional_context_when_asked(tmp_path, tiny_t5_dir):
     base = tiny(tmp_path, tiny_t5_dir, STEPS, "infer.prompt=a cat")
     pipeline = VideoPipeline.from_config(base)
-    _, zeros = pipeline.encode_text("a cat", "blurry")
+    _, zeros = text_contexts(pipeline, "a cat", "blurry")
     assert zeros.abs().max() == 0
     neg = tiny(tmp_path, tiny_t5_dir, STEPS, "sampler.uncond=negative_prompt", "infer.negative_prompt=blurry")
     pipeline = VideoPipeline.from_config(neg)
-    _, uncond = pipeline.encode_text("a cat", "blurry")
+    _, uncond = text_contexts(pipeline, "a cat", "blurry")
     assert torch.equal(uncond, pipeline.text_encoder.encode(["blurry"]))
     sample(
         tiny(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, text_contexts
 from safetensors.torch import load_file
 
 import cogvid.diffusion.sampling as sampling
@@ -67,7 +67,7 @@ def test_strength_one_is_text_to_video_and_a_later_start_walks_the_rest(pipeline
     """For every solver (SDE draws included): start step 0 gives the text-to-video latents bit for bit, start step k
     tells the denoiser steps k, k + 1, ... and the last step returns the clean latent itself."""
     sampler = compose(["model=shapes", f"sampler.solver={solver}", "sampler.num_steps=8"]).sampler
-    cond, uncond = pipeline.encode_text(PROMPT, None)
+    cond, uncond = text_contexts(pipeline, PROMPT, None)
 
     def run(start=None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(3)

@@ -174,12 +174,6 @@ class VideoPipeline:
         """The checked shape from infer.num_frames/height/width; 1.5-I2V sizes itself from the image's aspect."""
         return job_video_shape(self.model_cfg, self.infer_cfg, image_size)
 
-    def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond) contexts (1, text_length, d): uncond is zeros unless sampler.uncond=negative_prompt."""
-        cond = self.encode_texts([prompt])
-        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.encode_texts, [negative_prompt or ""])
-        return cond, uncond
-
     def image_conditioning(self, image, shape: VideoShape, generator: torch.Generator) -> ImageConditioning:
         """The I2V conditioning of a PIL image: concat (1, t, c, h, w), the image's latent in frame 0 and zeros
         after (as SAT), and the 1.5-I2V ofs."""
