@@ -50,6 +50,7 @@ from cogvid.shapes.dataset import (
     training_combinations,
 )
 from cogvid.shapes.measure import measure_video, parse_caption, score
+from cogvid.shapes.recipe import DATA_PLACEMENT
 
 RESULTS = Path(__file__).parent / "results"
 ATTRIBUTES = ("colour", "direction", "shape", "all", "found")
@@ -68,9 +69,11 @@ def prompt_sets(which: str = "base") -> dict[str, list[tuple[str, str, str]]]:
 
 
 def generator_clip(prompt: str, seed: int) -> np.ndarray:
-    """(9, 64, 64, 3) uint8: the dataset generator's clip of the prompt's combination, drawn from this seed."""
+    """(9, 64, 64, 3) uint8: the dataset generator's clip of the prompt's combination, drawn from this seed and laid
+    out as the recipe lays out the DiT's clips (`DATA_PLACEMENT`)."""
     combination = parse_caption(prompt)
-    return render_clip(sample_clip_spec(np.random.default_rng([CLIP_RNG, seed]), [combination]))
+    rng = np.random.default_rng([CLIP_RNG, seed])
+    return render_clip(sample_clip_spec(rng, [combination], placement=DATA_PLACEMENT))
 
 
 class GeneratorClips:
