@@ -79,21 +79,10 @@ class LoraRecipe(Recipe):
         return self.base_overrides()
 
     def stage_data(self) -> dict:
-        from cogvid.shapes.dataset import write_dataset
-
         combinations = reserved_combinations(colour=WORD) * NEW_WORD_REPEATS + training_combinations()
-        n = self.settings.num_clips
-        write_dataset(
-            self.data,
-            n,
-            DATA_SEED,
-            overwrite=True,
-            workers=self.workers,
-            progress=True,
-            combinations=combinations,
-            placement=DATA_PLACEMENT,  # laid out as the base's clips were: the adapter learns the word, nothing else
-        )
-        return {"clips": n, "seed": DATA_SEED, "word": WORD, "placement": DATA_PLACEMENT}
+        # laid out as the base's clips were: the adapter learns the word, nothing else
+        self.write_clips(self.data, DATA_SEED, combinations, placement=DATA_PLACEMENT)
+        return {"clips": self.settings.num_clips, "seed": DATA_SEED, "word": WORD, "placement": DATA_PLACEMENT}
 
     def stage_lora(self) -> dict:
         return self.train_on_cache(self.lora_dir, self.settings.lora)

@@ -179,14 +179,18 @@ class Recipe:
 
     # --- stages -------------------------------------------------------------------------------------------------
 
-    def stage_data(self) -> dict:
+    def write_clips(self, folder: Path, seed: int, combinations=None, placement: str = "anywhere") -> None:
+        """The settings' number of clips of `combinations` (None: the base's), from `seed`, into `folder` (replaced)."""
         from cogvid.shapes.dataset import write_dataset
 
         n = self.settings.num_clips
         write_dataset(
-            self.data, n, DATA_SEED, overwrite=True, workers=self.workers, progress=True, placement=DATA_PLACEMENT
+            folder, n, seed, overwrite=True, workers=self.workers, combinations=combinations, placement=placement
         )
-        return {"clips": n, "seed": DATA_SEED, "placement": DATA_PLACEMENT}
+
+    def stage_data(self) -> dict:
+        self.write_clips(self.data, DATA_SEED, placement=DATA_PLACEMENT)
+        return {"clips": self.settings.num_clips, "seed": DATA_SEED, "placement": DATA_PLACEMENT}
 
     def stage_t5(self) -> dict:
         from cogvid.shapes.text_encoder import build_shapes_t5
@@ -196,20 +200,11 @@ class Recipe:
         return {"seed": T5_SEED}
 
     def stage_vae_data(self) -> dict:
-        from cogvid.shapes.dataset import pixel_combinations, write_dataset
+        from cogvid.shapes.dataset import pixel_combinations
 
-        n = self.settings.num_clips
         combinations = pixel_combinations()
-        write_dataset(
-            self.vae_data,
-            n,
-            VAE_DATA_SEED,
-            overwrite=True,
-            workers=self.workers,
-            progress=True,
-            combinations=combinations,
-        )
-        return {"clips": n, "seed": VAE_DATA_SEED, "combinations": len(combinations)}
+        self.write_clips(self.vae_data, VAE_DATA_SEED, combinations)
+        return {"clips": self.settings.num_clips, "seed": VAE_DATA_SEED, "combinations": len(combinations)}
 
     def stage_vae(self) -> dict:
         from cogvid.training.run import run_train
