@@ -37,7 +37,7 @@ demo: $(STAMP)
 fidelity: $(STAMP)
 	$(PY) scripts/fidelity_report.py
 
-# Train the shapes model from nothing (data, tokenizer + T5, VAE, latents, DiT; fixed seeds; 49 min on 2 CPU cores)
+# Train the shapes model from nothing (data, tokenizer + T5, VAE, latents, DiT; fixed seeds; about 116 min on 2 idle CPU cores)
 # into cogvid/weights/shapes (what model=shapes loads); stages finished in $(SHAPES_WORK)/recipe.json are skipped.
 SHAPES_WORK ?= outputs/shapes-model
 shapes-model: $(STAMP)

@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 STAGES = ("data", "t5", "vae_data", "vae", "precompute", "dit", "ship")
 NUM_CLIPS = 3000
 DATA_SEED = 0
-# Where the DiT's clips put their paths (cogvid.shapes.dataset.Placement): anywhere, as the shipped weights were
-# trained; "centred" makes the DiT read the shape word 10x more, though after 3000 steps it still drew blobs.
-DATA_PLACEMENT = "anywhere"
+# How the DiT's clips are laid out (cogvid.shapes.dataset.Placement). "fixed": the caption fixes everything but the
+# background (a centred path, one speed, one size unless the caption says small or large). Drawn "anywhere", the DiT
+# drew every shape as one blob (balanced shape accuracy at chance); "centred" (small jitter) made it read the shape
+# word but still drew blobs after 3000 steps; "fixed" with 6000 steps draws the shape in 67-75 % (docs/shapes.md).
+DATA_PLACEMENT = "fixed"
 T5_SEED = 0
 # The VAE's own clips: every colour and shape the renderer draws, the reserved words (cyan, ring) included. A VAE
 # trained on the base clips alone never saw cyan, and decoded it 12 dB off on the shape's pixels, read as blue: no
@@ -66,14 +68,14 @@ VAE = [
     "train.vae.foreground_weight=10",
 ]
 # The DiT from scratch on cached latents: SAT's v-prediction loss, caption dropout 0.1 (for guidance); 6000 steps of
-# 16 (~0.3 s a step on 2 cores). The shipped weights are the EMA of the trained ones (decay 0.999: about the last
-# 1000 steps).
+# 16 (~0.67 s a step on 2 cores). The shipped weights are the EMA of the trained ones (decay 0.999: about the last
+# 1000 steps). At 4000 steps its samples were still blobs (balanced shape accuracy 33 %).
 DIT = [
     "mode=sft",
     "model.ckpt=null",  # from no checkpoint (model=shapes names the shipped weights)
     "model.checkpoint_activations=false",
     "train.precision=32",
-    "train.max_steps=3000",
+    "train.max_steps=6000",
     "train.batch_size=16",
     "train.lr=5e-4",
     "train.warmup_steps=200",
