@@ -60,9 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--placement",
-        choices=("anywhere", "centred"),
+        choices=("anywhere", "centred", "fixed"),
         default="anywhere",
-        help="where a path lies: anywhere in the frame (default), or centred (its middle near the frame's centre)",
+        help="where a path lies: anywhere in the frame (default), centred (its middle near the frame's centre), or "
+        "fixed by the caption (centred, one speed, one size unless the caption says small or large: the shapes recipe)",
     )
     parser.add_argument("--workers", type=_at_least(1), default=1, help="clips encoded side by side (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
