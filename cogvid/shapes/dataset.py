@@ -78,20 +78,21 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = (
 SIZE_RANGE = (0.36, 0.50)  # shape extent (circle diameter, square side, triangle base = height) / min(height, width)
 SPEED_RANGE = (0.22, 0.40)  # distance the centre travels over the clip / frame extent along the motion
 MARGIN = 0.04  # gap kept between the shape and the frame edge, as a fraction of the frame
-# Where a path lies (`Placement`). `anywhere` (the default, what the shipped model was trained on): the path may lie
-# anywhere in the frame. `centred`: the middle of the path is the frame's centre, give or take CENTRED_JITTER (a
+# Where a path lies (`Placement`). `anywhere` (the default; the VAE's clips, and the DiT's up to version 3): the path
+# may lie anywhere in the frame. `centred`: the middle of the path is the frame's centre, give or take CENTRED_JITTER (a
 # fraction of the frame), at a speed in CENTRED_SPEED_RANGE, so the caption alone tells where the shape is in every
 # frame. A DiT trained on centred clips reads the shape word 10x more (the loss of a wrong shape word rises 13-31 %
 # at middle and high noise, against 0.5-2 % when drawn anywhere), but its samples were still blobs after 3000 steps
 # (docs/shapes.md).
 CENTRED_JITTER = 0.04
 CENTRED_SPEED_RANGE = (0.28, 0.34)
-# `fixed`: the caption fixes the whole clip but its background. The path is centred with no jitter at FIXED_SPEED, and
-# the size is FIXED_SIZES[""] unless the caption says "small" or "large" (each FIXED_SIZE_WORD_P of the clips).
+# `fixed` (the shipped model's DiT clips, version 7): the caption fixes the whole clip but its background. The path is
+# centred with no jitter at FIXED_SPEED, and the size is FIXED_SIZES["plain"] unless the caption says "small" or
+# "large" (each FIXED_SIZE_WORD_P of the clips; `caption` names them from SMALL_BELOW / LARGE_ABOVE).
 # Anything a caption leaves open, a small DiT draws as the mean over it: sizes, places and speeds that vary under one
 # caption average into one soft blob whatever the shape.
 FIXED_SPEED = 0.31
-FIXED_SIZES = {"": 0.44, "small ": 0.38, "large ": 0.50}
+FIXED_SIZES = {"plain": 0.44, "small": 0.38, "large": 0.50}
 FIXED_SIZE_WORD_P = 0.1
 SMALL_BELOW, LARGE_ABOVE = 0.4067, 0.4533  # sizes a paraphrase may call "small" / "large" (outer thirds of SIZE_RANGE)
 SUPERSAMPLE = 4  # anti-aliasing: coverage is the mean of SUPERSAMPLE x SUPERSAMPLE samples per pixel
@@ -250,8 +251,8 @@ def sample_clip_spec(
     colour, shape, direction = combinations[int(rng.integers(len(combinations)))]
     dx, dy = DIRECTION_VECTORS[direction]
     if Placement(placement) is Placement.fixed:
-        draw = rng.random()
-        size = FIXED_SIZES["small " if draw < FIXED_SIZE_WORD_P else "large " if draw < 2 * FIXED_SIZE_WORD_P else ""]
+        draw = rng.random() / FIXED_SIZE_WORD_P  # below 1: small, 1-2: large, else plain
+        size = FIXED_SIZES["small" if draw < 1 else "large" if draw < 2 else "plain"]
         start = (0.5 - dx * FIXED_SPEED / 2, 0.5 - dy * FIXED_SPEED / 2)
         background = sample_background(rng, colour)
         return ShapeClip(colour, shape, direction, size, FIXED_SPEED, start, background, frames, height, width)
@@ -417,12 +418,12 @@ def plan_dataset(
     """The clips `write_dataset` writes for these arguments (cheap: nothing is rendered). `combinations`: what the
     clips show (default: `training_combinations()`, the base model's data); `placement`: where their paths lie."""
     combinations = combinations or training_combinations()
+    name_size = Placement(placement) is Placement.fixed  # there the caption is all that tells the size
     plan = []
     for index in range(num_clips):
         rng = np.random.default_rng([seed, index])
         combination = _combination_for(index, seed, combinations)
         spec = sample_clip_spec(rng, [combination], frames=frames, height=height, width=width, placement=placement)
-        name_size = Placement(placement) is Placement.fixed  # the caption is all that tells the size
         text = caption(*combination, rng, paraphrase_p, size=spec.size, name_size=name_size)
         plan.append(PlannedClip(f"{index:06d}", spec, text))
     return plan
