@@ -12,7 +12,7 @@ import torch
 from cogvid.config.compose import compose
 from cogvid.interop.run import run_export
 from cogvid.models.vae import CausalVideoVAE
-from cogvid.sat.checkpoint import load_sat_vae
+from cogvid.sat.checkpoint import load_sat_vae, write_sat_model_states
 from cogvid.shapes.dataset import write_dataset
 from cogvid.training.data import VideoClips, clip_spec, collate, find_clips
 from cogvid.training.run import run_train
@@ -124,6 +124,39 @@ def test_foreground_weight_weighs_the_shape_pixels(tmp_path, loss):
         assert abs(float(got) - float(error.sum(1).mean()) / 3 * (1 + w) / (1 + w * fraction)) < 1e-5
 
 
+def test_edge_weight_charges_a_moved_edge_and_not_a_colour_offset(tmp_path):
+    """train.vae.edge_weight adds the same term on the frames' pixel differences: a reconstruction off by a constant
+    colour keeps every edge and costs no more; one whose square sits a pixel off costs more."""
+    video = square_on_grey()
+    offset = video + 0.1
+    moved = video.roll(1, dims=-1)
+    for reconstruction, dearer in ((offset, False), (moved, True)):
+        losses = []
+        for w in (0.0, 1.0):
+            module = VaeModule(vae_cfg(None, tmp_path, "train.vae.loss=mse", f"train.vae.edge_weight={w}"))
+            module.vae.encode_moments = lambda x: torch.zeros(x.shape[0], 8, 1, 4, 4)
+            module.vae.decode = lambda z: reconstruction  # noqa: B023
+            losses.append(float(module.losses(video, torch.Generator().manual_seed(0))["reconstruction"]))
+        assert (losses[1] > 1.5 * losses[0]) if dearer else losses[1] == pytest.approx(losses[0], abs=1e-7), losses
+
+
+def test_a_frozen_encoder_keeps_the_latents_and_trains_the_decoder(tmp_path, shapes_dir):
+    """train.vae.freeze_encoder=true from train.vae.init: the encoder's weights (so the latents a DiT learned) are
+    the init's, bit for bit; the decoder's are trained."""
+    init = tmp_path / "init.pt"
+    L.seed_everything(0, verbose=False)
+    start = VaeModule(vae_cfg(None, tmp_path)).vae.state_dict()
+    write_sat_model_states(init, start, wrapper="state_dict", desc="vae")
+    cfg = vae_cfg(
+        shapes_dir, tmp_path / "out", "train.max_steps=2", f"train.vae.init={init}", "train.vae.freeze_encoder=true"
+    )
+    trained = run_train(cfg).module.vae.state_dict()
+    encoder = [k for k in start if k.startswith("encoder.")]
+    decoder = [k for k in start if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(trained[k], start[k]) for k in encoder)
+    assert any(not torch.equal(trained[k], start[k]) for k in decoder)
+
+
 def test_vae_training_writes_a_sat_vae_that_loads_decodes_and_exports(tmp_path, shapes_dir):
     out = tmp_path / "out"
     cfg = vae_cfg(shapes_dir, out, "train.max_steps=8", "train.checkpoint_every=4", "train.lr=3e-3")
@@ -193,6 +226,8 @@ def test_vae_training_writes_a_sat_vae_that_loads_decodes_and_exports(tmp_path, 
         (("train.vae.holdout=6",), "6 clips, train.vae.holdout=6"),
         (("train.vae.init=/nonexistent/3d-vae.pt",), "train.vae.init=/nonexistent/3d-vae.pt: no such file"),
         (("train.vae.foreground_weight=-1",), "train.vae.foreground_weight=-1.0 must be >= 0"),
+        (("train.vae.edge_weight=-1",), "train.vae.edge_weight=-1.0 must be >= 0"),
+        (("train.vae.freeze_encoder=true",), "train.vae.freeze_encoder=true keeps a trained encoder"),
     ],
 )
 def test_bad_input_is_one_line_before_any_file(tmp_path, shapes_dir, extra, message):

@@ -147,7 +147,7 @@ def _check_train(train) -> None:
     vae = train.get("vae")
     if vae is not None:  # task=vae's settings
         check_at_least("train.vae.holdout", vae.holdout, 1)  # the PSNR is measured on held-out clips
-        for name in ("kl_weight", "foreground_weight"):
+        for name in ("kl_weight", "foreground_weight", "edge_weight"):
             check_finite(f"train.vae.{name}", vae.get(name), 0.0)
     for i, seed in enumerate(train.validation.seeds):
         check_seed(f"train.validation.seeds[{i}]", seed)

@@ -113,7 +113,16 @@ PAIRINGS = [
     Pairing("train.resume", "task=fit", lambda c: _task(c) == "fit", ("train",)),
     *[
         Pairing(f"train.vae.{name}", "task=vae", lambda c: _task(c) == "vae", ("train",))
-        for name in ("loss", "kl_weight", "foreground_weight", "holdout", "init", "clips_in_memory")
+        for name in (
+            "loss",
+            "kl_weight",
+            "foreground_weight",
+            "edge_weight",
+            "freeze_encoder",
+            "holdout",
+            "init",
+            "clips_in_memory",
+        )
     ],
     Pairing("data.cache_dtype", "task=precompute", lambda c: _task(c) == "precompute", ("train",)),
     *[

@@ -274,6 +274,12 @@ class VaeTrainConfig:
     # train.vae.foreground_weight=10: pixels away from their frame's background (the median of its border) weigh
     # 1 + this in the reconstruction term; 0 = the plain mean. For clips with flat backgrounds (the shapes data).
     foreground_weight: float = 0.0
+    # train.vae.edge_weight=1: adds this x the same term on the frames' horizontal and vertical pixel differences, so
+    # an edge the reconstruction blurs or shifts costs as much as a wrong colour (0 = pixels only)
+    edge_weight: float = 0.0
+    # train.vae.freeze_encoder=true (with train.vae.init): only the decoder learns. The latents stay those a DiT was
+    # trained on, so a sharper decoder ships without retraining the DiT (the KL term is then constant and dropped).
+    freeze_encoder: bool = False
     holdout: int = 16  # clips held out (evenly spaced, fixed) for reconstruction PSNR; never trained on
     init: str | None = None  # train.vae.init=OUT/vae/3d-vae.pt: start from these weights (e.g. trained on 1 frame)
     clips_in_memory: bool = True  # decode every clip once, keep it as uint8 (false: decode on the fly)

@@ -101,6 +101,12 @@ def foreground_psnr_db(video: torch.Tensor, reconstruction: torch.Tensor) -> tor
     return torch.where(pixels > 0, 10.0 * torch.log10(255.0**2 / mse.clamp_min(1e-10)), torch.nan)
 
 
+def pixel_loss(error: torch.Tensor, loss: VaeLoss, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of |error| (L1) or error^2 (MSE), each pixel times `weight` (broadcast over channels) if given."""
+    per_pixel = error.abs() if loss is VaeLoss.l1 else error.pow(2)
+    return (per_pixel if weight is None else per_pixel * weight).mean()
+
+
 def holdout_indices(n: int, k: int) -> list[int]:
     """k indices evenly spaced over n clips (the middle of each of k equal stretches): fixed, seed-free."""
     return [(2 * i + 1) * n // (2 * k) for i in range(k)]
@@ -124,20 +130,31 @@ class VaeModule(L.LightningModule):
         """{"loss", "reconstruction", "kl"} of a batch of clips (b, 3, F, H, W) in [-1, 1], each a per-pixel mean
         over the batch; the posterior noise is drawn from `generator` (on the CPU)."""
         v = self.cfg.train.vae
-        # 1. encode the whole clip to [mean | logvar]: (b, 2z, T, h, w)
-        mean, logvar = self.vae.encode_moments(video).float().chunk(2, dim=1)
+        # 1. encode the whole clip to [mean | logvar]: (b, 2z, T, h, w); a frozen encoder builds no graph
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not v.freeze_encoder):
+            mean, logvar = self.vae.encode_moments(video).float().chunk(2, dim=1)
         # 2. a posterior sample, decoded in one call: (b, z, T, h, w) -> (b, 3, F, H, W)
         z = sample_posterior(mean, logvar, generator)
         reconstruction = self.vae.decode(z.to(video.dtype)).float()
-        # 3. per-pixel reconstruction and KL
-        error = reconstruction - video.float()
-        per_pixel = error.abs() if VaeLoss(v.loss) is VaeLoss.l1 else error.pow(2)
+        # 3. per-pixel reconstruction (and on the frames' edges), and KL
+        weight = None
         if v.foreground_weight > 0:  # the object weighs as much as the background that surrounds it
             weight = 1.0 + v.foreground_weight * foreground_mask(video)
-            per_pixel = per_pixel * (weight / weight.mean())  # a weighted mean: the loss keeps its scale
-        reconstruction_loss = per_pixel.mean()
+            weight = weight / weight.mean()  # a weighted mean: the loss keeps its scale
+        reconstruction_loss = pixel_loss(reconstruction - video.float(), VaeLoss(v.loss), weight)
+        if v.edge_weight > 0:
+            edge_loss = sum(
+                pixel_loss(
+                    reconstruction.diff(dim=dim) - video.float().diff(dim=dim),
+                    VaeLoss(v.loss),
+                    None if weight is None else weight.narrow(dim, 1, weight.shape[dim] - 1),
+                )
+                for dim in (-1, -2)
+            )
+            reconstruction_loss = reconstruction_loss + v.edge_weight * edge_loss
         kl = kl_per_clip(mean, logvar).mean() / video[0].numel()
-        return {"loss": reconstruction_loss + v.kl_weight * kl, "reconstruction": reconstruction_loss, "kl": kl}
+        loss = reconstruction_loss if v.freeze_encoder else reconstruction_loss + v.kl_weight * kl
+        return {"loss": loss, "reconstruction": reconstruction_loss, "kl": kl}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         video = to_vae_layout(batch["video"])  # (b, F, 3, H, W) -> (b, 3, F, H, W)
@@ -284,6 +301,9 @@ def fit_vae(cfg, plan: TrainPlan) -> VaeTrainResult:
     if v.init:
         load_sat_vae(Path(v.init).expanduser(), module.vae).train()  # strict: the same sizes
         log.info("task=vae: starting from %s", v.init)
+    if v.freeze_encoder:  # only the decoder learns: the latents stay those of train.vae.init
+        module.vae.encoder.requires_grad_(False)
+        log.info("task=vae: the encoder is frozen; only the decoder learns")
     holdout_data = ClipsInMemory(VideoClips(list(plan.holdout), spec), progress=t.progress_bar)
     holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in plan.holdout])
     dataset = VideoClips(list(plan.clips), spec)
