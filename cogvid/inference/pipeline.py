@@ -29,8 +29,8 @@ from cogvid.models.layout import to_dit_layout, to_vae_layout
 from cogvid.models.t5 import T5Conditioner
 from cogvid.models.vae import CausalVideoVAE
 from cogvid.sat.loading import read_weight_files
+from cogvid.training.data import resize_cover_center_crop
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.media import resize_cover_center_crop
 from cogvid.utils.runtime import peak_memory_gb
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from cogvid.inference.video_shape import FRAME_STEP, VideoShape
-from cogvid.training.data import BadVideo, ClipSpec, frame_indices, probe, read_frames
+from cogvid.training.data import BadVideo, ClipSpec, frame_indices, probe, read_frames, resize_cover_center_crop
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.media import resize_cover_center_crop
 
 
 def read_source_video(cfg, shape: VideoShape) -> torch.Tensor:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from cogvid.inference.video_shape import size_multiple, vae_spatial
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.media import resize_cover_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,23 @@ def read_frames(path: Path, indices: list[int]) -> np.ndarray:
     if missing:
         raise BadVideo(f"ends early: frame {missing[0]} of the {decoded} decoded is missing")
     return np.stack([got[i] for i in indices])
+
+
+def resize_cover_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(f, 3, h, w) uint8 -> (f, 3, height, width) float in [0, 255]: bicubic resize so the frame covers the target,
+    keeping its aspect, then a centre crop (SAT resize_for_rectangle_crop, reshape_mode="center"; the v1.0 I2V image
+    is cut the same way)."""
+    h, w = frames.shape[-2:]
+    if w / h > width / height:
+        size = (height, int(w * height / h))
+    else:
+        size = (int(h * width / w), width)
+    x = frames.float()
+    if tuple(size) != (h, w):
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        x = x.round().clamp(0, 255)  # torchvision's uint8 resize rounds and saturates
+    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+    return x[..., top : top + height, left : left + width]
 
 
 def load_clip(path: Path, spec: ClipSpec, probed: tuple[int, float] | None = None) -> tuple[torch.Tensor, int]:

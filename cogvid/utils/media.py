@@ -1,7 +1,6 @@
 """Pixels in and out: video tensors to uint8 frames, H.264 MP4 files (written atomically), still images.
 
 Video tensors are `(c, f, h, w)` in [-1, 1] (one clip in VAE layout); frames are numpy `(f, h, w, 3)` uint8.
-`resize_cover_center_crop` is SAT's resize_for_rectangle_crop, used for training clips and the v1.0 I2V image.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import STORAGE_FULL, atomic_path
@@ -26,22 +24,6 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected a video (3, f, h, w), got {tuple(video.shape)}")
     x = ((video.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
     return torch.round(x * 255.0).to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
-
-
-def resize_cover_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(f, 3, h, w) uint8 -> (f, 3, height, width) float in [0, 255]: bicubic resize so the frame covers the target,
-    keeping its aspect, then a centre crop (SAT resize_for_rectangle_crop, reshape_mode="center")."""
-    h, w = frames.shape[-2:]
-    if w / h > width / height:
-        size = (height, int(w * height / h))
-    else:
-        size = (int(h * width / w), width)
-    x = frames.float()
-    if tuple(size) != (h, w):
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-        x = x.round().clamp(0, 255)  # torchvision's uint8 resize rounds and saturates
-    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
-    return x[..., top : top + height, left : left + width]
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
