@@ -13,12 +13,13 @@ import lightning as L
 
 from cogvid.training.datamodule import TrainData
 from cogvid.training.metrics import TrainMetrics
-from cogvid.training.module import PRECISION_DTYPES, VideoDiffusionModule
+from cogvid.training.module import VideoDiffusionModule
 from cogvid.training.plan import TrainPlan
 from cogvid.training.resume import SAT_DIR, STATE, ResumableCheckpoints
 from cogvid.training.strategies import build_strategy
 from cogvid.training.trainer import build_trainer
 from cogvid.training.validation import ValidationVideos
+from cogvid.utils.runtime import PRECISION_DTYPES
 
 log = logging.getLogger("cogvid.train")
 

@@ -29,8 +29,8 @@ from cogvid.training.data import step_generator
 from cogvid.training.ema import EMA_KEY, ParameterEma
 from cogvid.training.optim import build_optimizer, linear_schedule, set_trainable, warmup_steps
 from cogvid.training.precompute import augment_first_frame
+from cogvid.training.strategies import frozen_dtype
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.runtime import PRECISION_DTYPES, TORCH_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class VideoDiffusionModule(L.LightningModule):
         self.frozen: FrozenParts | None = None
         self.precision_name = precision
         self.cached = bool(cfg.data.cache)
-        self.frozen_dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else PRECISION_DTYPES[precision]
+        self.frozen_dtype = frozen_dtype(cfg, precision)
         self.loss_fn: VideoDiffusionLoss | None = None
         self.step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses (read by TrainMetrics)
         self.skipped: list[tuple[str, str]] = []  # videos replaced in this step's batches

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.runtime import DTYPE_PRECISIONS
+from cogvid.utils.runtime import DTYPE_PRECISIONS, PRECISION_DTYPES, TORCH_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,12 @@ def device_placement(cfg) -> tuple[str, str]:
     if p not in PRECISIONS:
         raise CogvidError(f"train.precision={p}: expected one of {', '.join(PRECISIONS)}")
     return where, p
+
+
+def frozen_dtype(cfg, precision: str) -> torch.dtype:
+    """The dtype the VAE and T5 run in while training: `dtype=`, else the training precision's. Precompute uses it
+    too, so cached latents are the latents the same run would encode on the fly."""
+    return TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else PRECISION_DTYPES[precision]
 
 
 def deepspeed_config(cfg, precision: str) -> dict:
