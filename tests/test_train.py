@@ -33,7 +33,7 @@ from cogvid.training.module import VideoDiffusionModule
 from cogvid.training.optim import linear_schedule, param_groups
 from cogvid.training.plan import plan_train
 from cogvid.training.run import run_train
-from cogvid.training.strategies import deepspeed_config, frozen_dtype
+from cogvid.training.strategies import deepspeed_config
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.media import read_mp4, write_mp4
 
@@ -298,7 +298,7 @@ def test_precompute_encodes_in_the_dtype_a_fit_would(tmp_path, tiny_t5_dir, clip
     pre = train_cfg(tiny_t5_dir, tmp_path / "pre", f"data.root={clips_dir}", f"data.cache={cache}", *extra)
     pre.task = "precompute"
     plan = plan_train(pre)
-    assert (plan.accelerator, frozen_dtype(pre, plan.precision)) == ("cpu", dtype)
+    assert (plan.accelerator, plan.frozen_dtype) == ("cpu", dtype)
     fit = train_cfg(tiny_t5_dir, tmp_path / "fit", f"data.root={clips_dir}", *extra)
     assert VideoDiffusionModule(fit, precision=plan_train(fit).precision).frozen_dtype == dtype
 

@@ -110,11 +110,10 @@ def check_cache_agrees(root: Path, meta: dict) -> None:
 def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     """Encode this rank's share of the plan's clips (`cogvid.training.plan.plan_train`) into its `data.cache`."""
     from cogvid.sat.loading import load_frozen_parts
-    from cogvid.training.strategies import frozen_dtype
 
     rank, world, local_rank = dist_env()
     device = torch.device(f"cuda:{local_rank}" if plan.accelerator == "gpu" else "cpu")
-    frozen = load_frozen_parts(cfg.model, frozen_dtype(cfg, plan.precision), device)
+    frozen = load_frozen_parts(cfg.model, plan.frozen_dtype, device)
     image_seed = cfg.train.seed if plan.image_to_video else None
     encode = partial(_encode_clip, frozen.vae, frozen.text_encoder, image_seed=image_seed)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
