@@ -244,6 +244,28 @@ def _schema_default(schema: type, name: str) -> Any:
 # The sections of `model:`
 
 
+def _read_patch_size(p: _Node, out: dict) -> None:
+    """patch_size, which also tells the code generation: an integer in the 1.0 code, [p_t, p, p] in the 1.5 code;
+    the latent grid must be whole patches."""
+    patch = p.value("patch_size")
+    if isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1:
+        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_0, patch, 1
+    elif (
+        isinstance(patch, list)
+        and len(patch) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in patch)
+        and patch[1] == patch[2]
+    ):
+        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_5, patch[1], patch[0]
+    else:
+        raise CogvidError(
+            f"{p.where('patch_size')} must be an integer (1.0 code) or [p_t, p, p] (1.5 code), got {_show(patch)}"
+        )
+    for key in ("latent_height", "latent_width"):
+        if out[key] % out["patch_size"]:
+            raise CogvidError(f"{p.where(key)} = {out[key]} is not divisible by the patch size {out['patch_size']}")
+
+
 def _read_network(model: _Node, out: dict) -> None:
     """network_config: DiffusionTransformer and its mixins (SAT `dit_video_concat.py`, LoRA `lora2.py`)."""
     _, p = _component(model, "network_config", ("DiffusionTransformer",))
@@ -263,23 +285,7 @@ def _read_network(model: _Node, out: dict) -> None:
     time_embed_dim = p.integer("time_embed_dim", None, minimum=1)  # SAT: None means hidden_size
     out["time_embed_dim"] = hidden if time_embed_dim is None else time_embed_dim
 
-    patch = p.value("patch_size")
-    if isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1:
-        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_0, patch, 1
-    elif (
-        isinstance(patch, list)
-        and len(patch) == 3
-        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in patch)
-        and patch[1] == patch[2]
-    ):
-        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_5, patch[1], patch[0]
-    else:
-        raise CogvidError(
-            f"{p.where('patch_size')} must be an integer (1.0 code) or [p_t, p, p] (1.5 code), got {_show(patch)}"
-        )
-    for key in ("latent_height", "latent_width"):
-        if out[key] % out["patch_size"]:
-            raise CogvidError(f"{p.where(key)} = {out[key]} is not divisible by the patch size {out['patch_size']}")
+    _read_patch_size(p, out)
 
     out["ofs_embed_dim"] = p.integer("ofs_embed_dim", None, minimum=1)
     if out["ofs_embed_dim"] is not None and out["generation"] is not Generation.v1_5:
