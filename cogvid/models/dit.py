@@ -314,15 +314,7 @@ class DiffusionTransformer(nn.Module):
         hidden = self.mixins["patch_embed"](x, context)
 
         # 3. Additive position embedding (2B sin-cos, 5B-I2V learnable), and RoPE tables for attention.
-        pos = self.mixins["pos_embed"]
-        additive = pos.additive(grid)
-        if additive is not None:
-            if additive.shape[1] != hidden.shape[1]:
-                raise ValueError(f"context has {n_txt} tokens; this model was built for {pos.text_length}")
-            hidden = hidden + additive.to(dtype)
-        rope = None
-        if isinstance(pos, RotaryPositionEmbedding):
-            rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, x.device))  # cast once, not per layer
+        hidden, rope = self._positions(hidden, grid, n_txt, dtype, x.device)
         if shard is not None:  # this rank's share of the video tokens (and of the RoPE rows)
             if step_cache is not None:
                 raise ValueError("the step cache does not run with sequence parallelism")
@@ -351,6 +343,22 @@ class DiffusionTransformer(nn.Module):
             p=self.p,
             q=self.p,
         )
+
+    def _positions(
+        self, hidden: torch.Tensor, grid: tuple[int, int, int], n_txt: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Add the additive position embedding (2B sin-cos, 5B-I2V learnable) to `hidden`; with RoPE, its cos/sin
+        tables for `grid` in `dtype` (None without)."""
+        pos = self.mixins["pos_embed"]
+        additive = pos.additive(grid)
+        if additive is not None:
+            if additive.shape[1] != hidden.shape[1]:
+                raise ValueError(f"context has {n_txt} tokens; this model was built for {pos.text_length}")
+            hidden = hidden + additive.to(dtype)
+        rope = None
+        if isinstance(pos, RotaryPositionEmbedding):
+            rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, device))  # cast once, not per layer
+        return hidden, rope
 
     def _time_embedding(self, timesteps, ofs, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Sinusoid of width D, then MLP to E; for 1.5-I2V plus the ofs MLP of ofs's sinusoid.   (b, E)"""
