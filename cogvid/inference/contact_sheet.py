@@ -70,6 +70,54 @@ def _cell_frames(video: Path, height: int | None = None) -> np.ndarray:
     return strip
 
 
+def _grid(
+    jobs: list[dict], row_key: str | None, col_keys: list[str]
+) -> tuple[list[tuple], list[tuple], dict[tuple[int, int], dict]]:
+    """The sheet's rows (values of `row_key`) and columns (values of `col_keys`), each in job order, and the job of
+    every filled cell by its (row, column) index: the first job with those values."""
+
+    def values(key_list, job):
+        return tuple(job["overrides"].get(k) for k in key_list)
+
+    def ordered(items):
+        return list(dict.fromkeys(items))
+
+    rows = ordered(values([row_key], j) if row_key else () for j in jobs)
+    cols = ordered(values(col_keys, j) for j in jobs)
+    grid = {}
+    for (r, row), (c, col) in product(enumerate(rows), enumerate(cols)):
+        job = next(
+            (j for j in jobs if (values([row_key], j) if row_key else ()) == row and values(col_keys, j) == col), None
+        )
+        if job is not None:
+            grid[r, c] = job
+    return rows, cols, grid
+
+
+def _draw_headers(
+    draw: Any,
+    row_key: str | None,
+    rows: list[tuple],
+    col_keys: list[str],
+    cols: list[tuple],
+    *,
+    header_w: int,
+    step: tuple[int, int],
+    cell_h: int,
+) -> None:
+    """Label every column with its values above the grid and every row with its value at the left."""
+    step_w, step_h = step
+    for c, col in enumerate(cols):
+        draw.text(
+            (header_w + c * step_w, 1), " ".join(f"{k}={v}" for k, v in zip(col_keys, col, strict=True)), fill="black"
+        )
+    if row_key:
+        for r, row in enumerate(rows):
+            draw.text(
+                (PAD, LABEL_HEIGHT + r * step_h + LABEL_HEIGHT + cell_h // 2), f"{row_key}={row[0]}", fill="black"
+            )
+
+
 def make_contact_sheet(sweep_dir: str | Path, max_cell_height: int = 160) -> Path | None:
     """Write `contact_sheet.png` + `.json` for the sweep in `sweep_dir`; None when it holds no videos."""
     from PIL import Image, ImageDraw
@@ -81,15 +129,7 @@ def make_contact_sheet(sweep_dir: str | Path, max_cell_height: int = 160) -> Pat
         return None
     keys = swept_keys(jobs)
     row_key, col_keys = (keys[0], keys[1:]) if keys else (None, [])
-
-    def values(key_list, job):
-        return tuple(job["overrides"].get(k) for k in key_list)
-
-    def ordered(items):
-        return list(dict.fromkeys(items))
-
-    rows = ordered(values([row_key], j) if row_key else () for j in jobs)
-    cols = ordered(values(col_keys, j) for j in jobs)
+    rows, cols, grid = _grid(jobs, row_key, col_keys)
 
     first = _cell_frames(jobs[0]["video"])
     cell_h = min(first.shape[0], max_cell_height)
@@ -100,12 +140,7 @@ def make_contact_sheet(sweep_dir: str | Path, max_cell_height: int = 160) -> Pat
     sheet = Image.new("RGB", (header_w + len(cols) * step_w + PAD, LABEL_HEIGHT + len(rows) * step_h + PAD), "white")
     draw = ImageDraw.Draw(sheet)
     cells = []
-    for (r, row), (c, col) in product(enumerate(rows), enumerate(cols)):
-        job = next(
-            (j for j in jobs if (values([row_key], j) if row_key else ()) == row and values(col_keys, j) == col), None
-        )
-        if job is None:
-            continue
+    for (r, c), job in grid.items():
         x, y = header_w + c * step_w, LABEL_HEIGHT + r * step_h
         label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in job["overrides"].items() if k in keys) or "job"
         draw.text((x, y + 1), label, fill="black")
@@ -121,16 +156,7 @@ def make_contact_sheet(sweep_dir: str | Path, max_cell_height: int = 160) -> Pat
                 "box": [x, y + LABEL_HEIGHT, x + strip.shape[1], y + LABEL_HEIGHT + strip.shape[0]],
             }
         )
-    for c, col in enumerate(cols):
-        draw.text(
-            (header_w + c * step_w, 1), " ".join(f"{k}={v}" for k, v in zip(col_keys, col, strict=True)), fill="black"
-        )
-    if row_key:
-        for r, row in enumerate(rows):
-            draw.text(
-                (PAD, LABEL_HEIGHT + r * step_h + LABEL_HEIGHT + cell_h // 2), f"{row_key}={row[0]}", fill="black"
-            )
-
+    _draw_headers(draw, row_key, rows, col_keys, cols, header_w=header_w, step=(step_w, step_h), cell_h=cell_h)
     png = sweep_dir / "contact_sheet.png"
     write_atomic(png, lambda f: sheet.save(f, format="PNG"))
     index = {"rows": row_key, "columns": col_keys, "cells": cells}

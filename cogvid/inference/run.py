@@ -20,11 +20,27 @@ from cogvid.inference.prompts import prompt_jobs
 log = logging.getLogger("cogvid.sample")
 
 
+def _sidecar(plan: SamplePlan, video: PlannedVideo, timings: dict[str, float]) -> dict:
+    """The sidecar JSON of one video: what it shows, the plan's run-wide fields, the Hydra overrides, its timings."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return {
+        "prompt": video.prompt,
+        "image": video.image_path,
+        "index": video.index,
+        "seed": video.seed,
+        "num_frames": video.shape.num_frames,
+        "height": video.shape.height,
+        "width": video.shape.width,
+        **plan.sidecar,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
 def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list[Path]:
     """Make one planned video and write its files, its sidecar completed with its timings. When several ranks make
     each video (parallel.sequence, parallel.cfg), every one samples it and the first decodes and writes it."""
-    from hydra.core.hydra_config import HydraConfig
-
     from cogvid.inference.frame_strip import frame_strip
     from cogvid.inference.outputs import write_sample
     from cogvid.utils.media import to_uint8_frames
@@ -44,24 +60,13 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
     if not writes:  # the group's ranks sampled and decoded the video together; its first one writes it
         return []
     shape = video.shape
-    sidecar = {
-        "prompt": video.prompt,
-        "image": video.image_path,
-        "index": video.index,
-        "seed": video.seed,
-        "num_frames": shape.num_frames,
-        "height": shape.height,
-        "width": shape.width,
-        **plan.sidecar,
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-    }
     latents = result.latents if cfg.infer.save_latents else None
     # the first free index from the plan's on: write_sample claims it, or the next free one (another run's video may
     # have taken it since)
     index = plan.first_index + video.index
     frames = to_uint8_frames(result.video)
     strip = frame_strip(frames, video.prompt) if cfg.infer.frame_strip else None
+    sidecar = _sidecar(plan, video, result.timings)
     files = write_sample(plan.samples_dir, index, video.prompt, frames, plan.sidecar["fps"], sidecar, latents, strip)
     t = result.timings
     log.info(

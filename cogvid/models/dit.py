@@ -228,27 +228,8 @@ class DiffusionTransformer(nn.Module):
             raise ValueError("the v1.0 generation has no temporal patches (patch_size_t must be 1)")
         self.out_channels = cfg.out_channels
         self.checkpoint_activations = cfg.checkpoint_activations
-        # The grid the positional tables are built for: (latent frames, h / p, w / p).
-        grid = (
-            (cfg.num_frames - 1) // cfg.time_compressed_rate + 1,
-            cfg.latent_height // self.p,
-            cfg.latent_width // self.p,
-        )
-
         self.mixins = nn.ModuleDict()
-        if PosEmbed(cfg.pos_embed) is PosEmbed.sincos:
-            interp = (cfg.time_interpolation, cfg.height_interpolation, cfg.width_interpolation)
-            self.mixins["pos_embed"] = SinCosPositionEmbedding(dim, cfg.text_length, grid, interp)
-        else:
-            self.mixins["pos_embed"] = RotaryPositionEmbedding(
-                dim,
-                self.head_dim,
-                cfg.text_length,
-                grid,
-                cfg.rope_theta,
-                tables_in_state_dict=self.generation is Generation.v1_0,
-                learnable_pos_embed=cfg.learnable_pos_embed,
-            )
+        self.mixins["pos_embed"] = self._position_embedding(cfg)
         self.mixins["patch_embed"] = PatchEmbed(
             self.generation, cfg.in_channels, dim, self.p, self.p_t, cfg.text_hidden_size
         )
@@ -266,6 +247,28 @@ class DiffusionTransformer(nn.Module):
         else:
             self.ofs_embed = None
         self.init_weights()
+
+    def _position_embedding(self, cfg) -> nn.Module:
+        """The `pos_embed` mixin of model.pos_embed: sin-cos tables (2B), else RoPE (5B; with a learnable additive
+        table for 5B-I2V), built for the configured latent grid."""
+        # The grid the positional tables are built for: (latent frames, h / p, w / p).
+        grid = (
+            (cfg.num_frames - 1) // cfg.time_compressed_rate + 1,
+            cfg.latent_height // self.p,
+            cfg.latent_width // self.p,
+        )
+        if PosEmbed(cfg.pos_embed) is PosEmbed.sincos:
+            interp = (cfg.time_interpolation, cfg.height_interpolation, cfg.width_interpolation)
+            return SinCosPositionEmbedding(self.dim, cfg.text_length, grid, interp)
+        return RotaryPositionEmbedding(
+            self.dim,
+            self.head_dim,
+            cfg.text_length,
+            grid,
+            cfg.rope_theta,
+            tables_in_state_dict=self.generation is Generation.v1_0,
+            learnable_pos_embed=cfg.learnable_pos_embed,
+        )
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -314,15 +317,7 @@ class DiffusionTransformer(nn.Module):
         hidden = self.mixins["patch_embed"](x, context)
 
         # 3. Additive position embedding (2B sin-cos, 5B-I2V learnable), and RoPE tables for attention.
-        pos = self.mixins["pos_embed"]
-        additive = pos.additive(grid)
-        if additive is not None:
-            if additive.shape[1] != hidden.shape[1]:
-                raise ValueError(f"context has {n_txt} tokens; this model was built for {pos.text_length}")
-            hidden = hidden + additive.to(dtype)
-        rope = None
-        if isinstance(pos, RotaryPositionEmbedding):
-            rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, x.device))  # cast once, not per layer
+        hidden, rope = self._positions(hidden, grid, n_txt, dtype, x.device)
         if shard is not None:  # this rank's share of the video tokens (and of the RoPE rows)
             if step_cache is not None:
                 raise ValueError("the step cache does not run with sequence parallelism")
@@ -351,6 +346,22 @@ class DiffusionTransformer(nn.Module):
             p=self.p,
             q=self.p,
         )
+
+    def _positions(
+        self, hidden: torch.Tensor, grid: tuple[int, int, int], n_txt: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Add the additive position embedding (2B sin-cos, 5B-I2V learnable) to `hidden`; with RoPE, its cos/sin
+        tables for `grid` in `dtype` (None without)."""
+        pos = self.mixins["pos_embed"]
+        additive = pos.additive(grid)
+        if additive is not None:
+            if additive.shape[1] != hidden.shape[1]:
+                raise ValueError(f"context has {n_txt} tokens; this model was built for {pos.text_length}")
+            hidden = hidden + additive.to(dtype)
+        rope = None
+        if isinstance(pos, RotaryPositionEmbedding):
+            rope = tuple(table.to(dtype) for table in pos.cos_sin(grid, device))  # cast once, not per layer
+        return hidden, rope
 
     def _time_embedding(self, timesteps, ofs, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Sinusoid of width D, then MLP to E; for 1.5-I2V plus the ofs MLP of ofs's sinusoid.   (b, E)"""

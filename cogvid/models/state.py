@@ -91,6 +91,15 @@ def _route_into_lora(
     return mapped, unexpected, routed
 
 
+def _mismatch_hint(model: nn.Module, ckpt_rank: int | None) -> str:
+    """What to change when a checkpoint's keys do not fit `model`: the LoRA rank when only that differs, else the
+    model."""
+    model_rank = getattr(getattr(model, "cfg", None), "lora_rank", None)
+    if ckpt_rank is not None and model_rank is not None and ckpt_rank != model_rank:
+        return f"the checkpoint's LoRA rank is {ckpt_rank}: use model.lora_rank={ckpt_rank}"
+    return "a checkpoint of another variant or size? pick the matching model=..."
+
+
 def load_backbone_state(
     model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
 ) -> LoadReport:
@@ -122,12 +131,7 @@ def load_backbone_state(
 
     problems = describe_key_mismatch(own, {**mapped, **{k: state[k] for k in unexpected}}, allowed_missing=at_init)
     if problems:
-        model_rank = getattr(getattr(model, "cfg", None), "lora_rank", None)
-        if ckpt_rank is not None and model_rank is not None and ckpt_rank != model_rank:
-            hint = f"the checkpoint's LoRA rank is {ckpt_rank}: use model.lora_rank={ckpt_rank}"
-        else:
-            hint = "a checkpoint of another variant or size? pick the matching model=..."
-        raise CogvidError(f"checkpoint does not fit {model_label}: {problems} ({hint})")
+        raise CogvidError(f"checkpoint does not fit {model_label}: {problems} ({_mismatch_hint(model, ckpt_rank)})")
 
     result = model.load_state_dict(mapped, strict=False)
     if result.unexpected_keys or set(result.missing_keys) != set(at_init):  # pragma: no cover - checked above

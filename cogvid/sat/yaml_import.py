@@ -244,6 +244,28 @@ def _schema_default(schema: type, name: str) -> Any:
 # The sections of `model:`
 
 
+def _read_patch_size(p: _Node, out: dict) -> None:
+    """patch_size, which also tells the code generation: an integer in the 1.0 code, [p_t, p, p] in the 1.5 code;
+    the latent grid must be whole patches."""
+    patch = p.value("patch_size")
+    if isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1:
+        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_0, patch, 1
+    elif (
+        isinstance(patch, list)
+        and len(patch) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in patch)
+        and patch[1] == patch[2]
+    ):
+        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_5, patch[1], patch[0]
+    else:
+        raise CogvidError(
+            f"{p.where('patch_size')} must be an integer (1.0 code) or [p_t, p, p] (1.5 code), got {_show(patch)}"
+        )
+    for key in ("latent_height", "latent_width"):
+        if out[key] % out["patch_size"]:
+            raise CogvidError(f"{p.where(key)} = {out[key]} is not divisible by the patch size {out['patch_size']}")
+
+
 def _read_network(model: _Node, out: dict) -> None:
     """network_config: DiffusionTransformer and its mixins (SAT `dit_video_concat.py`, LoRA `lora2.py`)."""
     _, p = _component(model, "network_config", ("DiffusionTransformer",))
@@ -263,23 +285,7 @@ def _read_network(model: _Node, out: dict) -> None:
     time_embed_dim = p.integer("time_embed_dim", None, minimum=1)  # SAT: None means hidden_size
     out["time_embed_dim"] = hidden if time_embed_dim is None else time_embed_dim
 
-    patch = p.value("patch_size")
-    if isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1:
-        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_0, patch, 1
-    elif (
-        isinstance(patch, list)
-        and len(patch) == 3
-        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in patch)
-        and patch[1] == patch[2]
-    ):
-        out["generation"], out["patch_size"], out["patch_size_t"] = Generation.v1_5, patch[1], patch[0]
-    else:
-        raise CogvidError(
-            f"{p.where('patch_size')} must be an integer (1.0 code) or [p_t, p, p] (1.5 code), got {_show(patch)}"
-        )
-    for key in ("latent_height", "latent_width"):
-        if out[key] % out["patch_size"]:
-            raise CogvidError(f"{p.where(key)} = {out[key]} is not divisible by the patch size {out['patch_size']}")
+    _read_patch_size(p, out)
 
     out["ofs_embed_dim"] = p.integer("ofs_embed_dim", None, minimum=1)
     if out["ofs_embed_dim"] is not None and out["generation"] is not Generation.v1_5:
@@ -668,6 +674,28 @@ def check_name(name: str) -> str:
     return name
 
 
+def _add_unstated(out: dict, first_stage: dict) -> None:
+    """Add to `out` what a SAT YAML leaves to the run: run choices, sampling defaults, the VAE's shape, and no
+    weight paths (those come from overrides at run time)."""
+    out["checkpoint_activations"] = False  # a run choice, see _read_transformer_args
+    out["zero_final_linear"] = False  # SAT's from-scratch init: a xavier output projection
+    out["ckpt"] = None  # weights come from model.ckpt=... at run time
+    # SAT's model_dir is a path relative to where SAT ran; the user points at T5 with model.text_encoder.path=...
+    out["text_encoder"] = {"path": None}
+    # Sampling defaults: v1.0's sample_video.py samples its configured latent grid (60 x 90 -> 480 x 720, which it
+    # hard-codes); HEAD's --sampling-image-size defaults to 768 x 1360 and its configs to 16 fps.
+    v1_5 = out["generation"] is Generation.v1_5
+    if v1_5:
+        out["default_height"], out["default_width"] = 768, 1360
+    else:
+        out["default_height"], out["default_width"] = 8 * out["latent_height"], 8 * out["latent_width"]
+    out["default_fps"] = 16 if v1_5 else 8
+    out["vae_ckpt"] = None  # SAT's ckpt_path is relative to where SAT ran; model.vae_ckpt=... at run time
+    out["lora_ckpt"] = None  # a LoRA is loaded at run time, model.lora_ckpt=...
+    out["vae"] = {k: first_stage["encoder"][k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels")}
+    out["vae"]["temporal_compress_times"] = out["time_compressed_rate"]
+
+
 def convert_sat_config(
     doc: Mapping, name: str, *, dtype: str | Dtype | None = None, source: str = "<memory>"
 ) -> SatImport:
@@ -701,23 +729,7 @@ def convert_sat_config(
 
     # 3. What the YAML does not say: the dtype asked for, run choices, and where the weights come from.
     out["dtype"] = _dtype(dtype) if dtype is not None else args_dtype or _schema_default(ModelConfig, "dtype")
-    out["checkpoint_activations"] = False  # a run choice, see _read_transformer_args
-    out["zero_final_linear"] = False  # SAT's from-scratch init: a xavier output projection
-    out["ckpt"] = None  # weights come from model.ckpt=... at run time
-    # SAT's model_dir is a path relative to where SAT ran; the user points at T5 with model.text_encoder.path=...
-    out["text_encoder"] = {"path": None}
-    # Sampling defaults: v1.0's sample_video.py samples its configured latent grid (60 x 90 -> 480 x 720, which it
-    # hard-codes); HEAD's --sampling-image-size defaults to 768 x 1360 and its configs to 16 fps.
-    v1_5 = out["generation"] is Generation.v1_5
-    if v1_5:
-        out["default_height"], out["default_width"] = 768, 1360
-    else:
-        out["default_height"], out["default_width"] = 8 * out["latent_height"], 8 * out["latent_width"]
-    out["default_fps"] = 16 if v1_5 else 8
-    out["vae_ckpt"] = None  # SAT's ckpt_path is relative to where SAT ran; model.vae_ckpt=... at run time
-    out["lora_ckpt"] = None  # a LoRA is loaded at run time, model.lora_ckpt=...
-    out["vae"] = {k: first_stage["encoder"][k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels")}
-    out["vae"]["temporal_compress_times"] = out["time_compressed_rate"]
+    _add_unstated(out, first_stage)
 
     return SatImport(
         model=_in_schema_order(ModelConfig, out),

@@ -375,7 +375,9 @@ def _combination_for(index: int, seed: int, combinations: list[tuple[str, str, s
     return combinations[int(order[position])]
 
 
-def _check_arguments(num_clips: int, frames: int, height: int, width: int, fps: int, paraphrase_p: float) -> None:
+def _check_arguments(
+    num_clips: int, frames: int, height: int, width: int, fps: int, paraphrase_p: float, workers: int
+) -> None:
     if num_clips < 1:
         raise CogvidError(f"num_clips={num_clips}: need at least one clip")
     if frames < 2:
@@ -386,6 +388,8 @@ def _check_arguments(num_clips: int, frames: int, height: int, width: int, fps: 
         raise CogvidError(f"fps={fps}: must be at least 1")
     if not 0.0 <= paraphrase_p <= 1.0:
         raise CogvidError(f"paraphrase_p={paraphrase_p}: must be in [0, 1]")
+    if workers < 1:
+        raise CogvidError(f"workers={workers}: must be at least 1")
 
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
@@ -457,9 +461,7 @@ def write_dataset(
 
     `workers` threads render and encode clips side by side (the encoder is a subprocess); files are the same.
     """
-    _check_arguments(num_clips, frames, height, width, fps, paraphrase_p)
-    if workers < 1:
-        raise CogvidError(f"workers={workers}: must be at least 1")
+    _check_arguments(num_clips, frames, height, width, fps, paraphrase_p, workers)
     out = Path(out)
     _prepare_folder(out, overwrite)
     plan = plan_dataset(
@@ -472,21 +474,9 @@ def write_dataset(
         combinations=combinations,
         placement=placement,
     )
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        written = pool.map(lambda clip: _write_clip(out, clip, fps), plan)
-        for _ in tqdm(written, total=len(plan), desc="shapes clips", unit="clip", disable=not progress, leave=False):
-            pass
-    specs = [clip.spec for clip in plan]
-    summary = DatasetSummary(
-        out=out,
-        num_clips=num_clips,
-        colours=_counts([s.colour for s in specs], tuple(ALL_COLOURS)),
-        shapes=_counts([s.shape for s in specs], ALL_SHAPES),
-        directions=_counts([s.direction for s in specs], DIRECTIONS),
-        paraphrased=sum(c.caption != plain_caption(c.spec.colour, c.spec.shape, c.spec.direction) for c in plan),
-        held_out=held_out_combinations(),
-    )
-    manifest = {
+    _write_clips(out, plan, fps, workers=workers, progress=progress)
+    summary = _summarize(out, plan)
+    settings = {
         "seed": seed,
         "num_clips": num_clips,
         "frames": frames,
@@ -495,6 +485,38 @@ def write_dataset(
         "fps": fps,
         "paraphrase_p": paraphrase_p,
         "placement": Placement(placement).value,
+    }
+    _write_manifest(out, settings, plan, summary)
+    log.info("wrote %d shapes clips to %s", num_clips, out)
+    return summary
+
+
+def _write_clips(out: Path, plan: list[PlannedClip], fps: int, *, workers: int, progress: bool) -> None:
+    """Render and write every planned clip, `workers` at a time, behind a progress bar."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        written = pool.map(lambda clip: _write_clip(out, clip, fps), plan)
+        for _ in tqdm(written, total=len(plan), desc="shapes clips", unit="clip", disable=not progress, leave=False):
+            pass
+
+
+def _summarize(out: Path, plan: list[PlannedClip]) -> DatasetSummary:
+    """How often each word appears in the planned clips, and how many captions are paraphrases."""
+    specs = [clip.spec for clip in plan]
+    return DatasetSummary(
+        out=out,
+        num_clips=len(plan),
+        colours=_counts([s.colour for s in specs], tuple(ALL_COLOURS)),
+        shapes=_counts([s.shape for s in specs], ALL_SHAPES),
+        directions=_counts([s.direction for s in specs], DIRECTIONS),
+        paraphrased=sum(c.caption != plain_caption(c.spec.colour, c.spec.shape, c.spec.direction) for c in plan),
+        held_out=held_out_combinations(),
+    )
+
+
+def _write_manifest(out: Path, settings: dict, plan: list[PlannedClip], summary: DatasetSummary) -> None:
+    """Write OUT/dataset.json: the arguments in `settings`, the counts, the vocabulary and every clip's spec."""
+    manifest = {
+        **settings,
         "counts": {"colour": summary.colours, "shape": summary.shapes, "direction": summary.directions},
         "paraphrased": summary.paraphrased,
         "held_out": [list(t) for t in summary.held_out],
@@ -503,8 +525,6 @@ def write_dataset(
     }
     payload = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     write_atomic(out / "dataset.json", lambda f: f.write(payload))
-    log.info("wrote %d shapes clips to %s", num_clips, out)
-    return summary
 
 
 def _counts(words: list[str], names: tuple[str, ...]) -> dict[str, int]:

@@ -35,6 +35,28 @@ class TrainResult:
     trainer: L.Trainer | None = None
 
 
+def _log_start(cfg, plan: TrainPlan, trainer: L.Trainer, module: VideoDiffusionModule) -> None:
+    """Log what the run trains, how, and from which step to which (and its EMA, if any)."""
+    log.info(
+        "training %s (mode=%s, %s, precision %s) on %d process(es) from step %d to %d; output %s",
+        cfg.model.name,
+        cfg.mode.name,
+        plan.strategy,
+        plan.precision,
+        trainer.world_size,
+        plan.start_step,
+        cfg.train.max_steps,
+        plan.out_dir,
+    )
+    if module.ema is not None:
+        log.info(
+            "EMA of the %d trainable weights, decay %s, in every checkpoint; the SAT weights hold the %s weights",
+            len(module.trainable_names),
+            module.ema.decay,
+            "EMA" if plan.sat_from_ema else "trained",
+        )
+
+
 def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
     """task=fit: train the DiT (LoRA or SFT) as `plan` (`cogvid.training.plan.plan_train`) says: on its checked
     dataset (videos or a latent cache), resuming from its resume point."""
@@ -66,24 +88,7 @@ def fit(cfg, plan: TrainPlan, deepspeed_strategy_class=None) -> TrainResult:
         precision=precision,
     )
     if trainer.is_global_zero:
-        log.info(
-            "training %s (mode=%s, %s, precision %s) on %d process(es) from step %d to %d; output %s",
-            cfg.model.name,
-            cfg.mode.name,
-            plan.strategy,
-            precision,
-            trainer.world_size,
-            start_step,
-            t.max_steps,
-            out_dir,
-        )
-    if trainer.is_global_zero and module.ema is not None:
-        log.info(
-            "EMA of the %d trainable weights, decay %s, in every checkpoint; the SAT weights hold the %s weights",
-            len(module.trainable_names),
-            module.ema.decay,
-            "EMA" if plan.sat_from_ema else "trained",
-        )
+        _log_start(cfg, plan, trainer, module)
     ckpt_path = str(resume_dir / STATE) if resume_dir is not None else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return TrainResult(
