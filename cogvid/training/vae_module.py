@@ -291,6 +291,18 @@ class VaeTrainResult:
     trainer: L.Trainer | None = None
 
 
+def _vae_clips(cfg, plan: TrainPlan) -> tuple[HoldoutClips, VideoClips | ClipsInMemory, int]:
+    """The held-out clips decoded; the training clips (in memory unless train.vae.clips_in_memory=false) and the
+    loader workers they need."""
+    progress, spec = cfg.train.progress_bar, plan.spec
+    holdout_data = ClipsInMemory(VideoClips(list(plan.holdout), spec), progress=progress)
+    holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in plan.holdout])
+    dataset = VideoClips(list(plan.clips), spec)
+    if cfg.train.vae.clips_in_memory:
+        return holdout, ClipsInMemory(dataset, progress=progress), 0  # in memory: workers only copy
+    return holdout, dataset, cfg.data.num_workers
+
+
 def fit_vae(cfg, plan: TrainPlan) -> VaeTrainResult:
     """Train the VAE on the clips of `plan` (`cogvid.training.plan.plan_train`: data.root / data.manifest minus the
     held-out clips, checked) and write it to the plan's output dir."""
@@ -304,12 +316,7 @@ def fit_vae(cfg, plan: TrainPlan) -> VaeTrainResult:
     if v.freeze_encoder:  # only the decoder learns: the latents stay those of train.vae.init
         module.vae.encoder.requires_grad_(False)
         log.info("task=vae: the encoder is frozen; only the decoder learns")
-    holdout_data = ClipsInMemory(VideoClips(list(plan.holdout), spec), progress=t.progress_bar)
-    holdout = HoldoutClips((holdout_data.videos.float() - 127.5) / 127.5, [str(c.path) for c in plan.holdout])
-    dataset = VideoClips(list(plan.clips), spec)
-    workers = cfg.data.num_workers
-    if v.clips_in_memory:
-        dataset, workers = ClipsInMemory(dataset, progress=t.progress_bar), 0  # in memory: workers only copy
+    holdout, dataset, workers = _vae_clips(cfg, plan)
     log.info(
         "task=vae: %d training clips, %d held out (%d frames, %dx%d)",
         len(dataset),
