@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +282,17 @@ def _clutter(frames: np.ndarray, backgrounds: np.ndarray, masks: list[np.ndarray
     return float((marked & away).sum(axis=(1, 2)).sum() / max(1, away.sum()))
 
 
+def _detect(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(backgrounds (F, 3), detected (F, H, W) bool, threshold) of float frames (F, H, W, 3): each frame's background
+    is the median of its border; a pixel is detected when its blurred colour is farther from it than the threshold
+    (at least DETECT_MIN_DISTANCE, else a multiple of the border's own noise), then opened (specks of noise gone)."""
+    backgrounds = np.median(_border(x, BORDER_PX), axis=1)  # (F, 3)
+    smooth = _box_blur(x)
+    distance = np.linalg.norm(smooth - backgrounds[:, None, None], axis=-1)  # (F, H, W)
+    threshold = max(DETECT_MIN_DISTANCE, DETECT_NOISE_FACTOR * float(np.median(_border(distance, BORDER_PX))))
+    return backgrounds, _dilate(_erode(distance > threshold)), threshold
+
+
 def measure_video(frames: np.ndarray) -> VideoReading:
     """Read (F, H, W, 3) uint8 frames: background, the moving object's colour, shape and direction, and flicker."""
     frames = np.asarray(frames)
@@ -289,11 +300,7 @@ def measure_video(frames: np.ndarray) -> VideoReading:
         raise ValueError(f"expected (frames, height, width, 3) frames, got {frames.shape}")
     n, h, w, _ = frames.shape
     x = frames.astype(np.float64)  # (F, H, W, 3)
-    backgrounds = np.median(_border(x, BORDER_PX), axis=1)  # (F, 3)
-    smooth = _box_blur(x)
-    distance = np.linalg.norm(smooth - backgrounds[:, None, None], axis=-1)  # (F, H, W)
-    threshold = max(DETECT_MIN_DISTANCE, DETECT_NOISE_FACTOR * float(np.median(_border(distance, BORDER_PX))))
-    detected = _dilate(_erode(distance > threshold))  # (F, H, W), opened: specks of noise gone
+    backgrounds, detected, threshold = _detect(x)
     min_area = max(4, int(MIN_AREA_FRACTION * h * w))
 
     objects = [_find_object(x[f], detected[f], backgrounds[f], threshold, min_area) for f in range(n)]
@@ -305,9 +312,12 @@ def measure_video(frames: np.ndarray) -> VideoReading:
     seen = [(f, o) for f, o in enumerate(objects) if o is not None]
     background_rgb = tuple(float(v) for v in np.median(backgrounds, axis=0))
     if len(seen) < max(2, math.ceil(n / 2)):
-        nothing = VideoReading(found=False, colour=None, direction=None, shape=None, displacement_px=0.0, flicker=0.0)
-        return replace(
-            nothing,
+        return VideoReading(
+            found=False,
+            colour=None,
+            direction=None,
+            shape=None,
+            displacement_px=0.0,
             flicker=flicker,
             background_rgb=background_rgb,
             areas=areas,
