@@ -214,10 +214,10 @@ def equal_quality(results: dict, psnr_levels: list[float]) -> list[dict]:
     seconds per video; then each preset against diffusers' quickest setting at the preset's quality and against
     diffusers' default."""
     levels = [(f"PSNR >= {t:g} dB", lambda s, t=t: s["psnr"] >= t) for t in psnr_levels]
-    for default in (DEFAULT, DIFFUSERS_DEFAULT):
-        if (base := setting(results, *default)) is not None:
+    for tool, solver, n in (DEFAULT, DIFFUSERS_DEFAULT):
+        if (base := setting(results, tool, solver, n)) is not None:
             floor = round(base[2]["adherence"] - 2, 1)
-            name = f"adherence >= {floor} % ({default[0]}'s default, {default[1]} at {default[2]} steps, - 2 points)"
+            name = f"adherence >= {floor} % (the default of {tool}, {solver} at {n} steps, - 2 points)"
             levels.append((name, lambda s, floor=floor: s["adherence"] >= floor))
     out = [comparison(name, fastest(results, "cogvid", f), fastest(results, "diffusers", f)) for name, f in levels]
     for line, row in results.items():
@@ -307,20 +307,19 @@ def plot(results: dict, path: Path, top: float = 60.0) -> None:
     seconds = [s["seconds"] for row in results.values() for s in row.values()]
     lo_x, hi_x = 0.0, max(seconds) * 1.05
     panel_w, y0, y1 = (width - 230 - 3 * margin) // 2, margin, height - margin  # two panels, then the legend
-    panels = [("adherence %", "adherence", 0.0, 100.0), ("PSNR dB against the own reference", "psnr", None, None)]
-    for k, (title, key, lo, hi) in enumerate(panels):
-        values = [min(s[key], top) for row in results.values() for s in row.values()]
-        lo = math.floor(min(values)) - 1 if lo is None else lo
-        hi = math.ceil(max(values)) + 1 if hi is None else hi
+    panels = [("adherence %", "adherence", 100.0), ("PSNR dB against the own reference", "psnr", top)]
+    for k, (title, key, cap) in enumerate(panels):
+        values = [min(s[key], cap) for row in results.values() for s in row.values()]
+        lo, hi = math.floor(min(values)) - 2, math.ceil(max(values)) + 2
         x0 = margin + k * (panel_w + margin)
         x1 = x0 + panel_w
         draw.rectangle([x0, y0, x1, y1], outline="black")
         draw.text((x0, y0 - 20), title, fill="black")
 
-        def xy(vx, vy, x0=x0, x1=x1, lo=lo, hi=hi):
+        def xy(vx, vy, x0=x0, x1=x1, lo=lo, hi=hi, cap=cap):
             return (
                 x0 + 10 + (vx - lo_x) / (hi_x - lo_x) * (x1 - x0 - 20),
-                y1 - 10 - (min(vy, top) - lo) / (hi - lo) * (y1 - y0 - 20),
+                y1 - 10 - (min(vy, cap) - lo) / (hi - lo) * (y1 - y0 - 20),
             )
 
         for line, row in results.items():
