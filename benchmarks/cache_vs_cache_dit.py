@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from bench_common import psnr, run_meta, write_results
 from PIL import Image, ImageDraw
 from quality_vs_steps import ATTRIBUTES
-from shapes_adherence import DiffusersVideos, prompt_sets
+from shapes_adherence import DiffusersVideos, exported_shapes_pipeline, prompt_sets
 from step_cache import CountingVideos, ssim, summarise
 
 from cogvid.shapes.dataset import plain_caption
@@ -227,18 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    from cogvid.config.compose import compose
-    from cogvid.interop.run import run_export
-
     combinations = [c for combos in prompt_sets().values() for c in combos][: args.prompts]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     cases = [(c, seed) for c in combinations for seed in seeds]
     settings = settings_of(args.cogvid_thresholds, args.cache_dit_thresholds)
-    with tempfile.TemporaryDirectory(prefix="cogvid-shapes-diffusers-") as tmp:
-        run_export(compose(["task=to_diffusers", "model=shapes", f"out={tmp}/pipe"], config_name="export"))
+    with exported_shapes_pipeline() as folder:
         cogvid_videos = CogvidVideos()
         tools = {
-            "cache-dit": CacheDitVideos(f"{tmp}/pipe"),
+            "cache-dit": CacheDitVideos(folder),
             "cogvid-parity": cogvid_videos,
             "cogvid-default": cogvid_videos,
         }

@@ -33,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,26 +134,45 @@ class CogvidVideos:
         return to_uint8_frames(result.video)
 
 
+@contextmanager
+def exported_shapes_pipeline():
+    """The shipped shapes model exported for diffusers (`cogvid-export task=to_diffusers`) into a temporary folder,
+    whose path this yields; the folder goes when the block ends."""
+    from cogvid.config.compose import compose
+    from cogvid.interop.run import run_export
+
+    with tempfile.TemporaryDirectory(prefix="cogvid-shapes-diffusers-") as tmp:
+        run_export(compose(["task=to_diffusers", "model=shapes", f"out={tmp}/pipe"], config_name="export"))
+        yield f"{tmp}/pipe"
+
+
+DIFFUSERS_SCHEDULERS = {"ddim": "CogVideoXDDIMScheduler", "dpm": "CogVideoXDPMScheduler"}  # name -> diffusers class
+
+
 class DiffusersVideos:
-    """Videos from diffusers' CogVideoXPipeline with CogVideoXDDIMScheduler, loaded from an exported folder."""
+    """Videos from diffusers' CogVideoXPipeline, loaded from an exported folder, with one of its CogVideoX
+    schedulers (`DIFFUSERS_SCHEDULERS`: ddim, the 2B's, or dpm, the 5B's; CogVideoXDPMScheduler draws fresh noise
+    at every step)."""
 
-    def __init__(self, folder: str, num_steps: int, guidance_scale: float):
-        from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+    def __init__(self, folder: str, num_steps: int, guidance_scale: float, scheduler: str = "ddim"):
+        import diffusers
 
-        self.pipe = CogVideoXPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-        self.pipe.scheduler = CogVideoXDDIMScheduler.from_config(self.pipe.scheduler.config)
+        self.pipe = diffusers.CogVideoXPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        scheduler_class = getattr(diffusers, DIFFUSERS_SCHEDULERS[scheduler])
+        self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
         self.pipe.set_progress_bar_config(disable=True)
         self.num_steps, self.guidance_scale = num_steps, guidance_scale
-        self.settings = {"sampler": "diffusers-ddim", "num_steps": num_steps, "guidance_scale": guidance_scale}
+        self.settings = {"sampler": f"diffusers-{scheduler}", "num_steps": num_steps, "guidance_scale": guidance_scale}
 
-    def __call__(self, prompt: str, seed: int) -> np.ndarray:
+    def __call__(self, prompt: str, seed: int, num_steps: int | None = None) -> np.ndarray:
+        """(f, h, w, 3) uint8; num_steps: this video's step count (default: the one given at construction)."""
         out = self.pipe(
             prompt=prompt,
             negative_prompt="",  # cogvid's sampler.uncond=negative_prompt with infer.negative_prompt's default
             num_frames=9,
             height=64,
             width=64,
-            num_inference_steps=self.num_steps,
+            num_inference_steps=num_steps or self.num_steps,
             guidance_scale=self.guidance_scale,
             use_dynamic_cfg=False,  # sampler.guider=constant
             generator=torch.Generator().manual_seed(seed),  # the initial noise cogvid draws for infer.seed=seed

@@ -57,17 +57,12 @@ def cases_of(seeds: list[int]) -> list[tuple]:
 
 def diffusers_seconds(seeds: list[int]) -> float:
     """Median seconds per video of diffusers' pipeline on the shapes model's export, over the same cases."""
-    import tempfile
     import time
 
-    from shapes_adherence import DiffusersVideos
+    from shapes_adherence import DiffusersVideos, exported_shapes_pipeline
 
-    from cogvid.config.compose import compose
-    from cogvid.interop.run import run_export
-
-    with tempfile.TemporaryDirectory(prefix="cogvid-shapes-diffusers-") as tmp:
-        run_export(compose(["task=to_diffusers", "model=shapes", f"out={tmp}/pipe"], config_name="export"))
-        make = DiffusersVideos(f"{tmp}/pipe", 50, 6.0)
+    with exported_shapes_pipeline() as folder:
+        make = DiffusersVideos(folder, 50, 6.0)
         make("a red circle moving right", 0)  # warm-up
         seconds = []
         for combination, seed in cases_of(seeds):
