@@ -37,14 +37,15 @@ demo: $(STAMP)
 fidelity: $(STAMP)
 	$(PY) scripts/fidelity_report.py
 
-# Train the shapes model from nothing (data, tokenizer + T5, VAE, latents, DiT; fixed seeds; about 116 min on 2 idle CPU cores)
+# Train the shapes model from nothing (data, tokenizer + T5, VAE, latents, DiT, then the VAE and DiT refined; fixed
+# seeds; about 3 hours on 2 idle CPU cores, docs/shapes.md#the-recipe)
 # into cogvid/weights/shapes (what model=shapes loads); stages finished in $(SHAPES_WORK)/recipe.json are skipped.
 SHAPES_WORK ?= outputs/shapes-model
 shapes-model: $(STAMP)
 	$(PY) scripts/make_shapes_model.py $(SHAPES_WORK)
 
 # The LoRA that teaches the shipped shapes model the colour "cyan" (data, latents, LoRA run; fixed seeds) into
-# cogvid/weights/shapes/lora-cyan (what `cogvid-sample model=shapes lora=cyan` loads).
+# cogvid/weights/shapes/lora-cyan (what `cogvid-sample model=shapes adapter=cyan` loads).
 LORA_WORK ?= outputs/shapes-lora
 shapes-lora: $(STAMP)
 	$(PY) scripts/make_shapes_model.py --lora $(LORA_WORK)

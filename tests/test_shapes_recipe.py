@@ -31,6 +31,8 @@ TOY_DIT = [
     "train.lr=1e-3",
     "train.progress_bar=false",
 ]
+TOY_VAE_REFINE = [*TOY_VAE, "train.vae.edge_weight=1"]
+TOY_DIT_REFINE = [s for s in TOY_DIT if not s.startswith("model.ckpt=")]  # the stage starts from the dit stage's
 
 
 def test_the_recipe_ships_a_model_that_samples_and_a_rerun_skips_every_stage(tmp_path, monkeypatch):
@@ -39,16 +41,28 @@ def test_the_recipe_ships_a_model_that_samples_and_a_rerun_skips_every_stage(tmp
     shutil.copy(conf_dir() / "model" / "shapes.yaml", model_config)
     ship = tmp_path / "shipped"
     settings = RecipeSettings(
-        num_clips=6, vae=TOY_VAE, dit=TOY_DIT, model=TOY_MODEL, ship_dir=ship, model_config=model_config
+        num_clips=6,
+        vae=TOY_VAE,
+        dit=TOY_DIT,
+        vae_refine=TOY_VAE_REFINE,
+        dit_refine=TOY_DIT_REFINE,
+        model=TOY_MODEL,
+        ship_dir=ship,
+        model_config=model_config,
     )
     record = Recipe(tmp_path / "work", workers=1, settings=settings).run()
 
     assert list(record) == list(STAGES) and all(record[s]["seconds"] >= 0 for s in STAGES)
     assert record["data"]["clips"] == 6 and record["precompute"]["samples"] == 6 and record["dit"]["steps"] == 2
+    assert record["precompute_refine"]["samples"] == 6 and record["dit_refine"]["steps"] == 2
     assert json.loads((ship / "recipe.json").read_text()) == record
 
     # fp16 on disk, the files the sizes report names, and the trained scale factor in the model config
     dit, _ = read_sat_state_dict(ship / "transformer")
+    assert (ship / "transformer" / "latest").read_text().strip() == "4"  # 2 steps of dit, then 2 of dit_refine
+    # the refined DiT and VAE are shipped: the DiT went on from the dit stage's weights, the VAE from the vae stage's
+    refined, _ = read_sat_state_dict(tmp_path / "work" / "dit-refine" / "sat")
+    assert refined.keys() == dit.keys() and all(torch.equal(dit[k], v.half()) for k, v in refined.items())
     vae = read_sat_vae_state_dict(ship / "vae" / "3d-vae.pt")
     assert {t.dtype for t in [*dit.values(), *vae.values()] if t.is_floating_point()} == {torch.float16}
     assert (ship / "t5" / "config.json").is_file() and (ship / "t5" / "spiece.model").is_file()
@@ -56,7 +70,7 @@ def test_the_recipe_ships_a_model_that_samples_and_a_rerun_skips_every_stage(tmp
         "recipe.json"
     }
     scale = float(re.search(r"^scale_factor: ([0-9.]+)", model_config.read_text(), re.M).group(1))
-    assert abs(scale - record["vae"]["scale_factor"]) < 1e-6 and scale != 1.15258426
+    assert abs(scale - record["vae_refine"]["scale_factor"]) < 1e-6 and scale != record["vae"]["scale_factor"]
 
     # the shipped folder is what cogvid-sample reads
     written = run_sample(

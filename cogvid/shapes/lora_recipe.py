@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cogvid.sat.checkpoint import read_lora_adapters, save_sat_checkpoint
 from cogvid.shapes.dataset import reserved_combinations, training_combinations
-from cogvid.shapes.recipe import DATA_PLACEMENT, Recipe, RecipeSettings, _ship, shipped_dir
+from cogvid.shapes.recipe import DATA_PLACEMENT, Recipe, RecipeSettings, WorkFolder, _ship, shipped_dir
 from cogvid.training.resume import SAT_DIR
 from cogvid.utils.files import staged_folder
 
@@ -70,11 +70,9 @@ class LoraRecipe(Recipe):
     def __init__(self, out: str | Path, workers: int = 2, settings: LoraSettings | None = None):
         super().__init__(out, workers, settings or LoraSettings())
 
-    @property
-    def lora_dir(self) -> Path:
-        return self.out / "lora"
+    lora_dir = WorkFolder("lora")
 
-    def model_overrides(self) -> list[str]:
+    def model_overrides(self, vae_dir: Path | None = None) -> list[str]:
         """The shipped base model (its DiT, VAE, T5 and scale factor), plus the settings' size overrides."""
         return self.base_overrides()
 
