@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import traceback
 from collections import Counter
@@ -49,15 +50,26 @@ def together(n: int, work) -> list[tuple[str, object]]:
         except CogvidError as ex:
             outcome = ("error", str(ex))
         except BaseException:
+            barrier.abort()  # the others do not wait for this one at the barrier: they fail with it
             outcome = ("crash", traceback.format_exc())
         results.put((i, outcome))
 
     procs = [FORK.Process(target=child, args=(i,)) for i in range(n)]
     for p in procs:
         p.start()
-    got = dict(results.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    got = {}
+    try:
+        while len(got) < n:
+            i, outcome = results.get(timeout=240)
+            got[i] = outcome
+    except queue.Empty:
+        stuck = [i for i in range(n) if i not in got]
+        raise AssertionError(f"processes {stuck} gave no result in 240 s; the others: {got}") from None
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
     crashes = [text for kind, text in got.values() if kind == "crash"]
     assert not crashes, crashes[0]
     return [got[i] for i in range(n)]
