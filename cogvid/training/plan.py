@@ -161,6 +161,10 @@ def _plan_vae(cfg, out_dir: Path) -> TrainPlan:
         raise CogvidError("task=vae trains on videos (data.root or data.manifest), not on data.cache latents")
     if v.init and not Path(v.init).expanduser().is_file():
         raise CogvidError(f"train.vae.init={v.init}: no such file (a 3d-vae.pt, e.g. OUT/vae/3d-vae.pt)")
+    if v.freeze_encoder and not v.init:
+        raise CogvidError(
+            "train.vae.freeze_encoder=true keeps a trained encoder: name it with train.vae.init=3d-vae.pt"
+        )
     accelerator, precision = device_placement(cfg)
     spec, clips = clip_spec(cfg), find_clips(cfg)
     if len(clips) <= v.holdout:
