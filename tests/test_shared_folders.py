@@ -7,11 +7,13 @@ are, without paying for a fresh interpreter and torch import each."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import multiprocessing
 import os
 import queue
 import signal
+import sys
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -36,6 +38,7 @@ from cogvid.utils.numbered_names import INDEX_PREFIX, next_free_index
 
 TORCH_THREADS = 1
 FORK = multiprocessing.get_context("fork")
+WAIT_S = 240  # for one process's result
 
 
 def together(n: int, work) -> list[tuple[str, object]]:
@@ -45,6 +48,8 @@ def together(n: int, work) -> list[tuple[str, object]]:
 
     def child(i: int) -> None:
         torch.set_num_threads(1)
+        # a stuck process shows where, in the test's captured stderr
+        faulthandler.dump_traceback_later(WAIT_S - 20, file=sys.__stderr__)
         try:
             outcome = ("ok", work(i, barrier))
         except CogvidError as ex:
@@ -60,11 +65,13 @@ def together(n: int, work) -> list[tuple[str, object]]:
     got = {}
     try:
         while len(got) < n:
-            i, outcome = results.get(timeout=240)
+            i, outcome = results.get(timeout=WAIT_S)
             got[i] = outcome
     except queue.Empty:
         stuck = [i for i in range(n) if i not in got]
-        raise AssertionError(f"processes {stuck} gave no result in 240 s; the others: {got}") from None
+        raise AssertionError(
+            f"processes {stuck} gave no result in {WAIT_S} s (their stacks: captured stderr); the others: {got}"
+        ) from None
     finally:
         for p in procs:
             p.join(timeout=60)
