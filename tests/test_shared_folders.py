@@ -74,9 +74,10 @@ def together(n: int, work) -> list[tuple[str, object]]:
         ) from None
     finally:
         for p in procs:
-            p.join(timeout=60)
+            p.join(timeout=60 if len(got) == n else 0)  # a process that gave no result is not waited for again
             if p.is_alive():
                 p.kill()
+                p.join()
     crashes = [text for kind, text in got.values() if kind == "crash"]
     assert not crashes, crashes[0]
     return [got[i] for i in range(n)]

@@ -259,7 +259,10 @@ def read_frames(path: Path, indices: list[int]) -> np.ndarray:
             for i, frame in enumerate(container.decode(container.streams.video[0])):
                 decoded = i + 1
                 if i in wanted:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    # threads=1: swscale's slice threads (its default, one per CPU) live as long as the frame does,
+                    # and a process forked beside them (DataLoader workers, forked writers) was seen to hang in
+                    # swscale's thread-pool teardown; one frame of a clip converts in well under a millisecond
+                    got[i] = frame.to_ndarray(format="rgb24", threads=1)
                 if i >= last:
                     break
     except _av_errors(av) as ex:
