@@ -31,6 +31,7 @@ from cogvid.training.data import (
 from cogvid.training.metrics import read_train_log
 from cogvid.training.module import VideoDiffusionModule
 from cogvid.training.optim import linear_schedule, param_groups
+from cogvid.training.plan import plan_train
 from cogvid.training.run import run_train
 from cogvid.training.strategies import deepspeed_config
 from cogvid.utils.errors import CogvidError
@@ -287,6 +288,19 @@ def test_precompute_then_train_without_vae_or_t5(tmp_path, tiny_t5_dir, clips_di
         events.Tags()["scalars"]
     )
     assert events.Images("validation/00_seed1")[0].encoded_image_string[:6] == b"GIF89a"
+
+
+@pytest.mark.parametrize(("extra", "dtype"), [((), torch.float32), (("train.precision=bf16-mixed",), torch.bfloat16)])
+def test_precompute_encodes_in_the_dtype_a_fit_would(tmp_path, tiny_t5_dir, clips_dir, extra, dtype):
+    """The VAE and T5 of task=precompute run as those of a fit of the same config, so the cached latents are those
+    the fit would encode on the fly: dtype=, else train.precision's (fp32 on the CPU by default)."""
+    cache = tmp_path / "cache"
+    pre = train_cfg(tiny_t5_dir, tmp_path / "pre", f"data.root={clips_dir}", f"data.cache={cache}", *extra)
+    pre.task = "precompute"
+    plan = plan_train(pre)
+    assert (plan.accelerator, plan.frozen_dtype) == ("cpu", dtype)
+    fit = train_cfg(tiny_t5_dir, tmp_path / "fit", f"data.root={clips_dir}", *extra)
+    assert VideoDiffusionModule(fit, precision=plan_train(fit).precision).frozen_dtype == dtype
 
 
 VALIDATION = (

@@ -36,8 +36,9 @@ class TrainPlan:
     cache: Path | None = None  # data.cache: fit reads it, precompute writes it
     cache_meta: dict | None = None  # precompute: data.cache/meta.json (an existing one agrees with it)
     dataset: Any = None  # fit: the training data, videos (`VideoClips`) or the cache (`CachedLatents`), checked
-    accelerator: str = "cpu"  # fit, vae: Lightning's accelerator, gpu | cpu
-    precision: str = "32"  # fit, vae: Lightning's precision, bf16-mixed | 16-mixed | 32
+    accelerator: str = "cpu"  # Lightning's accelerator, gpu | cpu (precompute: where it encodes)
+    precision: str = "32"  # Lightning's precision, bf16-mixed | 16-mixed | 32
+    frozen_dtype: Any = None  # precompute: the torch dtype the VAE and T5 encode in (`strategies.frozen_dtype`)
     strategy: str = "single"  # train.strategy: single | ddp | deepspeed
     deepspeed: dict | None = None  # the DeepSpeed JSON config (strategy deepspeed)
     world_size: int = 1  # fit: the processes of the whole run
@@ -190,7 +191,9 @@ def _plan_precompute(cfg, image_to_video: bool) -> TrainPlan:
     """task=precompute: the clips (one decodes) and a data.cache that takes these latents."""
     from cogvid.training.data import VideoClips, clip_spec, find_clips
     from cogvid.training.precompute import cache_meta, check_cache_agrees
+    from cogvid.training.strategies import device_placement, frozen_dtype
 
+    accelerator, precision = device_placement(cfg)  # the frozen parts run as a fit of this config would run them
     spec = clip_spec(cfg)
     videos = VideoClips(find_clips(cfg), spec)
     videos.check_readable()  # one clip decodes to enough frames, before meta.json is written
@@ -206,4 +209,7 @@ def _plan_precompute(cfg, image_to_video: bool) -> TrainPlan:
         clips=tuple(videos.clips),
         cache=cache,
         cache_meta=meta,
+        accelerator=accelerator,
+        precision=precision,
+        frozen_dtype=frozen_dtype(cfg, precision),
     )

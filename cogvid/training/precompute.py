@@ -112,9 +112,8 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     from cogvid.sat.loading import load_frozen_parts
 
     rank, world, local_rank = dist_env()
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    dtype = TORCH_DTYPES[cfg.dtype] if cfg.dtype is not None else torch.float32
-    frozen = load_frozen_parts(cfg.model, dtype, device)
+    device = torch.device(f"cuda:{local_rank}" if plan.accelerator == "gpu" else "cpu")
+    frozen = load_frozen_parts(cfg.model, plan.frozen_dtype, device)
     image_seed = cfg.train.seed if plan.image_to_video else None
     encode = partial(_encode_clip, frozen.vae, frozen.text_encoder, image_seed=image_seed)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
