@@ -116,23 +116,26 @@ def holdout_indices(n: int, k: int) -> list[int]:
 
 
 class VaeModule(L.LightningModule):
-    """Trains `CausalVideoVAE.from_config(cfg.model.vae)` from scratch: reconstruction + kl_weight x KL (LDM)."""
+    """Trains `CausalVideoVAE.from_config(cfg.model.vae)` (from scratch, or from train.vae.init once `fit_vae` loads
+    it): reconstruction (+ edge_weight x the same on the frames' pixel differences) + kl_weight x KL (LDM); with
+    train.vae.freeze_encoder the encoder is fixed and the loss is the reconstruction alone."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.vae = CausalVideoVAE.from_config(cfg.model.vae)
+        if cfg.train.vae.freeze_encoder:  # only the decoder learns: the latents stay those of train.vae.init
+            self.vae.encoder.requires_grad_(False)  # so it builds no graph; loading weights keeps the flag
         self.step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses (read by TrainMetrics)
         self.skipped: list[tuple[str, str]] = []  # videos replaced in this step's batches
         log.info("VAE: %d parameters (%s)", sum(p.numel() for p in self.vae.parameters()), dict(cfg.model.vae))
 
     def losses(self, video: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """{"loss", "reconstruction", "kl"} of a batch of clips (b, 3, F, H, W) in [-1, 1], each a per-pixel mean
-        over the batch; the posterior noise is drawn from `generator` (on the CPU)."""
+        """{"loss", "reconstruction" (its edge term included), "kl"} of a batch of clips (b, 3, F, H, W) in [-1, 1],
+        each a per-pixel mean over the batch; the posterior noise is drawn from `generator` (on the CPU)."""
         v = self.cfg.train.vae
-        # 1. encode the whole clip to [mean | logvar]: (b, 2z, T, h, w); a frozen encoder builds no graph
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not v.freeze_encoder):
-            mean, logvar = self.vae.encode_moments(video).float().chunk(2, dim=1)
+        # 1. encode the whole clip to [mean | logvar]: (b, 2z, T, h, w)
+        mean, logvar = self.vae.encode_moments(video).float().chunk(2, dim=1)
         # 2. a posterior sample, decoded in one call: (b, z, T, h, w) -> (b, 3, F, H, W)
         z = sample_posterior(mean, logvar, generator)
         reconstruction = self.vae.decode(z.to(video.dtype)).float()
@@ -141,12 +144,13 @@ class VaeModule(L.LightningModule):
         if v.foreground_weight > 0:  # the object weighs as much as the background that surrounds it
             weight = 1.0 + v.foreground_weight * foreground_mask(video)
             weight = weight / weight.mean()  # a weighted mean: the loss keeps its scale
-        reconstruction_loss = pixel_loss(reconstruction - video.float(), VaeLoss(v.loss), weight)
+        target, kind = video.float(), VaeLoss(v.loss)
+        reconstruction_loss = pixel_loss(reconstruction - target, kind, weight)
         if v.edge_weight > 0:
             edge_loss = sum(
                 pixel_loss(
-                    reconstruction.diff(dim=dim) - video.float().diff(dim=dim),
-                    VaeLoss(v.loss),
+                    reconstruction.diff(dim=dim) - target.diff(dim=dim),
+                    kind,
                     None if weight is None else weight.narrow(dim, 1, weight.shape[dim] - 1),
                 )
                 for dim in (-1, -2)
@@ -313,8 +317,7 @@ def fit_vae(cfg, plan: TrainPlan) -> VaeTrainResult:
     if v.init:
         load_sat_vae(Path(v.init).expanduser(), module.vae).train()  # strict: the same sizes
         log.info("task=vae: starting from %s", v.init)
-    if v.freeze_encoder:  # only the decoder learns: the latents stay those of train.vae.init
-        module.vae.encoder.requires_grad_(False)
+    if v.freeze_encoder:
         log.info("task=vae: the encoder is frozen; only the decoder learns")
     holdout, dataset, workers = _vae_clips(cfg, plan)
     log.info(
