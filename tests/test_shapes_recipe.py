@@ -32,7 +32,6 @@ TOY_DIT = [
     "train.progress_bar=false",
 ]
 TOY_VAE_REFINE = [*TOY_VAE, "train.vae.edge_weight=1"]
-TOY_DIT_REFINE = [s for s in TOY_DIT if not s.startswith("model.ckpt=")]  # the stage starts from the dit stage's
 
 
 def test_the_recipe_ships_a_model_that_samples_and_a_rerun_skips_every_stage(tmp_path, monkeypatch):
@@ -45,7 +44,7 @@ def test_the_recipe_ships_a_model_that_samples_and_a_rerun_skips_every_stage(tmp
         vae=TOY_VAE,
         dit=TOY_DIT,
         vae_refine=TOY_VAE_REFINE,
-        dit_refine=TOY_DIT_REFINE,
+        dit_refine=TOY_DIT,  # the stage names the dit stage's weights in place of model.ckpt=null
         model=TOY_MODEL,
         ship_dir=ship,
         model_config=model_config,
@@ -60,10 +59,12 @@ def test_the_recipe_ships_a_model_that_samples_and_a_rerun_skips_every_stage(tmp
     # fp16 on disk, the files the sizes report names, and the trained scale factor in the model config
     dit, _ = read_sat_state_dict(ship / "transformer")
     assert (ship / "transformer" / "latest").read_text().strip() == "4"  # 2 steps of dit, then 2 of dit_refine
-    # the refined DiT and VAE are shipped: the DiT went on from the dit stage's weights, the VAE from the vae stage's
+    # the refine stages' DiT and VAE are what ships
     refined, _ = read_sat_state_dict(tmp_path / "work" / "dit-refine" / "sat")
     assert refined.keys() == dit.keys() and all(torch.equal(dit[k], v.half()) for k, v in refined.items())
     vae = read_sat_vae_state_dict(ship / "vae" / "3d-vae.pt")
+    refined_vae = read_sat_vae_state_dict(tmp_path / "work" / "vae-refine" / "vae" / "3d-vae.pt")
+    assert refined_vae.keys() == vae.keys() and all(torch.equal(vae[k], v.half()) for k, v in refined_vae.items())
     assert {t.dtype for t in [*dit.values(), *vae.values()] if t.is_floating_point()} == {torch.float16}
     assert (ship / "t5" / "config.json").is_file() and (ship / "t5" / "spiece.model").is_file()
     assert set(record["ship"]["files"]) == {p.relative_to(ship).as_posix() for p in ship.rglob("*") if p.is_file()} - {

@@ -45,7 +45,8 @@ DATA_SEED = 0
 # How the DiT's clips are laid out (cogvid.shapes.dataset.Placement). "fixed": the caption fixes everything but the
 # background (a centred path, one speed, one size unless the caption says small or large). Drawn "anywhere", the DiT
 # drew every shape as one blob (balanced shape accuracy at chance); "centred" (small jitter) made it read the shape
-# word but still drew blobs after 3000 steps; "fixed" with 6000 steps draws the shape in 67-75 % (docs/shapes.md).
+# word but still drew blobs after 3000 steps; "fixed" with 6000 steps drew the shape in 67-75 %, and 83-89 % after
+# the refine stages below (docs/shapes.md).
 DATA_PLACEMENT = "fixed"
 T5_SEED = 0
 # The VAE's own clips: every colour and shape the renderer draws, the reserved words (cyan, ring) included. A VAE
@@ -96,27 +97,18 @@ DIT = [
 # costs as much as a wrong colour): its reconstructions of the benchmark's clips keep the shape class in 100 / 91.7 %
 # (balanced, held-out / seen) against 80.6 / 75.0 % before, at 25.0 dB (23.6 before). The DiT then goes on from
 # `dit` on the refined VAE's latents (its own scale factor), 2000 steps at a lower learning rate.
-VAE_REFINE = [
-    "task=vae",
-    "train.precision=32",
-    "train.max_steps=1000",
-    "train.batch_size=2",
-    "train.lr=1e-3",
-    "train.warmup_steps=20",
-    "train.gradient_clip=5.0",
-    "train.checkpoint_every=250",
-    "train.log_every=50",
-    "train.seed=0",
-    "train.vae.loss=mse",
-    "train.vae.foreground_weight=10",
-    "train.vae.edge_weight=1",
-]
-DIT_REFINE = [
-    *(s for s in DIT if not s.startswith(("model.ckpt=", "train.max_steps=", "train.lr=", "train.warmup_steps="))),
-    "train.max_steps=2000",
-    "train.lr=2e-4",
-    "train.warmup_steps=50",
-]
+
+
+def with_overrides(base: list[str], *new: str) -> list[str]:
+    """`base`'s key=value overrides with `new`'s in place of those of the same keys (Hydra takes a key once)."""
+    keys = {override.split("=", 1)[0] for override in new}
+    return [override for override in base if override.split("=", 1)[0] not in keys] + list(new)
+
+
+VAE_REFINE = with_overrides(
+    VAE, "train.max_steps=1000", "train.warmup_steps=20", "train.checkpoint_every=250", "train.vae.edge_weight=1"
+)
+DIT_REFINE = with_overrides(DIT, "train.max_steps=2000", "train.lr=2e-4", "train.warmup_steps=50")
 WEIGHTS = "weights/shapes"  # under the cogvid package; conf/model/shapes.yaml points here
 SHIP_DTYPE = torch.float16  # halves the files; the model runs in fp32 (tensors are widened on load)
 
@@ -151,8 +143,8 @@ class WorkFolder:
     def __init__(self, name: str):
         self.name = name
 
-    def __get__(self, recipe, owner=None) -> Path:
-        return recipe.out / self.name
+    def __get__(self, recipe, owner=None):
+        return self if recipe is None else recipe.out / self.name  # on the class: the descriptor itself
 
 
 class Recipe:
@@ -179,20 +171,16 @@ class Recipe:
     cache_refine = WorkFolder("cache-refine")
     dit_refine_dir = WorkFolder("dit-refine")
 
-    @property
-    def vae_ckpt(self) -> Path:
-        return self.vae_dir / VAE_CKPT
-
-    def scale_factor(self, vae_dir: Path | None = None) -> float:
+    def scale_factor(self, vae_dir: Path) -> float:
         """1 / std of a trained VAE's posterior means on held-out clips (LDM's and SAT's rule); `vae_dir`: the VAE
-        run's folder (default the `vae` stage's)."""
+        run's folder."""
         return float(self.vae_report(vae_dir)["scale_factor_estimate"])
 
     def shipped_record_file(self) -> Path:
         return self.settings.ship_dir / "recipe.json"
 
-    def vae_report(self, vae_dir: Path | None = None) -> dict:
-        return read_json((vae_dir or self.vae_dir) / EVAL_FILE)
+    def vae_report(self, vae_dir: Path) -> dict:
+        return read_json(vae_dir / EVAL_FILE)
 
     def base_overrides(self) -> list[str]:
         """Every stage's: the model (and the settings' size overrides), in this process, on the CPU."""
@@ -242,7 +230,8 @@ class Recipe:
         return self.train_vae(self.vae_dir, self.settings.vae)
 
     def stage_vae_refine(self) -> dict:
-        return self.train_vae(self.vae_refine_dir, [*self.settings.vae_refine, f"train.vae.init={self.vae_ckpt}"])
+        init = f"train.vae.init={self.vae_dir / VAE_CKPT}"  # on from the vae stage's
+        return self.train_vae(self.vae_refine_dir, with_overrides(self.settings.vae_refine, init))
 
     def train_vae(self, out_dir: Path, settings: list[str]) -> dict:
         """A task=vae run on the VAE's clips into `out_dir` (emptied first): its steps, held-out PSNR and scale."""
@@ -278,7 +267,7 @@ class Recipe:
         return self.train_on_cache(self.dit_dir, self.settings.dit)
 
     def stage_dit_refine(self) -> dict:
-        settings = [*self.settings.dit_refine, f"model.ckpt={self.dit_dir / SAT_DIR}"]  # on from the dit stage
+        settings = with_overrides(self.settings.dit_refine, f"model.ckpt={self.dit_dir / SAT_DIR}")  # on from dit's
         return self.train_on_cache(self.dit_refine_dir, settings, self.cache_refine, self.vae_refine_dir)
 
     def train_on_cache(
