@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from cogvid.config.schema import TrainTask
 from cogvid.training.plan import TrainPlan, plan_train
 from cogvid.training.precompute import run_precompute
 from cogvid.training.strategies import end_process_group, start_local_workers
-from cogvid.utils.errors import CogvidError
-from cogvid.utils.locks import LockHeld, hold_lock
+from cogvid.utils.locks import hold_or_refuse
 
 RUN_LOCK = ".cogvid-train.lock"
 
@@ -35,27 +33,6 @@ def _launch_rank() -> int:
     return 0
 
 
-@contextlib.contextmanager
-def one_run_in(out_dir: Path | None) -> Iterator[None]:
-    """Hold `out_dir`'s run lock for the block (rank 0 only: the other ranks are the same run); one line naming the
-    holder when another live run has it."""
-    if out_dir is None or _launch_rank() != 0:
-        yield
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(hold_lock(out_dir / RUN_LOCK, wait=False))
-        except LockHeld as ex:
-            pid, _, host = ex.holder.partition("-")
-            holder = f"pid {pid} on {host}" if host else "another process"
-            raise CogvidError(
-                f"{out_dir} is the output dir of a cogvid-train run that is still going ({holder}); wait for it to "
-                "end or give this run another train.output_dir"
-            ) from None
-        yield
-
-
 def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None = None, plan: TrainPlan | None = None):
     """Fit (task=fit: a TrainResult), fill the latent cache (task=precompute: None) or train the VAE (task=vae: a
     `cogvid.training.vae_module.VaeTrainResult`); with train.devices > 1 and no launcher around,
@@ -64,7 +41,12 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
     `relaunch`: the command that runs this entry point again (cogvid-train passes `python -m` of its own module).
     `plan`: the job's plan when the caller made it (None: planned here)."""
     plan = plan or plan_train(cfg)
-    with one_run_in(plan.out_dir):
+    alone = plan.out_dir is None or _launch_rank() != 0  # no output dir, or a rank of a run that rank 0 holds
+    refusal = (
+        f"{plan.out_dir} is the output dir of a cogvid-train run that is still going ({{holder}}); wait for it to end "
+        "or give this run another train.output_dir"
+    )
+    with contextlib.nullcontext() if alone else hold_or_refuse(plan.out_dir / RUN_LOCK, refusal):
         if plan.task is TrainTask.vae:  # one process, no DiT
             from cogvid.training.vae_module import fit_vae
 

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cogvid.utils.errors import CogvidError
 from cogvid.utils.files import owner_tag
 
 
@@ -68,3 +69,17 @@ def hold_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # while still held: nobody can hold a lock on this name in between
         os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_or_refuse(path: Path, refusal: str) -> Iterator[None]:
+    """Hold the lock of `path` (its folder made) for the block, or refuse at once in one line: `refusal` with
+    `{holder}` filled in ("pid N on HOST") when a live process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_lock(path, wait=False))
+        except LockHeld as ex:
+            pid, _, host = ex.holder.partition("-")
+            raise CogvidError(refusal.format(holder=f"pid {pid} on {host}" if host else "another process")) from None
+        yield
