@@ -179,6 +179,7 @@ def build_pipeline(cfg, contexts: dict, device: torch.device, dtype: torch.dtype
     CPU at full size), holding the prompts' encoded `contexts` and no T5, as cogvid-sample samples."""
     from cogvid.diffusion.model import DiffusionModel
     from cogvid.inference.pipeline import VideoPipeline
+    from cogvid.inference.plan import video_settings
     from cogvid.models.vae import CausalVideoVAE
 
     torch.manual_seed(0)
@@ -188,7 +189,7 @@ def build_pipeline(cfg, contexts: dict, device: torch.device, dtype: torch.dtype
     model.backbone.to(dtype).eval()
     randomize_(model.backbone, seed=0)
     vae = vae.to(dtype).eval().requires_grad_(False)
-    pipeline = VideoPipeline(cfg, model, vae, None, device, dtype, dtype)
+    pipeline = VideoPipeline(cfg.model, video_settings(cfg), model, vae, None, device, dtype, dtype)
     pipeline.parts.contexts.update(contexts)
     return pipeline
 
@@ -275,6 +276,7 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
     from cogvid.config.checks import check_values
     from cogvid.config.compose import compose
     from cogvid.config.schema import Guider, Solver, is_image_to_video
+    from cogvid.inference.plan import video_settings
     from cogvid.parallel.sequence import video_tokens
 
     def config(steps: int):
@@ -294,7 +296,9 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
         torch.cuda.empty_cache()
     shape = pipeline.shape_for(None)
     held = resident_gb(device)
-    warm = pipeline if args.warmup_steps in (None, args.steps) else pipeline.with_config(config(args.warmup_steps))
+    warm = pipeline
+    if args.warmup_steps not in (None, args.steps):
+        warm = pipeline.with_config(video_settings(config(args.warmup_steps)))
     for _ in range(args.warmup):
         one_video(warm, shape, text_s)
     rounds = [one_video(pipeline, shape, text_s) for _ in range(args.rounds)]

@@ -52,7 +52,7 @@ def plan(variant: str, dtype: torch.dtype, budgets: list[float]) -> dict:
             row["budgets"][str(budget)] = "refused"
             continue
         try:
-            tile = memory.decode_tile(cfg, shape, dtype, room)
+            tile = memory.decode_tile(cfg.model, shape, dtype, room)
         except CogvidError:
             row["budgets"][str(budget)] = "refused (decode)"
             continue

@@ -39,7 +39,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +87,9 @@ class Videos:
         if key not in self.samplers:
             overrides = ["model=shapes", f"sampler={sampler}", f"sampler.num_steps={steps}", *extra]
             self.samplers[key] = compose(overrides).sampler
-        self.pipeline.cfg.sampler = self.samplers[key]
+        pipeline = self.pipeline.with_config(replace(self.pipeline.settings, sampler=self.samplers[key]))
         start = time.perf_counter()
-        result = self.pipeline.generate(prompt, seed=seed, shape=self.shape, progress=False)
+        result = pipeline.generate(prompt, seed=seed, shape=self.shape, progress=False)
         return to_uint8_frames(result.video), time.perf_counter() - start
 
 

@@ -294,5 +294,7 @@ def text_contexts(pipeline, prompt: str, negative_prompt: str | None) -> tuple[t
     from cogvid.diffusion.conditioning import unconditional_context
 
     cond = pipeline.encode_texts([prompt])
-    uncond = unconditional_context(pipeline.cfg.sampler.uncond, cond, pipeline.encode_texts, [negative_prompt or ""])
+    uncond = unconditional_context(
+        pipeline.settings.sampler.uncond, cond, pipeline.encode_texts, [negative_prompt or ""]
+    )
     return cond, uncond

@@ -16,7 +16,7 @@ from test_sample import tiny
 from cogvid.config.compose import compose
 from cogvid.inference import memory
 from cogvid.inference.pipeline import VideoPipeline, load_pipeline
-from cogvid.inference.plan import plan_loading
+from cogvid.inference.plan import plan_loading, video_settings
 from cogvid.inference.video_shape import vae_spatial, video_shape
 from cogvid.models.dit import DiffusionTransformer
 from cogvid.models.t5 import local_t5_config, t5_weight_bytes
@@ -107,12 +107,12 @@ def test_decode_tile_is_the_whole_frame_when_it_fits_and_the_largest_tile_when_n
     cfg, shape, _ = shapes_estimate()
     shape = video_shape(cfg.model, 9, 64, 64)
     whole = memory.decode_bytes(cfg.model, shape, torch.float32, None)
-    assert memory.decode_tile(cfg, shape, torch.float32, whole) is None
-    tile = memory.decode_tile(cfg, shape, torch.float32, whole - 1)
+    assert memory.decode_tile(cfg.model, shape, torch.float32, whole) is None
+    tile = memory.decode_tile(cfg.model, shape, torch.float32, whole - 1)
     assert tile is not None and max(tile) < 16  # 16 x 16 latents in all
     assert memory.decode_bytes(cfg.model, shape, torch.float32, tile) <= whole - 1
     with pytest.raises(CogvidError, match="even in tiles of"):
-        memory.decode_tile(cfg, shape, torch.float32, 1024)
+        memory.decode_tile(cfg.model, shape, torch.float32, 1024)
 
 
 def test_tiles_shrink_in_steps_and_stop_at_eight_latents():
@@ -166,7 +166,7 @@ def test_a_decode_that_does_not_fit_is_tiled(tmp_path, tiny_t5_dir):
     held = memory.loaded_bytes(pipeline.model.backbone, pipeline.vae)
     need = memory.decode_bytes(cfg.model, shape, torch.float32, None)
     cfg.memory_limit_gb = (held + need - 1) / memory.GB  # one byte short of the whole-frame decode
-    tiled_pipeline = pipeline.with_config(cfg)
+    tiled_pipeline = pipeline.with_config(video_settings(cfg))
     tile = tiled_pipeline.decode_tile(shape)
     assert tile is not None
     tiled = tiled_pipeline.generate("a fox", seed=1, shape=shape)
@@ -182,7 +182,7 @@ def test_t5_is_encoded_first_and_freed(tmp_path, tiny_t5_dir, monkeypatch):
     cfg = tiny(tmp_path, tiny_t5_dir, "sampler.num_steps=2", "sampler.uncond=negative_prompt")
     t5 = T5Conditioner.from_model_config(cfg.model)
     expected = {text: t5.encode([text]) for text in ("a fox", "a cat", "blurry")}
-    pipeline = load_pipeline(plan_loading(cfg), cfg, prompts=["a fox", "blurry"])
+    pipeline = load_pipeline(plan_loading(cfg), video_settings(cfg), prompts=["a fox", "blurry"])
     assert pipeline.text_encoder is None  # freed before the DiT and the VAE loaded
 
     def no_t5(*args, **kwargs):

@@ -12,7 +12,7 @@ from conftest import TIMEOUT
 
 from cogvid.config.compose import compose
 from cogvid.inference.pipeline import load_pipeline
-from cogvid.inference.plan import plan_loading
+from cogvid.inference.plan import plan_loading, video_settings
 
 TORCH_THREADS = 1
 
@@ -20,17 +20,17 @@ TORCH_THREADS = 1
 def load(overrides: list[str]):
     """The pipeline of a composed config's planned weights, as each job of a sweep loads it."""
     cfg = compose(overrides)
-    return load_pipeline(plan_loading(cfg), cfg)
+    return load_pipeline(plan_loading(cfg), video_settings(cfg))
 
 
 def test_the_same_weights_load_once_and_changed_ones_load_again(tmp_path):
     first = load(["model=shapes", "device=cpu"])
     other_sampler = load(["model=shapes", "device=cpu", "sampler=ddim", "sampler.guidance_scale=3"])
     assert other_sampler.model is first.model and other_sampler.vae is first.vae
-    assert other_sampler.cfg.sampler.solver == "ddim" and other_sampler.cfg.sampler.guidance_scale == 3
+    assert other_sampler.settings.sampler.solver == "ddim" and other_sampler.settings.sampler.guidance_scale == 3
 
     vae = tmp_path / "3d-vae.pt"
-    shutil.copy(first.cfg.model.vae_ckpt, vae)
+    shutil.copy(first.model_cfg.vae_ckpt, vae)
     elsewhere = load(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"])
     assert elsewhere.model is not first.model  # another path: loaded
     again = load(["model=shapes", "device=cpu", f"model.vae_ckpt={vae}"])

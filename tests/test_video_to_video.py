@@ -45,14 +45,19 @@ def clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(clip) -> VideoPipeline:
-    return VideoPipeline.from_config(compose(["model=shapes", f"infer.video={clip}"]))
+def cfg(clip):
+    return compose(["model=shapes", f"infer.video={clip}"])
 
 
 @pytest.fixture(scope="module")
-def source(pipeline) -> torch.Tensor:
+def pipeline(cfg) -> VideoPipeline:
+    return VideoPipeline.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def source(cfg, pipeline) -> torch.Tensor:
     """The clip's scaled latent (1, t, c, h, w)."""
-    return pipeline.encode_video(read_source_video(pipeline.cfg, pipeline.shape_for(None)))
+    return pipeline.encode_video(read_source_video(cfg, pipeline.shape_for(None)))
 
 
 def test_strength_selects_the_start_step():

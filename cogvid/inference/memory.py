@@ -194,10 +194,9 @@ def loaded_bytes(*modules: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
-def room_for_decode(cfg, device: torch.device, held: int) -> int:
-    """Bytes the decode may use now: memory_limit_gb less the `held` weights; else the GPU's free memory plus what
-    its allocator caches unused, or the CPU's MemAvailable (the weights are already out of both)."""
-    limit = cfg.get("memory_limit_gb")
+def room_for_decode(limit: float | None, device: torch.device, held: int) -> int:
+    """Bytes the decode may use now: `limit` (memory_limit_gb) less the `held` weights; else the GPU's free memory
+    plus what its allocator caches unused, or the CPU's MemAvailable (the weights are already out of both)."""
     if limit is not None:
         return int(limit * GB) - held
     if device.type == "cuda":
@@ -218,10 +217,9 @@ def _tile_candidates(h: int, w: int) -> list[tuple[int, int]]:
     return tiles
 
 
-def decode_tile(cfg, shape: VideoShape, vae_dtype: torch.dtype, room: int) -> tuple[int, int] | None:
+def decode_tile(m, shape: VideoShape, vae_dtype: torch.dtype, room: int) -> tuple[int, int] | None:
     """None when the whole-frame decode fits in `room` bytes (SAT's exact decode), else the largest tile that fits;
-    one line when not even the smallest does."""
-    m = cfg.model
+    one line when not even the smallest does. `m`: the composed `model` group."""
     if decode_bytes(m, shape, vae_dtype, None) <= room:
         return None
     h, w = shape.latent[2:]
@@ -236,19 +234,20 @@ def decode_tile(cfg, shape: VideoShape, vae_dtype: torch.dtype, room: int) -> tu
     )
 
 
-def vae_tile(cfg, shape: VideoShape | None, vae_dtype: torch.dtype, room: Callable[[], int]) -> tuple[int, int] | None:
-    """The decode's spatial tile from infer.vae_tile: [h, w] as set, None for off, and for auto None when the whole
-    frame fits in `room()` bytes (the memory left beside the loaded weights), else the largest tile that does (auto
-    without the video's `shape` decodes whole frames)."""
-    setting = cfg.infer.get("vae_tile", "auto")
+def vae_tile(
+    setting, model_cfg, shape: VideoShape | None, vae_dtype: torch.dtype, room: Callable[[], int]
+) -> tuple[int, int] | None:
+    """The decode's spatial tile from `setting` (infer.vae_tile): [h, w] as set, None for off, and for auto None when
+    the whole frame fits in `room()` bytes (the memory left beside the loaded weights), else the largest tile that
+    does (auto without the video's `shape` decodes whole frames)."""
     if setting is None or setting == "off" or (setting == "auto" and shape is None):
         return None
     if setting != "auto":
         return tuple(setting)  # [h, w] >= 1: cogvid.config.checks
     left = room()
-    tile = decode_tile(cfg, shape, vae_dtype, left)
+    tile = decode_tile(model_cfg, shape, vae_dtype, left)
     if tile is not None:
-        need = gb(decode_bytes(cfg.model, shape, vae_dtype, None))
+        need = gb(decode_bytes(model_cfg, shape, vae_dtype, None))
         log.info("decoding in tiles of %s latents: the whole frame needs %s, %s is left", list(tile), need, gb(left))
     return tile
 

@@ -1,10 +1,11 @@
 """Prompt (and image) to video in SAT's order (`sample_video.py`): T5, the I2V image latent, sampling, then the
 chunked VAE decode.
 
-`VideoPipeline.from_plan(load, cfg)` loads the weights a `LoadPlan` names (`cogvid.inference.plan.plan_loading`: the
-DiT at `model.ckpt`, the VAE at `model.vae_ckpt`, T5 at `model.text_encoder.path`, on the planned device in the
-planned dtypes); `VideoPipeline.from_config(cfg)` plans and loads in one call. `generate(...)` returns one video in
-[-1, 1] with its unscaled latents and timings.
+`VideoPipeline.from_plan(load, settings)` loads the weights a `LoadPlan` names (`cogvid.inference.plan.plan_loading`:
+the DiT at `model.ckpt`, the VAE at `model.vae_ckpt`, T5 at `model.text_encoder.path`, on the planned device in the
+planned dtypes) and makes videos with the resolved `VideoSettings` (`cogvid.inference.plan.video_settings`: the sampler
+and the infer values); the pipeline never reads the composed config. `VideoPipeline.from_config(cfg)` plans both and
+loads in one call. `generate(...)` returns one video in [-1, 1] with its unscaled latents and timings.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from cogvid.sat.loading import read_weight_files
 from cogvid.training.data import resize_cover_center_crop
 from cogvid.utils.errors import CogvidError
 from cogvid.utils.runtime import peak_memory_gb
+
+if TYPE_CHECKING:
+    from cogvid.inference.plan import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +69,15 @@ class LoadedParts:
 class VideoPipeline:
     """The diffusion model, T5 and the VAE on one device, ready to turn prompts into videos.
 
-    cfg: the composed config (its `model`, `sampler` and `infer` groups are read); dtype: what the DiT computes in
-    (T5 is loaded in it too); vae_dtype: the VAE's. text_encoder None: T5 is loaded from the config when a text is
-    first encoded.
+    model_cfg: the composed `model` group the weights were built from; settings: the resolved `VideoSettings` (sampler
+    and infer values) the videos are made with; dtype: what the DiT computes in (T5 is loaded in it too); vae_dtype:
+    the VAE's. text_encoder None: T5 is loaded from model_cfg when a text is first encoded.
     """
 
     def __init__(
         self,
-        cfg,
+        model_cfg,
+        settings: VideoSettings,
         model: DiffusionModel,
         vae: CausalVideoVAE,
         text_encoder: T5Conditioner | None,
@@ -80,12 +86,11 @@ class VideoPipeline:
         vae_dtype: torch.dtype,
         parts: LoadedParts | None = None,
     ):
-        self.cfg = cfg
+        self.model_cfg, self.settings = model_cfg, settings
         self.parts = parts or LoadedParts(model, vae, text_encoder)
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
-        self.model_cfg, self.infer_cfg = cfg.model, cfg.infer
         # how this variant's latents decode (`CausalVideoVAE.decode_chunked`)
-        self.generation, self.head_frame_quirk = Generation(cfg.model.generation), bool(cfg.infer.head_frame_quirk)
+        self.generation, self.head_frame_quirk = Generation(model_cfg.generation), settings.head_frame_quirk
         self.shard = None  # a SequenceShard: this rank makes each video with the others of its group
         self.split = None  # a GuidanceSplit: this rank runs one of the two guidance passes
         self.ring = None  # a ChunkRing: this rank decodes its share of each video's chunks
@@ -110,14 +115,15 @@ class VideoPipeline:
 
     @classmethod
     def from_config(cls, cfg, prompts: list[str] | None = None) -> VideoPipeline:
-        """Plan the weights of a composed config (`plan_loading`: values, paths, device, dtypes) and load them."""
-        from cogvid.inference.plan import plan_loading
+        """Plan the weights of a composed config (`plan_loading`: values, paths, device, dtypes) and its video settings
+        (`video_settings`), and load them."""
+        from cogvid.inference.plan import plan_loading, video_settings
 
-        return cls.from_plan(plan_loading(cfg), cfg, prompts)
+        return cls.from_plan(plan_loading(cfg), video_settings(cfg), prompts)
 
     @classmethod
-    def from_plan(cls, load, cfg, prompts: list[str] | None = None) -> VideoPipeline:
-        """Load what a `LoadPlan` names; `cfg`: the composed config whose sampler and infer settings the videos use.
+    def from_plan(cls, load, settings: VideoSettings, prompts: list[str] | None = None) -> VideoPipeline:
+        """Load what a `LoadPlan` names; `settings`: the sampler and infer values the videos are made with.
         The DiT and the VAE are read into CPU memory first (a damaged file is reported before T5 loads). With
         `prompts` (every text the run will encode), T5 then encodes them on the device and is freed before the DiT
         and the VAE move there, so T5 never shares a GPU with them; without, T5 stays loaded for texts that come
@@ -142,12 +148,13 @@ class VideoPipeline:
             compile_blocks(model.backbone)
         log.info("loaded %s on %s (DiT and T5 %s, VAE %s)", load.model.name, device, dtype, vae_dtype)
         parts = LoadedParts(model, vae, text_encoder, contexts)
-        return cls(cfg, model, vae, text_encoder, device, dtype, vae_dtype, parts=parts)
+        return cls(load.model, settings, model, vae, text_encoder, device, dtype, vae_dtype, parts=parts)
 
-    def with_config(self, cfg) -> VideoPipeline:
-        """This pipeline's loaded weights under another composed config of the same model, mode, dtypes and device
-        (another sampler, other infer settings): what a sweep's next job uses instead of loading again."""
-        return VideoPipeline(cfg, None, None, None, self.device, self.dtype, self.vae_dtype, parts=self.parts)
+    def with_config(self, settings: VideoSettings) -> VideoPipeline:
+        """This pipeline's loaded weights under other `VideoSettings` (another sampler, other infer values) of a config
+        with the same model, mode, dtypes and device: what a sweep's next job uses instead of loading again."""
+        parts = self.parts
+        return VideoPipeline(self.model_cfg, settings, None, None, None, self.device, self.dtype, self.vae_dtype, parts)
 
     # --- text ---------------------------------------------------------------------------------------------------
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -172,7 +179,7 @@ class VideoPipeline:
     # --- the parts --------------------------------------------------------------------------------------------
     def shape_for(self, image_size: tuple[int, int] | None = None) -> VideoShape:
         """The checked shape from infer.num_frames/height/width; 1.5-I2V sizes itself from the image's aspect."""
-        return job_video_shape(self.model_cfg, self.infer_cfg, image_size)
+        return job_video_shape(self.model_cfg, self.settings, image_size)
 
     def image_conditioning(self, image, shape: VideoShape, generator: torch.Generator) -> ImageConditioning:
         """The I2V conditioning of a PIL image: concat (1, t, c, h, w), the image's latent in frame 0 and zeros
@@ -180,9 +187,9 @@ class VideoPipeline:
         m = self.model_cfg
         v1_5 = Generation(m.generation) is Generation.v1_5
         pixels = _fit_image(image, shape.height, shape.width, crop=not v1_5)  # (1, 3, 1, H, W) in [-1, 1]
-        sample = bool(self.infer_cfg.image_posterior_sample)
+        sample = self.settings.image_posterior_sample
         z = self.vae.encode(pixels.to(self.device, self.vae_dtype), sample=sample, generator=generator).float()
-        scaling = ImageLatentScaling(self.infer_cfg.image_latent_scaling)
+        scaling = self.settings.image_latent_scaling
         if scaling is ImageLatentScaling.auto:
             scaling = ImageLatentScaling.unscaled if v1_5 else ImageLatentScaling.scaled
         if scaling is ImageLatentScaling.scaled:
@@ -203,9 +210,13 @@ class VideoPipeline:
     def decode_tile(self, shape: VideoShape | None) -> tuple[int, int] | None:
         """The decode's spatial tile from infer.vae_tile (`cogvid.inference.memory.vae_tile`), auto measured against
         the memory left beside this pipeline's loaded weights now."""
-        held = memory.loaded_bytes(self.model.backbone, self.vae)
+        held, limit = memory.loaded_bytes(self.model.backbone, self.vae), self.settings.memory_limit_gb
         return memory.vae_tile(
-            self.cfg, shape, self.vae_dtype, lambda: memory.room_for_decode(self.cfg, self.device, held)
+            self.settings.vae_tile,
+            self.model_cfg,
+            shape,
+            self.vae_dtype,
+            lambda: memory.room_for_decode(limit, self.device, held),
         )
 
     def decode(self, latents: torch.Tensor, progress: bool = False, shape: VideoShape | None = None) -> torch.Tensor:
@@ -272,14 +283,15 @@ class VideoPipeline:
         conditioning = None
         if image is not None:
             conditioning = self.image_conditioning(image, shape, torch.Generator().manual_seed(seed))
-        uncond = unconditional_context(self.cfg.sampler.uncond, cond, self.encode_texts, [negative_prompt or ""])
+        sampler = self.settings.sampler
+        uncond = unconditional_context(sampler.uncond, cond, self.encode_texts, [negative_prompt or ""])
         _sync(self.device)
         timings["text_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
         latents = sample_latents(
             self.model,
-            self.cfg.sampler,
+            sampler,
             cond,
             uncond,
             shape=shape.latent,
@@ -287,7 +299,7 @@ class VideoPipeline:
             concat=None if conditioning is None else conditioning.concat,
             ofs=None if conditioning is None else conditioning.ofs,
             progress=progress,
-            start=None if source is None else (source, start_step(strength, self.cfg.sampler.num_steps)),
+            start=None if source is None else (source, start_step(strength, sampler.num_steps)),
             shard=self.shard,
             split=self.split,
         )
@@ -354,9 +366,9 @@ def held_bytes(weights_key: str) -> int:
     return memory.loaded_bytes(held.model.backbone, held.vae)
 
 
-def load_pipeline(load, cfg, prompts: list[str] | None = None) -> VideoPipeline:
-    """The pipeline of a `LoadPlan` (`cogvid.inference.plan.plan_loading`) for a composed config's sampler and infer
-    settings, reusing the weights this process loaded last when their key is the same: the jobs of a
+def load_pipeline(load, settings: VideoSettings, prompts: list[str] | None = None) -> VideoPipeline:
+    """The pipeline of a `LoadPlan` (`cogvid.inference.plan.plan_loading`) for the `VideoSettings` of a job (its
+    sampler and infer values), reusing the weights this process loaded last when their key is the same: the jobs of a
     `cogvid-sample -m` sweep over sampler or infer settings run in one process and load the DiT, VAE and T5 once.
     Other weights replace the kept ones (one set is held at a time).
 
@@ -364,12 +376,12 @@ def load_pipeline(load, cfg, prompts: list[str] | None = None) -> VideoPipeline:
     global _last_loaded
     if _last_loaded is not None and _last_loaded[0] == load.weights_key:
         log.info("%s: the weights loaded for the previous job are reused", load.model.name)
-        pipeline = _last_loaded[1].with_config(cfg)
+        pipeline = _last_loaded[1].with_config(settings)
         if prompts is not None:
             pipeline.encode_texts(list(prompts))
             pipeline.free_text_encoder()
         return pipeline
     _last_loaded = None  # let the previous weights go before others load
-    pipeline = VideoPipeline.from_plan(load, cfg, prompts)
+    pipeline = VideoPipeline.from_plan(load, settings, prompts)
     _last_loaded = (load.weights_key, pipeline)
     return pipeline

@@ -7,8 +7,8 @@ The plan is made in this order, cheapest first, so a bad input costs a second, n
 2. the prompts and each one's image path (checked against the model); then the files they name, read now: the source
    clip of video to video (cut to its checked shape) and every image; then each video's checked shape and seed;
 3. the weights: every path exists, the device and both dtypes, the key of what the weights depend on (`plan_loading`
-   -> `LoadPlan`, which `VideoPipeline.from_plan` loads); and the memory: the largest video must fit
-   (`cogvid.inference.memory.check_fits`);
+   -> `LoadPlan`, which `VideoPipeline.from_plan` loads, with the `VideoSettings` the videos are made with); and the
+   memory: the largest video must fit (`cogvid.inference.memory.check_fits`);
 4. the output folder (proved writable, not created), and with infer.resume=true the videos already there.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cogvid.config.checks import check_values
-from cogvid.config.schema import Uncond, is_image_to_video
+from cogvid.config.schema import ImageLatentScaling, Uncond, is_image_to_video
 from cogvid.inference.prompts import PromptJob, prompt_jobs, shard
 from cogvid.inference.video_shape import VideoShape, job_video_shape, video_shape
 from cogvid.utils.errors import CogvidError
@@ -56,6 +56,38 @@ class LoadPlan:
 
 
 @dataclass(frozen=True)
+class VideoSettings:
+    """The sampler and infer settings a `VideoPipeline` makes videos with, resolved from the composed config
+    (`video_settings`): what it reads instead of the config."""
+
+    sampler: Any  # the composed `sampler` group (solver, schedule, guidance, steps, uncond)
+    num_frames: int | None  # infer.num_frames, height, width: a video's default shape (None: the variant's)
+    height: int | None
+    width: int | None
+    head_frame_quirk: bool  # infer.head_frame_quirk: how the decode treats the first frame
+    image_posterior_sample: bool  # infer.image_posterior_sample: draw the I2V image latent, else its mean
+    image_latent_scaling: ImageLatentScaling  # infer.image_latent_scaling
+    vae_tile: Any  # infer.vae_tile: "auto", "off" or None, or a [h, w] tile in latents
+    memory_limit_gb: float | None  # the decode's room under auto tiling (None: the device's free memory)
+
+
+def video_settings(cfg) -> VideoSettings:
+    """The `VideoSettings` of a composed config (its `sampler` and `infer` groups, and memory_limit_gb)."""
+    infer = cfg.infer
+    return VideoSettings(
+        sampler=cfg.sampler,
+        num_frames=infer.num_frames,
+        height=infer.height,
+        width=infer.width,
+        head_frame_quirk=bool(infer.head_frame_quirk),
+        image_posterior_sample=bool(infer.image_posterior_sample),
+        image_latent_scaling=ImageLatentScaling(infer.image_latent_scaling),
+        vae_tile=infer.get("vae_tile", "auto"),
+        memory_limit_gb=cfg.get("memory_limit_gb"),
+    )
+
+
+@dataclass(frozen=True)
 class PlannedVideo:
     """One video of the run: what it shows, from which seed, and at which index its files are first tried."""
 
@@ -74,6 +106,7 @@ class SamplePlan:
     """Every decision of one cogvid-sample job (this rank's share of it under torchrun)."""
 
     load: LoadPlan
+    settings: VideoSettings  # what the pipeline makes each video with
     videos: tuple[PlannedVideo, ...]  # to make, in order (an interactive run plans each prompt as it comes)
     texts: tuple[str, ...] | None  # every text T5 encodes before it is freed (None: interactive, T5 stays)
     source_video: Any  # video to video: the clip (3, F, H, W) in [-1, 1], else None
@@ -220,10 +253,10 @@ def _check_memory(cfg, load: LoadPlan, shapes: list[VideoShape]):
     return memory.check_fits(cfg, largest, load.device, load.dtype, load.vae_dtype, held=held_bytes(load.weights_key))
 
 
-def _tile(cfg, load: LoadPlan, shape: VideoShape, room: int) -> tuple[int, int] | None:
+def _tile(settings: VideoSettings, load: LoadPlan, shape: VideoShape, room: int) -> tuple[int, int] | None:
     from cogvid.inference.memory import vae_tile
 
-    return vae_tile(cfg, shape, load.vae_dtype, lambda: room)
+    return vae_tile(settings.vae_tile, load.model, shape, load.vae_dtype, lambda: room)
 
 
 def _sidecar_fields(cfg, load: LoadPlan, negative: bool, ignored: list[str], key: str, rank: int) -> dict:
@@ -282,10 +315,11 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     planned = {job.index: plan_videos(cfg, job, paths[job.index], images.get(paths[job.index])) for job in jobs}
     # 3. the weights, and the memory of the largest video beside them
     load = _load_plan(cfg, local_rank if world_size > 1 else None)
+    settings = video_settings(cfg)
     shapes = [video.shape for videos in planned.values() for video in videos]
     estimate, budget = _check_memory(cfg, load, shapes) if shapes else (None, 0)
     if shapes:  # each shape's decode tile, in the memory the weights leave (a decode too large is refused now)
-        tiles = {shape: _tile(cfg, load, shape, budget - estimate.weights) for shape in set(shapes)}
+        tiles = {shape: _tile(settings, load, shape, budget - estimate.weights) for shape in set(shapes)}
         planned = {i: [replace(v, tile=tiles[v.shape]) for v in videos] for i, videos in planned.items()}
     # 4. where the videos go, and which of them a resumed run still makes
     key = settings_hash(cfg)
@@ -300,6 +334,7 @@ def plan_sample(cfg, stdin=None, run_dir: Path | None = None) -> SamplePlan:
     texts = [video.prompt for video in videos] + ([cfg.infer.negative_prompt or ""] if negative else [])
     return SamplePlan(
         load=load,
+        settings=settings,
         videos=tuple(videos),
         texts=None if cfg.infer.interactive else tuple(dict.fromkeys(texts)),
         source_video=source_video,

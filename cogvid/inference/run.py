@@ -85,8 +85,8 @@ def _write(cfg, plan: SamplePlan, pipeline, video: PlannedVideo, source) -> list
 
 
 def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
-    """Load the plan's weights and make its videos; returns the files written. `cfg` gives the sampler and infer
-    settings the videos are made with; an interactive run plans each prompt from `stdin` as it comes."""
+    """Load the plan's weights and make its videos with its settings; returns the files written. `cfg` gives what
+    the run writes (its infer options); an interactive run plans each prompt from `stdin` as it comes."""
     from cogvid.inference.memory import gb
     from cogvid.inference.pipeline import load_pipeline
 
@@ -99,7 +99,7 @@ def execute(cfg, plan: SamplePlan, stdin=None) -> list[Path]:
     if plan.texts is not None and not plan.videos:
         return []
     # T5 encodes every text first and is freed before the DiT and VAE load; a sweep's later jobs reuse the weights
-    pipeline = load_pipeline(plan.load, cfg, prompts=None if plan.texts is None else list(plan.texts))
+    pipeline = load_pipeline(plan.load, plan.settings, prompts=None if plan.texts is None else list(plan.texts))
     source = None
     if plan.source_video is not None:  # one clip for every prompt and video: encoded once
         start = time.perf_counter()

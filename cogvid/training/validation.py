@@ -67,13 +67,15 @@ class ValidationVideos(Callback):
     @torch.no_grad()
     def run(self, trainer: L.Trainer, pl_module, step: int) -> list[Path]:
         from cogvid.inference.pipeline import VideoPipeline
+        from cogvid.inference.plan import video_settings
 
         frozen = pl_module.frozen or load_frozen_parts(pl_module.cfg.model, pl_module.frozen_dtype, pl_module.device)
         mixed = pl_module.precision_name != "32"  # Lightning's precision: sample under the autocast it trains in
         autocast_dtype = PRECISION_DTYPES[pl_module.precision_name] if mixed else None
         model = pl_module.diffusion_model
         pipeline = VideoPipeline(
-            pl_module.cfg,
+            pl_module.cfg.model,
+            video_settings(pl_module.cfg),
             model,
             frozen.vae,
             frozen.text_encoder,
