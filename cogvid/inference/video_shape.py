@@ -106,7 +106,8 @@ def size_from_image_aspect(model, image_height: int, image_width: int) -> tuple[
 
 
 def job_video_shape(model, infer, image_size: tuple[int, int] | None = None) -> VideoShape:
-    """The checked shape of one job from infer.num_frames / height / width: 1.5-I2V (a 1.5 model given an image,
+    """The checked shape of one job from infer.num_frames / height / width (`infer`: the infer group, or anything
+    holding those three, such as a pipeline's `VideoSettings`): 1.5-I2V (a 1.5 model given an image,
     whose (height, width) is `image_size`) with neither height nor width set sizes itself from the image's aspect
     (`size_from_image_aspect`)."""
     height, width = infer.height, infer.width
