@@ -284,12 +284,16 @@ def run_hydra_app(
     except OSError as ex:
         if ex.errno not in STORAGE_FULL:
             raise
-        # Hydra's own files (.hydra/*.yaml, the job's log) on a full disk: f.write's error names no file. Hydra has
-        # dropped its job config by now; the failed run_job's frame still holds it, for undoing what it wrote.
-        where = ex.filename or _file_being_written(ex)
-        job_config = next((f.f_locals.get("config") for f in _frames(ex) if f.f_code.co_name == "run_job"), None)
-        if job_config is not None:
-            from hydra.core.hydra_config import HydraConfig
+        _refuse_storage_full(prog, ex)
 
-            HydraConfig.instance().set_config(job_config)
-        _refuse(prog, f"cannot write {where}: {ex.strerror}")
+
+def _refuse_storage_full(prog: str, ex: OSError) -> NoReturn:
+    """Hydra's own files (.hydra/*.yaml, the job's log) on a full disk: f.write's error names no file. Hydra has
+    dropped its job config by now; the failed run_job's frame still holds it, for undoing what it wrote."""
+    where = ex.filename or _file_being_written(ex)
+    job_config = next((f.f_locals.get("config") for f in _frames(ex) if f.f_code.co_name == "run_job"), None)
+    if job_config is not None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(job_config)
+    _refuse(prog, f"cannot write {where}: {ex.strerror}")

@@ -278,7 +278,8 @@ class VideoPipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         timings = {}
 
-        start = time.perf_counter()  # the prompt's context, the image latent, then the unconditional context
+        # 1. the prompt's context, the image latent, then the unconditional context
+        start = time.perf_counter()
         cond = self.encode_texts([prompt])
         conditioning = None
         if image is not None:
@@ -288,6 +289,7 @@ class VideoPipeline:
         _sync(self.device)
         timings["text_s"] = time.perf_counter() - start
 
+        # 2. the latents, checked finite
         start = time.perf_counter()
         latents = sample_latents(
             self.model,
@@ -311,6 +313,7 @@ class VideoPipeline:
                 "sample with dtype=bf16"
             )
 
+        # 3. decoded to frames, checked finite
         start = time.perf_counter()
         unscaled = to_vae_layout(latents) / m.scale_factor  # (1, c, t, h, w)
         video = self.vae.decode_video(unscaled, self.generation, self.head_frame_quirk, tile, progress, self.ring)

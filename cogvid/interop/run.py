@@ -17,6 +17,12 @@ from cogvid.utils.errors import CogvidError
 from cogvid.utils.runtime import torch_dtype
 
 
+def _parts(names) -> set[ExportPart]:
+    if not names:
+        raise CogvidError("parts is empty: name at least one of transformer, vae, scheduler, text_encoder, tokenizer")
+    return {ExportPart(p) for p in names}
+
+
 def run_export(cfg) -> dict:
     """Run one export task; returns the mapping reports by part (empty for sat_config)."""
     check_values(cfg)  # `out` is not a file nor under one
@@ -29,9 +35,7 @@ def run_export(cfg) -> dict:
         raise CogvidError(f"You must specify 'model' for task={task.value}, e.g. model=5b (no variant is assumed)")
     model = cfg.model
     out = check_output_free(cfg.out, cfg.overwrite)
-    parts = {ExportPart(p) for p in cfg.parts}
-    if not parts:
-        raise CogvidError("parts is empty: name at least one of transformer, vae, scheduler, text_encoder, tokenizer")
+    parts = _parts(cfg.parts)
     dtype = torch_dtype(cfg.dtype)
 
     if task is ExportTask.to_diffusers:

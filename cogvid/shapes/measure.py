@@ -306,24 +306,16 @@ def measure_video(frames: np.ndarray) -> VideoReading:
     objects = [_find_object(x[f], detected[f], backgrounds[f], threshold, min_area) for f in range(n)]
     empty = np.zeros((h, w), dtype=bool)
     masks = [o.mask if o is not None else empty for o in objects]
-    flicker = _flicker(x, masks)
-    clutter = _clutter(x, backgrounds, masks)
-    areas = tuple(int(m.sum()) for m in masks)
     seen = [(f, o) for f, o in enumerate(objects) if o is not None]
-    background_rgb = tuple(float(v) for v in np.median(backgrounds, axis=0))
+    frames = {  # what is read whether or not an object was found
+        "flicker": _flicker(x, masks),
+        "background_rgb": tuple(float(v) for v in np.median(backgrounds, axis=0)),
+        "areas": tuple(int(m.sum()) for m in masks),
+        "frames_found": len(seen),
+        "clutter": _clutter(x, backgrounds, masks),
+    }
     if len(seen) < max(2, math.ceil(n / 2)):
-        return VideoReading(
-            found=False,
-            colour=None,
-            direction=None,
-            shape=None,
-            displacement_px=0.0,
-            flicker=flicker,
-            background_rgb=background_rgb,
-            areas=areas,
-            frames_found=len(seen),
-            clutter=clutter,
-        )
+        return VideoReading(found=False, colour=None, direction=None, shape=None, displacement_px=0.0, **frames)
 
     object_rgb = tuple(float(v) for v in np.median(np.stack([o.rgb for _, o in seen]), axis=0))
     colour, hue, saturation = colour_name(object_rgb)
@@ -336,16 +328,12 @@ def measure_video(frames: np.ndarray) -> VideoReading:
         direction=direction,
         shape=shape,
         displacement_px=displacement,
-        flicker=flicker,
         shape_confidence=confidence,
         velocity_px=velocity,
         hue=hue,
         saturation=saturation,
         object_rgb=object_rgb,
-        background_rgb=background_rgb,
-        areas=areas,
-        frames_found=len(seen),
-        clutter=clutter,
+        **frames,
     )
 
 

@@ -111,6 +111,7 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     """Encode this rank's share of the plan's clips (`cogvid.training.plan.plan_train`) into its `data.cache`."""
     from cogvid.sat.loading import load_frozen_parts
 
+    # 1. the VAE and T5, as the fit of this config would run them
     rank, world, local_rank = dist_env()
     device = torch.device(f"cuda:{local_rank}" if plan.accelerator == "gpu" else "cpu")
     frozen = load_frozen_parts(cfg.model, plan.frozen_dtype, device)
@@ -118,7 +119,8 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
     encode = partial(_encode_clip, frozen.vae, frozen.text_encoder, image_seed=image_seed)
     dtype_out = TORCH_DTYPES[cfg.data.cache_dtype]
 
-    root = plan.cache  # both models loaded: the cache is written from here on
+    # 2. both models loaded: the cache is written from here on
+    root = plan.cache
     if rank == 0 and not (root / "meta.json").is_file():
         write_new(root / "meta.json", lambda f: f.write(json.dumps(plan.cache_meta, indent=2).encode()))
     for folder in (root, root / "samples"):
@@ -126,6 +128,7 @@ def run_precompute(cfg, plan: TrainPlan) -> PrecomputeReport:
             clean_stale(folder)  # temp files of a killed precompute
     check_cache_agrees(root, plan.cache_meta)  # also a meta.json another precompute wrote since this one was planned
 
+    # 3. every clip of this rank's share whose sample is missing, encoded and claimed; then the unusable ones listed
     written = kept = 0
     skipped: list[str] = []
     for i in tqdm(range(rank, len(plan.clips), world), desc=f"precompute (rank {rank}/{world})", disable=rank != 0):
