@@ -122,6 +122,7 @@ def sample_latents(
     steps the whole latent; the DiT splits its tokens). split: this rank's `cogvid.parallel.guidance.GuidanceSplit`
     when two ranks (or groups) run the two guidance passes.
     """
+    # 1. the initial latent and the conditions, on the model's device
     device = model.device
     if noise is None:
         if shape is None:
@@ -135,6 +136,7 @@ def sample_latents(
     if ofs is not None:
         ofs = torch.as_tensor(ofs, dtype=torch.float32, device=device).reshape(-1)
 
+    # 2. the plan, the step cache and the guided denoiser
     plan = sampling_plan(sampler, model.cfg.shift_scale)
     alphas = plan.schedule.alphas.to(device)
     cache = step_cache(sampler)  # for this run only
@@ -143,6 +145,7 @@ def sample_latents(
     if cache is not None:
         denoise = cache.follow(denoise)
 
+    # 3. the solver's walk over the plan
     def draw() -> torch.Tensor:
         return torch.randn(x.shape, generator=generator).to(device)
 
