@@ -15,7 +15,6 @@ from typing import NoReturn
 
 from cogvid.cli.common import fail
 from cogvid.cli.hydra_app import run_hydra_app
-from cogvid.config.checks import check_values
 
 PROG = "cogvid-export"
 
@@ -79,8 +78,7 @@ def _quoted(value: str) -> str:
 
 
 def _task(cfg):
-    check_values(cfg)  # before torch is imported: a refused option value costs a fraction of a second
-    from cogvid.interop.run import run_export
+    from cogvid.interop.run import run_export  # checks the option values before it imports torch
 
     return run_export(cfg)
 

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from cogvid.config.checks import check_values
 from cogvid.config.schema import ExportPart, ExportTask
 from cogvid.utils.errors import CogvidError
-from cogvid.utils.runtime import torch_dtype
 
 
 def _parts(names) -> set[ExportPart]:
@@ -25,11 +24,12 @@ def _parts(names) -> set[ExportPart]:
 
 def run_export(cfg) -> dict:
     """Run one export task; returns the mapping reports by part (empty for sat_config)."""
-    check_values(cfg)  # `out` is not a file nor under one
+    check_values(cfg)  # first, before torch is imported; `out` is not a file nor under one
     task = ExportTask(cfg.task)
     if task is ExportTask.sat_config:
         return _sat_config(cfg)
     from cogvid.utils.files import check_output_free, staged_folder
+    from cogvid.utils.runtime import torch_dtype  # imports torch: after the option values are checked
 
     if OmegaConf.is_missing(cfg, "model"):
         raise CogvidError(f"You must specify 'model' for task={task.value}, e.g. model=5b (no variant is assumed)")
