@@ -31,10 +31,21 @@ ENTRY_POINTS = {
 PRELOAD = (
     *ENTRY_POINTS.values(),
     "cogvid.inference.run",
+    "cogvid.inference.pipeline",
+    "cogvid.inference.frame_strip",
+    "cogvid.sat.loading",
+    "cogvid.models.t5",
     "cogvid.training.plan",
     "cogvid.training.run",
+    "cogvid.training.precompute",
     "cogvid.interop.run",
 )
+# ... and what a run imports when it loads its text encoder (cogvid.models.t5): transformers' T5, 2-3 s a run. The
+# Hugging Face libraries read a few environment variables once, when imported (HF_HUB_DISABLE_PROGRESS_BARS, ...):
+# conftest.run_cli runs a command line whose environment sets one of IMPORT_TIME_ENV otherwise than this process's
+# as its console script.
+PRELOAD_ATTRIBUTES = (("transformers", ("T5Config", "T5EncoderModel", "T5Tokenizer")),)
+IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
 
 
 def _stdio(request: dict) -> None:
@@ -100,6 +111,9 @@ def _child(request: dict, control: list[int]) -> None:
 def main() -> None:
     for module in PRELOAD:
         importlib.import_module(module)
+    for module, names in PRELOAD_ATTRIBUTES:  # a lazy module's attributes import their submodules
+        for name in names:
+            getattr(importlib.import_module(module), name)
     requests = os.fdopen(os.dup(0), "rb", buffering=0)
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     control = [requests.fileno(), answers.fileno()]

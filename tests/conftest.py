@@ -41,8 +41,12 @@ os.environ["PYTHONPATH"] = pythonpath()  # every child of the test process: this
 class _Zygote:
     """tests/cli_zygote.py in a child process: forks one process per command line, with the imports done once."""
 
+    @staticmethod
+    def environment() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "OMP_NUM_THREADS")}
+
     def __init__(self):
-        env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "OMP_NUM_THREADS")}
+        self.env = env = self.environment()
         self.log = tempfile.TemporaryFile()  # the zygote's own stderr (its children write to their request's files)
         self.proc = subprocess.Popen(
             [sys.executable, str(TESTS / "cli_zygote.py")],
@@ -98,6 +102,15 @@ def _decoded(data: bytes) -> str:
     return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _read_at_import(env: dict[str, str], zygote_env: dict[str, str]) -> bool:
+    """Whether `env` sets a variable that tests/cli_zygote.py's preloaded libraries read when imported (its
+    IMPORT_TIME_ENV) otherwise than the zygote's environment does."""
+    from cli_zygote import IMPORT_TIME_ENV
+
+    names = {k for k in (*env, *zygote_env) if k.startswith(IMPORT_TIME_ENV)}
+    return any(env.get(k) != zygote_env.get(k) for k in names)
+
+
 def run_cli(
     prog: str,
     *args: str,
@@ -114,10 +127,15 @@ def run_cli(
 
     The command runs in a process of its own either way: with `console_script` or `preexec_fn`, its console script
     in a subprocess; otherwise a process forked from tests/cli_zygote.py, which has imported the commands already
-    (the same command line, working dir, environment, streams and exit code, without 3-5 s of imports). `crash`:
+    (the same command line, working dir, environment, streams and exit code, without 3-5 s of imports), unless `env`
+    sets a variable that the zygote's preloaded libraries read when imported (see `_read_at_import`). `crash`:
     (point, n) of tests/crash_run.py, armed in that process: it SIGKILLs itself at the event."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
+    zygote = _zygotes.get(threading.get_ident())
+    if _read_at_import(env, zygote.env if zygote else _Zygote.environment()):
+        assert crash is None, "tests/cli_zygote.py arms crash points; this environment needs a console script"
+        console_script = True  # the zygote's preloaded libraries have read these variables already
     if console_script or preexec_fn is not None:
         return subprocess.run(
             [str(BIN / prog), *args],
@@ -129,7 +147,7 @@ def run_cli(
             timeout=TIMEOUT,
             preexec_fn=preexec_fn,
         )
-    zygote = _zygotes.get(threading.get_ident()) or _zygotes.setdefault(threading.get_ident(), _Zygote())
+    zygote = zygote or _zygotes.setdefault(threading.get_ident(), _Zygote())
     with tempfile.TemporaryDirectory(prefix="run_cli-") as streams:
         paths = {name: Path(streams, name) for name in ("stdin", "stdout", "stderr")}
         data = stdin.encode(locale.getpreferredencoding(False)) if isinstance(stdin, str) else stdin or b""

@@ -1,19 +1,24 @@
-"""Measure one part of a sampling run in a fresh process: its peak RSS rise on the CPU, beside cogvid's estimate.
+"""Measure parts of a sampling run, each in a process of its own: its peak RSS rise on the CPU, beside cogvid's
+estimate.
 
-    python tests/memory_probe.py dit FRAMES HEIGHT WIDTH [compose overrides...]
-    python tests/memory_probe.py vae FRAMES HEIGHT WIDTH [compose overrides...]
+    python tests/memory_probe.py '[["dit", FRAMES, HEIGHT, WIDTH, [compose overrides...]], ["vae", ...], ...]'
 
 `dit`: one guided DiT call (batch 2) with random weights; `vae`: SAT's chunked decode of the latents of that video.
-The peak is /proc's VmHWM of a second call, reset (clear_refs 5) before it, less the RSS at that moment. Prints one
-JSON line {"measured": bytes, "estimate": bytes}. Used by tests/test_memory_estimate.py.
+The peak is /proc's VmHWM of a second call, reset (clear_refs 5) before it, less the RSS at that moment. This process
+imports torch and cogvid once, then forks one child per probe, which measures it (its own VmHWM, its own heap) and
+leaves. Prints one JSON line per probe, in order: {"measured": bytes, "estimate": bytes}, or {"error": traceback}.
+Used by tests/test_memory_estimate.py.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -77,6 +82,30 @@ def main(kind: str, frames: int, height: int, width: int, overrides: list[str]) 
     return {"measured": status_bytes("VmHWM") - base, "estimate": expected}
 
 
+def in_child(kind: str, frames: int, height: int, width: int, overrides: list[str]) -> dict:
+    """`main` in a forked child of this process: a peak and a heap of its own, the imports already done."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            figures = main(kind, frames, height, width, overrides)
+        except BaseException:
+            figures = {"error": traceback.format_exc()}
+        with os.fdopen(write, "w") as answer:
+            answer.write(json.dumps(figures))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        said = answer.read()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return json.loads(said) if said else {"error": f"the probe's process ended with exit code {code}"}
+
+
 if __name__ == "__main__":
-    kind, frames, height, width, *rest = sys.argv[1:]
-    print(json.dumps(main(kind, int(frames), int(height), int(width), rest)))
+    for module in ("cogvid.config.compose", "cogvid.inference.memory", "cogvid.models.dit", "cogvid.models.vae"):
+        importlib.import_module(module)  # what every child imports, done once here
+
+    for kind, frames, height, width, overrides in json.loads(sys.argv[1]):
+        print(json.dumps(in_child(kind, frames, height, width, overrides)), flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TIMEOUT, pythonpath
+from conftest import TIMEOUT, pythonpath, run_cli
 from train_helpers import make_sat_dataset, tiny_overrides
 
 from cogvid.config.compose import compose
@@ -32,10 +32,9 @@ KILL = "train.callbacks=[{_target_: train_helpers.callbacks.KillAtStep, step: 6,
 
 
 def cogvid_train(*overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=pythonpath(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
-    return subprocess.run(
-        [sys.executable, "-m", "cogvid.cli.train", *overrides], env=env, capture_output=True, text=True, timeout=TIMEOUT
-    )
+    """cogvid-train in a process of its own, forked from the tests' command server (conftest.run_cli: the imports
+    done once; tests/ is on its path, for KillAtStep), one intra-op thread."""
+    return run_cli("cogvid-train", *overrides, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
