@@ -22,6 +22,12 @@ def _parts(names) -> set[ExportPart]:
     return {ExportPart(p) for p in names}
 
 
+def _model(cfg, task: ExportTask):
+    if OmegaConf.is_missing(cfg, "model"):
+        raise CogvidError(f"You must specify 'model' for task={task.value}, e.g. model=5b (no variant is assumed)")
+    return cfg.model
+
+
 def run_export(cfg) -> dict:
     """Run one export task; returns the mapping reports by part (empty for sat_config)."""
     check_values(cfg)  # first, before torch is imported; `out` is not a file nor under one
@@ -31,9 +37,7 @@ def run_export(cfg) -> dict:
     from cogvid.utils.files import check_output_free, staged_folder
     from cogvid.utils.runtime import torch_dtype  # imports torch: after the option values are checked
 
-    if OmegaConf.is_missing(cfg, "model"):
-        raise CogvidError(f"You must specify 'model' for task={task.value}, e.g. model=5b (no variant is assumed)")
-    model = cfg.model
+    model = _model(cfg, task)
     out = check_output_free(cfg.out, cfg.overwrite)
     parts = _parts(cfg.parts)
     dtype = torch_dtype(cfg.dtype)
