@@ -226,9 +226,10 @@ def test_a_second_cogvid_train_into_a_busy_output_dir_refuses(tmp_path, tiny_t5_
     """Run B starts while run A is writing its first checkpoint into the same dir: B refuses in one line naming A,
     and A's step folders and `latest` are all A's."""
     clips = make_sat_dataset(tmp_path / "clips", n=2)
-    out = tmp_path / "out"
+    out = tmp_path / "out{run}"  # braces: the refusal names the dir as it is
     extra = [f"data.root={clips}", "train.max_steps=2", "train.checkpoint_every=1", "train.validation.every=0"]
-    cfg = compose(tiny_overrides(tiny_t5_dir, out, *extra), config_name="train")
+    cfg = compose(tiny_overrides(tiny_t5_dir, tmp_path / "unused", *extra), config_name="train")
+    cfg.train.output_dir = str(out)
     refusals: list[str] = []
     save = ResumableCheckpoints.save
 

@@ -42,10 +42,13 @@ def run_train(cfg, deepspeed_strategy_class=None, relaunch: Sequence[str] | None
     `plan`: the job's plan when the caller made it (None: planned here)."""
     plan = plan or plan_train(cfg)
     alone = plan.out_dir is None or _launch_rank() != 0  # no output dir, or a rank of a run that rank 0 holds
-    refusal = (
-        f"{plan.out_dir} is the output dir of a cogvid-train run that is still going ({{holder}}); wait for it to end "
-        "or give this run another train.output_dir"
-    )
+
+    def refusal(holder: str) -> str:
+        return (
+            f"{plan.out_dir} is the output dir of a cogvid-train run that is still going ({holder}); wait for it to "
+            "end or give this run another train.output_dir"
+        )
+
     with contextlib.nullcontext() if alone else hold_or_refuse(plan.out_dir / RUN_LOCK, refusal):
         if plan.task is TrainTask.vae:  # one process, no DiT
             from cogvid.training.vae_module import fit_vae

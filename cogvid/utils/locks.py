@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cogvid.utils.errors import CogvidError
@@ -72,14 +72,14 @@ def hold_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def hold_or_refuse(path: Path, refusal: str) -> Iterator[None]:
-    """Hold the lock of `path` (its folder made) for the block, or refuse at once in one line: `refusal` with
-    `{holder}` filled in ("pid N on HOST") when a live process holds it."""
+def hold_or_refuse(path: Path, refusal: Callable[[str], str]) -> Iterator[None]:
+    """Hold the lock of `path` (its folder made) for the block, or refuse at once in one line, `refusal(holder)`
+    ("pid N on HOST"), when a live process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(hold_lock(path, wait=False))
         except LockHeld as ex:
             pid, _, host = ex.holder.partition("-")
-            raise CogvidError(refusal.format(holder=f"pid {pid} on {host}" if host else "another process")) from None
+            raise CogvidError(refusal(f"pid {pid} on {host}" if host else "another process")) from None
         yield
