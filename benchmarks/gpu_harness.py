@@ -298,7 +298,7 @@ def run_variant(variant: str, args, device: torch.device, dtype: torch.dtype, t5
     held = resident_gb(device)
     warm = pipeline
     if args.warmup_steps not in (None, args.steps):
-        warm = pipeline.with_config(video_settings(config(args.warmup_steps)))
+        warm = pipeline.with_settings(video_settings(config(args.warmup_steps)))
     for _ in range(args.warmup):
         one_video(warm, shape, text_s)
     rounds = [one_video(pipeline, shape, text_s) for _ in range(args.rounds)]

@@ -87,7 +87,7 @@ class Videos:
         if key not in self.samplers:
             overrides = ["model=shapes", f"sampler={sampler}", f"sampler.num_steps={steps}", *extra]
             self.samplers[key] = compose(overrides).sampler
-        pipeline = self.pipeline.with_config(replace(self.pipeline.settings, sampler=self.samplers[key]))
+        pipeline = self.pipeline.with_settings(replace(self.pipeline.settings, sampler=self.samplers[key]))
         start = time.perf_counter()
         result = pipeline.generate(prompt, seed=seed, shape=self.shape, progress=False)
         return to_uint8_frames(result.video), time.perf_counter() - start

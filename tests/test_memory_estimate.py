@@ -177,7 +177,7 @@ def test_a_decode_that_does_not_fit_is_tiled(tmp_path, tiny_t5_dir):
     held = memory.loaded_bytes(pipeline.model.backbone, pipeline.vae)
     need = memory.decode_bytes(cfg.model, shape, torch.float32, None)
     cfg.memory_limit_gb = (held + need - 1) / memory.GB  # one byte short of the whole-frame decode
-    tiled_pipeline = pipeline.with_config(video_settings(cfg))
+    tiled_pipeline = pipeline.with_settings(video_settings(cfg))
     tile = tiled_pipeline.decode_tile(shape)
     assert tile is not None
     tiled = tiled_pipeline.generate("a fox", seed=1, shape=shape)

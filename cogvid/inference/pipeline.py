@@ -57,7 +57,7 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class LoadedParts:
-    """What a pipeline and its `with_config` copies share: the weights on the device, and the text contexts of every
+    """What a pipeline and its `with_settings` copies share: the weights on the device, and the text contexts of every
     prompt encoded so far (text -> (1, text_length, d)), so T5 can be freed while the DiT samples."""
 
     model: DiffusionModel
@@ -150,7 +150,7 @@ class VideoPipeline:
         parts = LoadedParts(model, vae, text_encoder, contexts)
         return cls(load.model, settings, model, vae, text_encoder, device, dtype, vae_dtype, parts=parts)
 
-    def with_config(self, settings: VideoSettings) -> VideoPipeline:
+    def with_settings(self, settings: VideoSettings) -> VideoPipeline:
         """This pipeline's loaded weights under other `VideoSettings` (another sampler, other infer values) of a config
         with the same model, mode, dtypes and device: what a sweep's next job uses instead of loading again."""
         parts = self.parts
@@ -379,7 +379,7 @@ def load_pipeline(load, settings: VideoSettings, prompts: list[str] | None = Non
     global _last_loaded
     if _last_loaded is not None and _last_loaded[0] == load.weights_key:
         log.info("%s: the weights loaded for the previous job are reused", load.model.name)
-        pipeline = _last_loaded[1].with_config(settings)
+        pipeline = _last_loaded[1].with_settings(settings)
         if prompts is not None:
             pipeline.encode_texts(list(prompts))
             pipeline.free_text_encoder()
