@@ -8,8 +8,13 @@ Requests and answers are JSON lines on this process's stdin and stdout:
     {"prog": "cogvid-sample", "argv0": "...", "args": [...], "cwd": "...", "env": {...},
      "stdin": PATH, "stdout": PATH, "stderr": PATH}
     -> {"pid": PID}, then {"returncode": CODE}
+A request may also carry:
+    "script": PATH     run this Python file as __main__ (as `python PATH args`) instead of "prog";
+    "ranks": N         start the command as N ranks of one node, as `torchrun --nproc_per_node N` does (see
+                       `_launch_ranks`); PID is then the launcher's, the leader of the ranks' process group;
+    "preload": [...]   modules this process imports (once, before forking) for the command, e.g. deepspeed.
 The tests keep real console-script subprocesses where the process itself is under test (kills, resource limits,
-what is imported before a refusal, --help of each command).
+what is imported before a refusal, --help of each command), and one real torchrun run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import importlib
 import io
 import json
 import os
+import runpy
+import signal
+import socket
 import sys
 import traceback
 
@@ -64,8 +72,98 @@ def _stdio(request: dict) -> None:
     )
 
 
+def _run(request: dict) -> int:
+    """Run the request's command in this process, as its console script (or `python script`) would: its exit code."""
+    if "OMP_NUM_THREADS" in os.environ:  # what torch reads when a fresh process starts
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    script = request.get("script")
+    sys.argv = [script or request["argv0"], *request["args"]]
+    if request.get("crash"):  # tests/crash_run.py's kill point: counted from here, as that runner counts
+        import crash_run
+
+        crash_run.arm(*request["crash"])
+    code = 1
+    try:
+        if script:
+            sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python script` puts its folder first
+            runpy.run_path(script, run_name="__main__")
+        else:
+            importlib.import_module(ENTRY_POINTS[request["prog"]]).main()
+        code = 0
+    except SystemExit as ex:  # as the interpreter ends on an uncaught SystemExit
+        if ex.code is None:
+            code = 0
+        elif isinstance(ex.code, int):
+            code = ex.code
+        else:
+            print(ex.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    if request.get("crash"):
+        crash_run.report()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    return code
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_ranks(request: dict) -> int:
+    """What `torchrun --standalone --nproc_per_node N` does for a command: N children with the environment torchrun
+    gives its workers (ranks, world size, a rendezvous on a free local port, OMP_NUM_THREADS=1 unless set), all
+    writing to the same stdout and stderr; when one fails, the others are killed. The first failing rank's exit
+    code, or 0."""
+    ranks = request["ranks"]
+    common = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(ranks),
+        "LOCAL_WORLD_SIZE": str(ranks),
+        "GROUP_RANK": "0",
+        "GROUP_WORLD_SIZE": "1",
+        "ROLE_NAME": "default",
+        "ROLE_WORLD_SIZE": str(ranks),
+        "TORCHELASTIC_RUN_ID": "cli_zygote",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCHELASTIC_MAX_RESTARTS": "0",
+    }
+    os.environ.update(common)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.setpgid(0, 0)  # conftest kills the whole group when a run hangs
+    pids = []
+    for rank in range(ranks):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), ROLE_RANK=str(rank))
+                code = _run(request)
+            finally:
+                os._exit(code & 0xFF)
+        pids.append(pid)
+    failed = 0
+    while pids:
+        pid, status = os.wait()
+        pids.remove(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and not failed:
+            failed = code
+            for other in pids:
+                os.kill(other, signal.SIGKILL)
+    return failed
+
+
 def _child(request: dict, control: list[int]) -> None:
-    """Run the command in this forked process and leave with its exit code; never returns."""
+    """Run the command (or its ranks) in this forked process and leave with its exit code; never returns."""
     code = 1
     try:
         for fd in control:
@@ -74,34 +172,7 @@ def _child(request: dict, control: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         _stdio(request)
-        if "OMP_NUM_THREADS" in os.environ:  # what torch reads when a fresh process starts
-            import torch
-
-            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        sys.argv = [request["argv0"], *request["args"]]
-        if request.get("crash"):  # tests/crash_run.py's kill point: counted from here, as that runner counts
-            import crash_run
-
-            crash_run.arm(*request["crash"])
-        try:
-            importlib.import_module(ENTRY_POINTS[request["prog"]]).main()
-            code = 0
-        except SystemExit as ex:  # as the interpreter ends on an uncaught SystemExit
-            if ex.code is None:
-                code = 0
-            elif isinstance(ex.code, int):
-                code = ex.code
-            else:
-                print(ex.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        if request.get("crash"):
-            crash_run.report()
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+        code = _launch_ranks(request) if request.get("ranks") else _run(request)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -109,17 +180,20 @@ def _child(request: dict, control: list[int]) -> None:
 
 
 def main() -> None:
+    requests = os.fdopen(os.dup(0), "rb", buffering=0)
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # what an import prints (deepspeed logs to stdout) goes to this process's log, not to the answers
+    control = [requests.fileno(), answers.fileno()]
     for module in PRELOAD:
         importlib.import_module(module)
     for module, names in PRELOAD_ATTRIBUTES:  # a lazy module's attributes import their submodules
         for name in names:
             getattr(importlib.import_module(module), name)
-    requests = os.fdopen(os.dup(0), "rb", buffering=0)
-    answers = os.fdopen(os.dup(1), "w", buffering=1)
-    control = [requests.fileno(), answers.fileno()]
     print(json.dumps({"ready": True}), file=answers)
     while line := requests.readline():
         request = json.loads(line)
+        for module in request.get("preload") or ():
+            importlib.import_module(module)
         pid = os.fork()
         if pid == 0:
             _child(request, control)

@@ -79,7 +79,7 @@ class _Zygote:
         try:
             return self._answer(timeout)["returncode"]
         except RuntimeError:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL) if request.get("ranks") else os.kill(pid, signal.SIGKILL)
             self._answer(TIMEOUT)
             raise subprocess.TimeoutExpired(request["args"], timeout) from None
 
@@ -147,7 +147,39 @@ def run_cli(
             timeout=TIMEOUT,
             preexec_fn=preexec_fn,
         )
-    zygote = zygote or _zygotes.setdefault(threading.get_ident(), _Zygote())
+    return _in_zygote(
+        {"prog": prog, "argv0": str(BIN / prog), "args": args, "cwd": cwd, "env": env, "crash": crash}, stdin, text
+    )
+
+
+def run_ranks(
+    ranks: int,
+    *args: str,
+    prog: str | None = None,
+    script: Path | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    preload: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node RANKS` of an installed command (`prog`) or a Python `script`, with
+    `args`: the ranks are forked from tests/cli_zygote.py with the environment torchrun gives its workers (its
+    `_launch_ranks`), so each saves torchrun's start and its own 5-7 s of imports; `preload`: modules the zygote
+    imports once for them (e.g. deepspeed). The environment is run_cli's. stdout and stderr: all ranks', as
+    torchrun passes them on; the exit code: the first failing rank's (the others are then killed), or 0."""
+    assert (prog is None) != (script is None), "a command or a script"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    zygote = _zygotes.get(threading.get_ident())
+    assert not _read_at_import(env, zygote.env if zygote else _Zygote.environment()), "set it in the zygote instead"
+    request = {"prog": prog, "argv0": str(BIN / prog) if prog else None, "script": str(script) if script else None}
+    request |= {"args": args, "cwd": cwd, "env": env, "ranks": ranks, "preload": list(preload)}
+    return _in_zygote(request, None, True)
+
+
+def _in_zygote(request: dict, stdin: bytes | str | None, text: bool) -> subprocess.CompletedProcess:
+    """Run a request (tests/cli_zygote.py's) in a process forked from this thread's zygote: the completed process."""
+    zygote = _zygotes.get(threading.get_ident()) or _zygotes.setdefault(threading.get_ident(), _Zygote())
+    args = [str(a) for a in request["args"]]
     with tempfile.TemporaryDirectory(prefix="run_cli-") as streams:
         paths = {name: Path(streams, name) for name in ("stdin", "stdout", "stderr")}
         data = stdin.encode(locale.getpreferredencoding(False)) if isinstance(stdin, str) else stdin or b""
@@ -155,19 +187,17 @@ def run_cli(
         for name in ("stdout", "stderr"):
             paths[name].touch()
         request = {
-            "prog": prog,
-            "argv0": str(BIN / prog),
-            "args": [str(a) for a in args],
-            "cwd": str(cwd or os.getcwd()),
-            "env": env,
-            "crash": list(crash) if crash else None,
+            **request,
+            "args": args,
+            "cwd": str(request["cwd"] or os.getcwd()),
+            "crash": list(request["crash"]) if request.get("crash") else None,
             **{name: str(path) for name, path in paths.items()},
         }
         code = zygote.run(request, TIMEOUT)
         out, err = paths["stdout"].read_bytes(), paths["stderr"].read_bytes()
     if text:
         out, err = _decoded(out), _decoded(err)
-    return subprocess.CompletedProcess([str(BIN / prog), *args], code, out, err)
+    return subprocess.CompletedProcess([request.get("script") or request["argv0"], *args], code, out, err)
 
 
 @pytest.fixture(scope="session")

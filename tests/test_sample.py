@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, TIMEOUT, reference, text_contexts
+from conftest import FIXTURE, TIMEOUT, reference, run_cli, text_contexts
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -281,9 +281,13 @@ def test_image_to_video_1_5_sizes_from_the_image_aspect(tmp_path, tiny_t5_dir):
 
 
 def cli(*args: str, cwd: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """cogvid-sample with one torch thread: forked from the tests' zygote (conftest.run_cli), or under `launcher`
+    (e.g. torchrun) as a console script."""
+    if launcher is None:
+        return run_cli("cogvid-sample", *args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    command = [*(launcher or []), str(BIN / "cogvid-sample"), *args]
+    command = [*launcher, str(BIN / "cogvid-sample"), *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT)
 
 

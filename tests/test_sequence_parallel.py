@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE
+from conftest import FIXTURE, run_ranks
 from safetensors.torch import load_file
-from test_sample import BIN, cli, weights
+from test_sample import cli, weights
 
 from cogvid import CogvidError, compose
 from cogvid.models.dit import DiffusionTransformer
@@ -166,9 +166,8 @@ def test_torchrun_groups_make_the_single_process_videos(tmp_path, tiny_t5_dir):
     single = cli(*common, f"infer.output_dir={tmp_path / 'single'}", cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     expected = sampled(tmp_path / "single")
-    launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "4"]
     options = ["parallel.sequence=2", "parallel.cfg=2", f"infer.output_dir={tmp_path / 'split'}"]
-    split = cli(*common, *options, cwd=tmp_path, launcher=launcher)
+    split = run_ranks(4, *common, *options, prog="cogvid-sample", cwd=tmp_path)  # as torchrun starts them
     assert split.returncode == 0, split.stderr[-3000:]
     made = sampled(tmp_path / "split")
     assert sorted(made) == sorted(expected) == ["one fox", "two cats"]  # each video once: one writer per group

@@ -1,6 +1,7 @@
 """cogvid-train with 2 processes on the CPU (gloo): DDP through the real entry point, in a Hydra sweep; DeepSpeed
 ZeRO-2 and ZeRO-3 (with a test-only strategy subclass that lets DeepSpeed run on the CPU) save -> resume ->
-consolidate -> load.
+consolidate -> load. The DeepSpeed ranks are started as torchrun starts them, forked from the tests' zygote
+(conftest.run_ranks); tests/test_sample.py keeps a real torchrun run.
 
 DeepSpeed runs here without its JIT-compiled C++ ops (train_helpers.deepspeed_cpu.use_uncompiled_ops): building
 them takes minutes on a small machine, and each run checks that it built none. The multi-process tests carry the
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TIMEOUT, pythonpath
+from conftest import run_cli, run_ranks
 from train_helpers import FIXTURE, make_sat_dataset, tiny_overrides
 from train_helpers.deepspeed_cpu import use_uncompiled_ops
 
@@ -32,18 +31,12 @@ TESTS = Path(__file__).resolve().parent
 COMPILED_OPS = os.environ.get("COGVID_TEST_COMPILED_DS_OPS") == "1"  # DeepSpeed's own ops (compiled on first use)
 
 
-def env() -> dict:
-    return dict(os.environ, PYTHONPATH=pythonpath(TESTS), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
-
-
 @pytest.mark.distributed
 def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t5_dir):
     data = make_sat_dataset(tmp_path / "data", n=2)
     overrides = [o for o in tiny_overrides(tiny_t5_dir, tmp_path, f"data.root={data}") if "output_dir" not in o]
-    command = [
-        sys.executable,
-        "-m",
-        "cogvid.cli.train",
+    result = run_cli(
+        "cogvid-train",
         "--multirun",
         *overrides,
         "train=ddp",
@@ -53,8 +46,9 @@ def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t
         "train.checkpoint_every=2",
         "train.lr=1e-3,2e-3",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    result = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]  # no sweep inside a sweep: the children ran their job only
@@ -76,18 +70,13 @@ def test_ddp_two_processes_in_a_sweep_share_one_run_dir_per_job(tmp_path, tiny_t
 
 
 def torchrun_deepspeed(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """Two DeepSpeed ranks under torchrun; any op DeepSpeed JIT-compiles would land in tmp_path/torch_extensions."""
+    """Two DeepSpeed ranks, as torchrun starts them (conftest.run_ranks); any op DeepSpeed JIT-compiles would land in
+    tmp_path/torch_extensions."""
     extensions = tmp_path / "torch_extensions"
-    run_env = env() if COMPILED_OPS else dict(env(), TORCH_EXTENSIONS_DIR=str(extensions))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    with socket.socket() as s:  # torchrun passes --master_port=0 on to the workers as is: pick a free one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    run_env = {"OMP_NUM_THREADS": "1"} | ({} if COMPILED_OPS else {"TORCH_EXTENSIONS_DIR": str(extensions)})
     script = TESTS / "train_helpers" / "deepspeed_cpu.py"
-    command = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}", str(script)]
-    result = subprocess.run(
-        [*command, *overrides], env=run_env, capture_output=True, text=True, timeout=TIMEOUT, cwd=TESTS.parent
-    )
+    preload = ("deepspeed", "lightning.pytorch.strategies", "train_helpers.deepspeed_cpu")
+    result = run_ranks(2, *overrides, script=script, cwd=TESTS.parent, env=run_env, preload=preload)
     built = sorted(p.name for p in extensions.iterdir()) if extensions.is_dir() else []  # one folder per op
     assert not built, f"DeepSpeed compiled {built}: give train_helpers.deepspeed_cpu a stand-in for it"
     return result

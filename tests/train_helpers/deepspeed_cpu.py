@@ -1,4 +1,5 @@
-"""Run cogvid-train's `run_train` with Lightning's DeepSpeed strategy on the CPU (test only; start it with torchrun).
+"""Run cogvid-train's `run_train` with Lightning's DeepSpeed strategy on the CPU (test only; start it with torchrun,
+or as the tests do, with conftest.run_ranks).
 
 Lightning's DeepSpeedStrategy refuses a non-CUDA accelerator and hands DeepSpeed the device index (None on the CPU);
 DeepSpeed itself runs on the CPU over gloo. This subclass lifts exactly those two checks.
