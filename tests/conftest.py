@@ -176,6 +176,15 @@ def run_ranks(
     return _in_zygote(request, None, True)
 
 
+def run_script(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python script args` in a process forked from tests/cli_zygote.py (its imports done), in this working dir,
+    with run_cli's environment plus `env`: stdout, stderr and exit code."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    request = {"prog": None, "argv0": None, "script": str(script), "args": args, "cwd": None, "env": env}
+    return _in_zygote(request, None, True)
+
+
 def _in_zygote(request: dict, stdin: bytes | str | None, text: bool) -> subprocess.CompletedProcess:
     """Run a request (tests/cli_zygote.py's) in a process forked from this thread's zygote: the completed process."""
     zygote = _zygotes.get(threading.get_ident()) or _zygotes.setdefault(threading.get_ident(), _Zygote())

@@ -4,14 +4,17 @@ estimate.
     python tests/memory_probe.py '[["dit", FRAMES, HEIGHT, WIDTH, [compose overrides...]], ["vae", ...], ...]'
 
 `dit`: one guided DiT call (batch 2) with random weights; `vae`: SAT's chunked decode of the latents of that video.
-The peak is /proc's VmHWM of a second call, reset (clear_refs 5) before it, less the RSS at that moment. This process
-imports torch and cogvid once, then forks one child per probe, which measures it (its own VmHWM, its own heap) and
-leaves. Prints one JSON line per probe, in order: {"measured": bytes, "estimate": bytes}, or {"error": traceback}.
-Used by tests/test_memory_estimate.py.
+The peak is /proc's VmHWM of a second call, reset (clear_refs 5) before it, less the RSS at that moment. glibc's mmap
+threshold is fixed at 128 KiB first (mallopt, as MALLOC_MMAP_THRESHOLD_=131072 would at a process's start), so that
+RSS follows the live tensors: by default the heap may keep freed blocks and the same run peaks anywhere in 1-2.4x of
+that. This process imports torch and cogvid once (or is forked from the tests' zygote, which has), then forks one
+child per probe, which measures it (its own VmHWM, its own heap) and leaves. Prints one JSON line per probe, in
+order: {"measured": bytes, "estimate": bytes}, or {"error": traceback}. Used by tests/test_memory_estimate.py.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import importlib
@@ -103,7 +106,15 @@ def in_child(kind: str, frames: int, height: int, width: int, overrides: list[st
     return json.loads(said) if said else {"error": f"the probe's process ended with exit code {code}"}
 
 
+def fix_mmap_threshold(nbytes: int = 131072) -> None:
+    """Allocations of `nbytes` or more get pages of their own, given back when freed (glibc's M_MMAP_THRESHOLD, -3;
+    setting it also stops glibc from raising it as blocks are freed)."""
+    if not ctypes.CDLL(None).mallopt(-3, nbytes):
+        raise OSError("mallopt(M_MMAP_THRESHOLD) failed")
+
+
 if __name__ == "__main__":
+    fix_mmap_threshold()
     for module in ("cogvid.config.compose", "cogvid.inference.memory", "cogvid.models.dit", "cogvid.models.vae"):
         importlib.import_module(module)  # what every child imports, done once here
 

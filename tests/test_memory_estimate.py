@@ -3,14 +3,11 @@ run does with it: refuse what cannot fit before anything loads, tile a decode th
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TIMEOUT, run_cli, text_contexts
+from conftest import run_cli, run_script, text_contexts
 from test_sample import tiny
 
 from cogvid.config.compose import compose
@@ -60,8 +57,7 @@ def test_t5_weights_from_its_config(which, tiny_t5_dir):
     assert t5_weight_bytes(config, torch.float32) == real_bytes(encoder, torch.float32)
 
 
-# Peaks measured in a process of their own with a fixed glibc mmap threshold, so that RSS follows the live tensors (by
-# default glibc's heap may keep freed blocks and the same run peaks anywhere in 1-2.4x of that).
+# Peaks measured in a process of their own with a fixed glibc mmap threshold (tests/memory_probe.py).
 MEDIUM = ["model.hidden_size=384", "model.num_attention_heads=6"]
 RELEASED_VAE = ["model.vae.ch=128", "model.vae.ch_mult=[1,2,2,4]", "model.vae.num_res_blocks=3"]
 # Each measures 130-280 MiB, a few times the 50 MiB floor below (the smaller the size, the more the constant terms
@@ -76,18 +72,15 @@ PROBES = [
 
 @pytest.fixture(scope="module")
 def measured_peaks() -> list[dict]:
-    """Every probe of PROBES measured by one tests/memory_probe.py process (torch imported once), each in a forked
-    child of its own: its figures, in order."""
+    """Every probe of PROBES measured by one tests/memory_probe.py process (forked from the tests' zygote, torch and
+    cogvid imported already), each in a forked child of its own: its figures, in order."""
     probes = []
     for kind, frames, height, width, overrides in PROBES:
         spatial = vae_spatial(compose(overrides).model)
         grid = [f"model.num_frames={frames}", f"model.latent_height={height // spatial}"]
         grid += [f"model.latent_width={width // spatial}"]
         probes.append([kind, frames, height, width, [*overrides, *grid]])
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "2"}
-    out = subprocess.run(
-        [sys.executable, str(PROBE), json.dumps(probes)], capture_output=True, text=True, env=env, timeout=TIMEOUT
-    )
+    out = run_script(PROBE, json.dumps(probes), env={"OMP_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr[-2000:]
     figures = [json.loads(line) for line in out.stdout.strip().splitlines()[-len(PROBES) :]]
     assert len(figures) == len(PROBES), out.stdout[-2000:]
