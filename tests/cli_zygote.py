@@ -20,6 +20,7 @@ what is imported before a refusal, --help of each command), and one real torchru
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import io
 import json
@@ -189,11 +190,13 @@ def main() -> None:
     for module, names in PRELOAD_ATTRIBUTES:  # a lazy module's attributes import their submodules
         for name in names:
             getattr(importlib.import_module(module), name)
+    gc.freeze()  # a child's collections skip what is here already: no copy-on-write of those pages
     print(json.dumps({"ready": True}), file=answers)
     while line := requests.readline():
         request = json.loads(line)
         for module in request.get("preload") or ():
             importlib.import_module(module)
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             _child(request, control)
