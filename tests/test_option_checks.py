@@ -150,7 +150,7 @@ ACCEPTED_PAIRINGS = [  # the same options with their partner on
     ("sample", ["model=5b_i2v", "infer.image_latent_scaling=unscaled", "infer.image_posterior_sample=false"]),
     ("sample", ["model=1.5_5b", "infer.head_frame_quirk=true"]),
     ("sample", ["adapter=cyan"]),  # model.lora_alpha=16 with the adapter's model.lora_ckpt
-    ("sample", ["sampler.cache=0.3", "sampler.cache_order=2", "sampler.cache_warmup=4"]),
+    ("sample", ["sampler.cache=0.3", "sampler.cache_order=2", "sampler.cache_warmup=4", "sampler.cache_max_run=5"]),
     ("train", ["task=fit", "train.ema_decay=0.999", "train.sat_weights=ema"]),
     ("train", ["task=vae", "train.vae.kl_weight=0.1", "train.vae.loss=mse"]),
     ("train", ["task=precompute", "data.cache_dtype=bf16"]),
@@ -177,6 +177,7 @@ WARNED_PAIRINGS = [
     ),
     (["sampler.cache_order=2", "sampler.cache_warmup=4"], ["sampler.cache_order=2", "sampler.cache_warmup=4"]),
     (["sampler.cache=0", "sampler.cache_order=0"], ["sampler.cache_order=0"]),
+    (["sampler.cache_max_run=null"], ["sampler.cache_max_run=null"]),
 ]
 
 

@@ -48,7 +48,11 @@ def test_a_threshold_skips_the_later_blocks_and_stays_close():
 
 def test_warmup_steps_run_every_block():
     _, calls = tiny_run("sampler.cache=1e9", "sampler.cache_warmup=3", "sampler.guider=constant")
-    assert calls == [0, 1, 2] * 3 + [0] * 5  # constant guidance: one call a step; steps 0-2 in full, the rest reused
+    assert calls == [0, 1, 2] * 3 + [0] * 3 + [0, 1, 2] + [0]  # one call a step; steps 0-2 in full, then 3 reused a run
+    _, calls = tiny_run(
+        "sampler.cache=1e9", "sampler.cache_warmup=3", "sampler.guider=constant", "sampler.cache_max_run=null"
+    )
+    assert calls == [0, 1, 2] * 3 + [0] * 5  # no limit: the rest reused
 
 
 def calls_of(cache: StepCache, firsts: list[float], entry: float = 0.0) -> list[bool]:
@@ -94,6 +98,28 @@ def test_the_warmup_counts_from_the_walks_first_step():
             cache.remember(first, first + 1)
         reused.append(out is not None)
     assert reused == [False, False, True, True, True]
+
+
+def test_after_max_run_reused_calls_in_a_row_the_next_one_runs_every_block():
+    cache = StepCache(1e9, order=0, max_run=2)
+    assert calls_of(cache, [1.0] * 8) == [False, True, True, False, True, True, False, True]
+    assert (cache.calls, cache.reused) == (8, 5)
+    assert calls_of(StepCache(1e9, order=0, max_run=None), [1.0] * 6) == [False] + [True] * 5  # no limit
+    assert not any(calls_of(StepCache(1e9, order=0, max_run=0), [1.0] * 4))
+
+
+def test_max_run_counts_each_batch_size_apart():
+    cache = StepCache(1e9, order=0, max_run=1)
+    assert calls_of(cache, [1.0] * 2) == [False, True]  # batch 2: its one reuse
+    half = torch.ones(1, 3)
+    for step, reused in ((2, False), (3, True)):  # the conditional half alone keeps its own count
+        cache.step = step
+        out = cache.reuse(torch.zeros(1, 3), half)
+        assert (out is not None) == reused
+        if out is None:
+            cache.remember(half, half + 7)
+    cache.step = 4
+    assert cache.reuse(torch.zeros(2, 3), torch.ones(2, 3)) is None  # batch 2 had used its run
 
 
 @pytest.mark.parametrize("order", [0, 1, 2])
@@ -142,6 +168,7 @@ def test_another_batch_size_keeps_its_own_history():
         ("sampler.cache_order=3", "sampler.cache_order=3 must be 0, 1 or 2"),
         ("sampler.cache_order=-1", "sampler.cache_order=-1 must be 0, 1 or 2"),
         ("sampler.cache_warmup=-1", "sampler.cache_warmup=-1 must be >= 0"),
+        ("sampler.cache_max_run=-1", "sampler.cache_max_run=-1 must be >= 0"),
     ],
 )
 def test_a_bad_cache_option_is_refused(override, option):

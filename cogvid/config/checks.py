@@ -119,6 +119,8 @@ def _check_sampler(sampler) -> None:
     if sampler.cache_order not in (0, 1, 2):
         raise CogvidError(f"sampler.cache_order={sampler.cache_order} must be 0, 1 or 2")
     check_at_least("sampler.cache_warmup", sampler.cache_warmup, 0)
+    if sampler.get("cache_max_run") is not None:
+        check_at_least("sampler.cache_max_run", sampler.cache_max_run, 0)
 
 
 def _check_train(train) -> None:

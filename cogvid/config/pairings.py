@@ -88,7 +88,7 @@ PAIRINGS = [
     ],
     *[
         Pairing(f"sampler.{name}", "sampler.cache (a threshold > 0)", _cached, SAMPLING, refuse=False)
-        for name in ("cache_order", "cache_warmup")
+        for name in ("cache_order", "cache_warmup", "cache_max_run")
     ],
     *[
         Pairing(

@@ -165,6 +165,7 @@ class SamplerConfig:
     cache: float | None = None  # sampler.cache=0.1: reuse the DiT's blocks while its first block changes less (opt in)
     cache_order: int = 1  # sampler.cache_order=0|1|2: the skipped blocks' residual extrapolated (0: the last one)
     cache_warmup: int = 2  # sampler.cache_warmup=2: the walk's first steps run every block
+    cache_max_run: int | None = 3  # sampler.cache_max_run=3: at most 3 reused DiT calls in a row (null: no limit)
 
 
 @dataclass

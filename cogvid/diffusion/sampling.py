@@ -164,7 +164,7 @@ def step_cache(sampler) -> StepCache | None:
     threshold = sampler.get("cache")
     if not threshold:
         return None
-    return StepCache(threshold, order=sampler.cache_order, warmup=sampler.cache_warmup)
+    return StepCache(threshold, order=sampler.cache_order, warmup=sampler.cache_warmup, max_run=sampler.cache_max_run)
 
 
 def _walk(plan: SamplingPlan, denoise, x, alphas, draw, steps, start, device) -> torch.Tensor:

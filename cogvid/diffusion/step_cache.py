@@ -9,7 +9,9 @@ output minus the first block's) is extrapolated from the last full calls (Taylor
 the last full call's residual as it is; order 1 follows the line through the last two,
 r(s) = r1 + (r1 - r0) (s - s1) / (s1 - s0) at step s; order 2 the parabola through the last three. Otherwise every
 block runs, the residual is remembered and the sum starts again from 0. The first `warmup` steps of a walk always run
-every block. Threshold 0 never reuses: the exact path.
+every block, and after `max_run` reused calls in a row the next one does too, whatever the sum (cache-dit's
+max_continuous_cached_steps): an extrapolation is only as good as the full calls it starts from, and a long run of
+reused calls that each changed little can still drift far. Threshold 0 never reuses: the exact path.
 
 Calls of another batch size (e.g. guidance-free steps, which run only the conditional half) keep their own history.
 One cache lives for one sampling run: `sample_latents` makes it, tells it each step (`follow`) and hands it to the DiT
@@ -49,18 +51,21 @@ def extrapolate(history: list[tuple[int, torch.Tensor]], step: int) -> torch.Ten
 @dataclass
 class _Track:
     """One batch size's history: the previous call's first-block residual, the change summed since the last full
-    call, and the (step, residual of the later blocks) of the last full calls, oldest first."""
+    call, the calls reused since then, and the (step, residual of the later blocks) of the last full calls, oldest
+    first."""
 
     signal: torch.Tensor | None = None
     change: float = 0.0
+    run: int = 0
     full: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 class StepCache:
-    def __init__(self, threshold: float, order: int = 1, warmup: int = 0):
-        """The solver's steps are told with `follow` (or set as `step`)."""
+    def __init__(self, threshold: float, order: int = 1, warmup: int = 0, max_run: int | None = None):
+        """The solver's steps are told with `follow` (or set as `step`). `max_run`: at most this many reused calls in
+        a row (None: no limit)."""
         self.threshold = float(threshold)
-        self.order, self.warmup = order, warmup
+        self.order, self.warmup, self.max_run = order, warmup, max_run
         self.step = 0  # the solver's step of the coming calls
         self.first_step: int | None = None  # the walk's first step (k when sampling starts at step k)
         self.tracks: dict[torch.Size, _Track] = {}
@@ -87,14 +92,15 @@ class StepCache:
         if self.threshold <= 0 or before is None or not track.full or self.step < self.first_step + self.warmup:
             return None
         track.change += relative_l1(signal, before)
-        if track.change >= self.threshold:
+        if track.change >= self.threshold or (self.max_run is not None and track.run >= self.max_run):
             return None
+        track.run += 1
         self.reused += 1
         return first + extrapolate(track.full[-(self.order + 1) :], self.step)
 
     def remember(self, first: torch.Tensor, last: torch.Tensor) -> None:
         """After a full call: its residual of the blocks after the first, and a new start for the summed change."""
         track = self.tracks[first.shape]
-        track.change = 0.0
+        track.change, track.run = 0.0, 0
         kept = track.full[-self.order :] if self.order else []  # the last `order` full calls
         track.full = [*kept, (self.step, last - first)]

@@ -462,6 +462,7 @@ def _read_sampler(model: _Node) -> tuple[dict, tuple[str, float]]:
         # the cache's other options keep cogvid's defaults (they act only with sampler.cache)
         "cache_order": _schema_default(SamplerConfig, "cache_order"),
         "cache_warmup": _schema_default(SamplerConfig, "cache_warmup"),
+        "cache_max_run": _schema_default(SamplerConfig, "cache_max_run"),
     }
     return sampler, shift
 
