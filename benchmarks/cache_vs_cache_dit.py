@@ -13,7 +13,8 @@ guidance 6, negative prompt ""). Three tools make the same videos (the prompts o
 - cogvid (parity): cogvid's sampler that follows the diffusers pipeline (docs/interop.md: DDIM, 50 steps, constant
   guidance 6, negative prompt "") at each of `--cogvid-thresholds` (sampler.cache, the other cache options at
   their defaults), and uncached;
-- cogvid (default): the same on cogvid's default sampler (dpmpp2m, 50 steps, dynamic guidance).
+- cogvid (default): the same on cogvid's default sampler (dpmpp2m, 50 steps, dynamic guidance);
+- with `--parity-max-runs N ...`: the parity sampler again at each threshold, with sampler.cache_max_run=N.
 Every setting's video of a prompt and seed is made in turn, in an order that rotates from one case to the next, so
 that a drift of the machine's speed reaches all settings alike. For each setting the script records seconds per
 video (median), the speed-up over the same tool uncached, the share of DiT calls that reused the cached blocks, PSNR
@@ -60,13 +61,18 @@ class Setting:
     line: str  # the frontier it belongs to (the uncached run starts every line of its tool)
     threshold: float | None = None
     taylorseer: bool = False
+    max_run: int | None = None  # cogvid's sampler.cache_max_run, when not its default
 
     @property
     def label(self) -> str:
         return f"{self.line} {'exact' if self.threshold is None else f'{self.threshold:g}'}"
 
 
-def settings_of(cogvid_thresholds: list[float], cache_dit_thresholds: list[float]) -> list[Setting]:
+def settings_of(
+    cogvid_thresholds: list[float], cache_dit_thresholds: list[float], parity_max_runs: list[int] = ()
+) -> list[Setting]:
+    """Every setting of the run; `parity_max_runs`: more lines of cogvid's parity sampler, each at the thresholds with
+    that sampler.cache_max_run."""
     out = [Setting("cache-dit", "cache-dit DBCache")]
     for t in cache_dit_thresholds:
         out += [
@@ -75,6 +81,9 @@ def settings_of(cogvid_thresholds: list[float], cache_dit_thresholds: list[float
         ]
     for tool, line in (("cogvid-parity", "cogvid (parity)"), ("cogvid-default", "cogvid (default)")):
         out += [Setting(tool, line), *(Setting(tool, line, t) for t in cogvid_thresholds)]
+        if tool == "cogvid-parity":
+            for n in parity_max_runs:
+                out += [Setting(tool, f"{line} run <= {n}", t, max_run=n) for t in cogvid_thresholds]
     return out
 
 
@@ -124,6 +133,8 @@ class CogvidVideos:
         sampler, extra = ("ddim", PARITY) if setting.tool == "cogvid-parity" else ("dpmpp2m", ())
         if setting.threshold is not None:
             extra = (*extra, f"sampler.cache={setting.threshold}")
+        if setting.max_run is not None:
+            extra = (*extra, f"sampler.cache_max_run={setting.max_run}")
         frames, seconds = self.videos.make(prompt, seed, sampler, STEPS, extra)
         return frames, seconds, self.videos.last_reuse
 
@@ -192,7 +203,7 @@ def plot(results: dict[Setting, dict], path: Path) -> None:
         )
 
     for n, (line, ps) in enumerate(lines.items()):
-        colour = COLOURS[line]
+        colour = COLOURS.get(line, (148, 103, 189))  # a parity line at another cache_max_run
         ps = sorted(set(ps), key=lambda p: (p[0], -p[1]))
         draw.line([xy(vx, vy) for vx, vy, _ in ps], fill=colour, width=2)
         for vx, vy, s in ps:
@@ -216,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=5000)
     parser.add_argument("--cogvid-thresholds", nargs="*", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.6])
     parser.add_argument("--cache-dit-thresholds", nargs="*", type=float, default=[0.1, 0.2, 0.3])
+    parser.add_argument(
+        "--parity-max-runs", nargs="*", type=int, default=[], help="more parity-sampler lines at these cache_max_run"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--name", default="cache_vs_cache_dit", help="results file stem")
     args = parser.parse_args(argv)
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     combinations = [c for combos in prompt_sets().values() for c in combos][: args.prompts]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     cases = [(c, seed) for c in combinations for seed in seeds]
-    settings = settings_of(args.cogvid_thresholds, args.cache_dit_thresholds)
+    settings = settings_of(args.cogvid_thresholds, args.cache_dit_thresholds, args.parity_max_runs)
     with exported_shapes_pipeline() as folder:
         cogvid_videos = CogvidVideos()
         tools = {
@@ -272,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     payload = {
         **meta,
-        "results": [{"tool": s.tool, "line": s.line, "threshold": s.threshold, **r} for s, r in results.items()],
+        "results": [
+            {"tool": s.tool, "line": s.line, "threshold": s.threshold, "max_run": s.max_run, **r}
+            for s, r in results.items()
+        ],
     }
     write_results(RESULTS, args.name, payload, table)
     plot(results, RESULTS / f"{args.name}.png")
