@@ -120,12 +120,12 @@ def _free_port() -> int:
 
 def _launch_ranks(request: dict) -> int:
     """What `torchrun --standalone --nproc_per_node N` does for a command: N children with the environment torchrun
-    gives its workers (ranks, world size, a rendezvous on a free local port, OMP_NUM_THREADS=1 unless set), all
-    writing to the same stdout and stderr; when one fails, the others are killed. The first failing rank's exit
-    code, or 0."""
+    gives its workers (ranks, world size, a rendezvous on a free local port, OMP_NUM_THREADS=1 unless set; not its
+    agent's store or error files, since no agent runs), all writing to the same stdout and stderr; when one fails,
+    the others are killed. The first failing rank's exit code, or 0."""
     ranks = request["ranks"]
     common = {
-        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_ADDR": "localhost",
         "MASTER_PORT": str(_free_port()),
         "WORLD_SIZE": str(ranks),
         "LOCAL_WORLD_SIZE": str(ranks),
@@ -136,6 +136,8 @@ def _launch_ranks(request: dict) -> int:
         "TORCHELASTIC_RUN_ID": "cli_zygote",
         "TORCHELASTIC_RESTART_COUNT": "0",
         "TORCHELASTIC_MAX_RESTARTS": "0",
+        "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
     }
     os.environ.update(common)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, TIMEOUT, reference, run_cli, text_contexts
+from conftest import FIXTURE, TIMEOUT, reference, run_cli, run_ranks, text_contexts
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -347,6 +348,37 @@ def test_torchrun_shards_prompts_across_ranks(tmp_path, tiny_t5_dir):
     assert sorted(m["prompt"] for m in metas) == ["four birds", "one fox", "three dogs", "two cats"]
     by_rank = {r: sorted(m["index"] for m in metas if m["rank"] == r) for r in (0, 1)}
     assert by_rank == {0: [0, 2], 1: [1, 3]}
+
+
+ENV_OF_RANK = """import json, os, sys
+print(json.dumps({k: v for k, v in os.environ.items() if k not in json.loads(sys.argv[1])}))
+"""
+
+
+def test_forked_ranks_get_the_environment_torchrun_gives_and_fail_together(tmp_path):
+    """conftest.run_ranks, which the DeepSpeed and sequence-parallel tests start their ranks with, against real
+    torchrun: the same variables with the same values, but for the rendezvous port and run id and the agent's own
+    (its store and error files). A failing rank ends the run with its exit code, and the others are killed."""
+    script = tmp_path / "env_of_rank.py"
+    script.write_text(ENV_OF_RANK)
+    before = json.dumps(sorted({**os.environ, "PYTHONUNBUFFERED": "1"}))
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), before]
+    real = subprocess.run(torchrun, capture_output=True, text=True, cwd=tmp_path, timeout=TIMEOUT)
+    forked = run_ranks(2, before, script=script, cwd=tmp_path)
+    assert real.returncode == forked.returncode == 0, (real.stderr[-2000:], forked.stderr[-2000:])
+    agent = {"TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_USE_AGENT_STORE"}
+    varying = {"MASTER_PORT", "TORCHELASTIC_RUN_ID"}
+    launcher = {"_", "LINES", "COLUMNS"}  # what torchrun's own process set for itself (its path, the terminal size)
+
+    def by_rank(out: str) -> dict[str, dict[str, str]]:
+        ranks = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return {r["RANK"]: {k: v for k, v in r.items() if k not in agent | varying | launcher} for r in ranks}
+
+    assert by_rank(forked.stdout) == by_rank(real.stdout) and sorted(by_rank(real.stdout)) == ["0", "1"]
+    script.write_text("import os, time\nif os.environ['RANK'] == '1':\n    raise SystemExit(3)\ntime.sleep(600)\n")
+    start = time.monotonic()
+    assert run_ranks(2, script=script, cwd=tmp_path).returncode == 3
+    assert time.monotonic() - start < 300  # rank 0 was killed, not waited for
 
 
 # ------------------------------------------------------------------------------------------------------------
