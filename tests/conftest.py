@@ -130,8 +130,7 @@ def run_cli(
     (the same command line, working dir, environment, streams and exit code, without 3-5 s of imports), unless `env`
     sets a variable that the zygote's preloaded libraries read when imported (see `_read_at_import`). `crash`:
     (point, n) of tests/crash_run.py, armed in that process: it SIGKILLs itself at the event."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = _child_env(env)
     zygote = _zygotes.get(threading.get_ident())
     if _read_at_import(env, zygote.env if zygote else _Zygote.environment()):
         assert crash is None, "tests/cli_zygote.py arms crash points; this environment needs a console script"
@@ -167,22 +166,31 @@ def run_ranks(
     imports once for them (e.g. deepspeed). The environment is run_cli's. stdout and stderr: all ranks', as
     torchrun passes them on; the exit code: the first failing rank's (the others are then killed), or 0."""
     assert (prog is None) != (script is None), "a command or a script"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
-    zygote = _zygotes.get(threading.get_ident())
-    assert not _read_at_import(env, zygote.env if zygote else _Zygote.environment()), "set it in the zygote instead"
     request = {"prog": prog, "argv0": str(BIN / prog) if prog else None, "script": str(script) if script else None}
-    request |= {"args": args, "cwd": cwd, "env": env, "ranks": ranks, "preload": list(preload)}
+    request |= {"args": args, "cwd": cwd, "env": _forkable_env(env), "ranks": ranks, "preload": list(preload)}
     return _in_zygote(request, None, True)
 
 
 def run_script(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python script args` in a process forked from tests/cli_zygote.py (its imports done), in this working dir,
     with run_cli's environment plus `env`: stdout, stderr and exit code."""
+    request = {"prog": None, "argv0": None, "script": str(script), "args": args, "cwd": None, "env": _forkable_env(env)}
+    return _in_zygote(request, None, True)
+
+
+def _child_env(env: dict[str, str] | None) -> dict[str, str]:
+    """A command's environment as a user's shell gives it: this one without HYDRA_FULL_ERROR, unbuffered, plus `env`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    request = {"prog": None, "argv0": None, "script": str(script), "args": args, "cwd": None, "env": env}
-    return _in_zygote(request, None, True)
+    return env
+
+
+def _forkable_env(env: dict[str, str] | None) -> dict[str, str]:
+    """_child_env, for a process forked from the zygote: none of the variables its preloaded libraries have read."""
+    env = _child_env(env)
+    zygote = _zygotes.get(threading.get_ident())
+    assert not _read_at_import(env, zygote.env if zygote else _Zygote.environment()), "set it in the zygote instead"
+    return env
 
 
 def _in_zygote(request: dict, stdin: bytes | str | None, text: bool) -> subprocess.CompletedProcess:
