@@ -27,7 +27,6 @@ import json
 import os
 import runpy
 import signal
-import socket
 import sys
 import traceback
 
@@ -112,21 +111,17 @@ def _run(request: dict) -> int:
     return code
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch_ranks(request: dict) -> int:
     """What `torchrun --standalone --nproc_per_node N` does for a command: N children with the environment torchrun
     gives its workers (ranks, world size, a rendezvous on a free local port, OMP_NUM_THREADS=1 unless set; not its
     agent's store or error files, since no agent runs), all writing to the same stdout and stderr; when one fails,
     the others are killed. The first failing rank's exit code, or 0."""
+    from cogvid.training.strategies import free_port  # preloaded: cogvid.training.run imports it
+
     ranks = request["ranks"]
     common = {
         "MASTER_ADDR": "localhost",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": str(ranks),
         "LOCAL_WORLD_SIZE": str(ranks),
         "GROUP_RANK": "0",

@@ -130,7 +130,7 @@ def run_cli(
     (the same command line, working dir, environment, streams and exit code, without 3-5 s of imports), unless `env`
     sets a variable that the zygote's preloaded libraries read when imported (see `_read_at_import`). `crash`:
     (point, n) of tests/crash_run.py, armed in that process: it SIGKILLs itself at the event."""
-    env = _child_env(env)
+    env = child_env(env)
     zygote = _zygotes.get(threading.get_ident())
     if _read_at_import(env, zygote.env if zygote else _Zygote.environment()):
         assert crash is None, "tests/cli_zygote.py arms crash points; this environment needs a console script"
@@ -178,7 +178,7 @@ def run_script(script: Path, *args: str, env: dict[str, str] | None = None) -> s
     return _in_zygote(request, None, True)
 
 
-def _child_env(env: dict[str, str] | None) -> dict[str, str]:
+def child_env(env: dict[str, str] | None) -> dict[str, str]:
     """A command's environment as a user's shell gives it: this one without HYDRA_FULL_ERROR, unbuffered, plus `env`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -186,8 +186,8 @@ def _child_env(env: dict[str, str] | None) -> dict[str, str]:
 
 
 def _forkable_env(env: dict[str, str] | None) -> dict[str, str]:
-    """_child_env, for a process forked from the zygote: none of the variables its preloaded libraries have read."""
-    env = _child_env(env)
+    """child_env, for a process forked from the zygote: none of the variables its preloaded libraries have read."""
+    env = child_env(env)
     zygote = _zygotes.get(threading.get_ident())
     assert not _read_at_import(env, zygote.env if zygote else _Zygote.environment()), "set it in the zygote instead"
     return env

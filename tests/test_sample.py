@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, TIMEOUT, reference, run_cli, run_ranks, text_contexts
+from conftest import FIXTURE, TIMEOUT, child_env, reference, run_cli, run_ranks, text_contexts
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -286,9 +286,8 @@ def cli(*args: str, cwd: Path, launcher: list[str] | None = None) -> subprocess.
     (e.g. torchrun) as a console script."""
     if launcher is None:
         return run_cli("cogvid-sample", *args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
     command = [*launcher, str(BIN / "cogvid-sample"), *args]
+    env = child_env({"OMP_NUM_THREADS": "1"})
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT)
 
 

@@ -120,7 +120,8 @@ def externally_launched() -> bool:
     return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ or slurm
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now: the rendezvous of the ranks a launcher starts on this node."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -179,7 +180,7 @@ def start_local_workers(
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("hydra.")]
     env = {
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": str(processes),
         "NODE_RANK": "0",
     }
